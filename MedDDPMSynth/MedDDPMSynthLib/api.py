@@ -1,0 +1,137 @@
+"""The one way into the engine: load a model, build the condition, sample.
+
+>>> model = load_model("model_128.pt", device="cpu")
+>>> images = model.generate(labels_xyz, seed=7)          # (N, C, X, Y, Z) float32 in [-1, 1]
+
+``labels_xyz`` is an integer label array in NIfTI axis order (i, j, k) already on a grid the model can
+run (each size a multiple of ``model.spatial_divisor``); mapping arbitrary mask files onto such a grid
+is the job of the geometry layer. Sample n of a call uses the seed ``seed + n`` with its own CPU
+generator; for one sample this is exactly the official RNG protocol.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointInfo, load_checkpoint
+from .diffusion import GaussianDiffusion
+from .errors import InputError, RuntimeFailure
+from .families import Family, family_for_channels
+from .sampling import CancelCheck, ProgressCallback, SeededNoise, ddpm_sample
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    if str(device) != "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise InputError("--device mps was asked for but Apple MPS is not available; use --device cpu or auto")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _grid_from_metadata(metadata: dict[str, str], key: str, cast) -> tuple | None:
+    value = metadata.get(key)
+    return tuple(cast(v) for v in value.split(",")) if value else None
+
+
+@dataclass
+class SynthesisModel:
+    """A loaded Med-DDPM model with its family, training grid and provenance."""
+
+    diffusion: GaussianDiffusion
+    family: Family
+    info: CheckpointInfo
+    device: torch.device
+    grid_xyz: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+
+    @property
+    def timesteps(self) -> int:
+        return self.diffusion.num_timesteps
+
+    @property
+    def spatial_divisor(self) -> int:
+        return self.diffusion.config.divisor
+
+    def condition(self, labels_xyz: np.ndarray) -> torch.Tensor:
+        """Condition tensor (1, C, Z, Y, X) on the model's device."""
+        return self.family.condition_from_labels(check_label_array(labels_xyz, self.spatial_divisor)).to(self.device)
+
+    def generate(
+        self,
+        labels_xyz: np.ndarray,
+        seed: int = 0,
+        samples: int = 1,
+        batch: int = 1,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> np.ndarray:
+        """``samples`` synthetic images (N, C, X, Y, Z) float32 in [-1, 1] for one label array.
+
+        ``progress(done, total)`` counts network evaluations over all batches; ``cancel()`` is checked
+        before every step and raises :class:`GenerationCancelled`.
+        """
+        if samples < 1 or batch < 1:
+            raise InputError("samples and batch must be at least 1")
+        cond = self.condition(labels_xyz)
+        steps, total = self.timesteps, samples * self.timesteps
+        outputs = []
+        for start in range(0, samples, batch):
+            n = min(batch, samples - start)
+            shape = (n, self.family.image_channels, *cond.shape[2:])
+            noise = SeededNoise([seed + start + i for i in range(n)], shape, self.device)
+            offset = start * steps
+            report = None if progress is None else (lambda d, _t, o=offset, k=n: progress(o + d * k, total))
+            try:
+                images = ddpm_sample(self.diffusion, cond.expand(n, -1, -1, -1, -1), noise, report, cancel)
+            except torch.OutOfMemoryError:
+                raise RuntimeFailure(
+                    f"out of {self.device.type.upper()} memory for a batch of {n} at grid {cond.shape[2:]}; "
+                    "use --batch 1, --precision bf16 or --device cpu"
+                ) from None
+            outputs.append(self.family.images_to_xyz(images))
+        return np.concatenate(outputs)
+
+
+def check_label_array(labels_xyz: np.ndarray, divisor: int = 1) -> np.ndarray:
+    """Integer 3-D label array whose sizes the U-Net can process, or an :class:`InputError`."""
+    labels = np.asarray(labels_xyz)
+    if labels.ndim != 3:
+        raise InputError(f"the mask must be a 3-D volume, got {labels.ndim}-D shape {labels.shape}; give a 3-D label map")
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all():
+            raise InputError("the mask contains NaN or infinite values; give an integer label map")
+        if not np.array_equal(labels, np.round(labels)):
+            raise InputError("the mask has non-integer values; give an integer label map (not a probability map)")
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iub":
+        raise InputError(f"the mask has data type {labels.dtype}; give an integer label map")
+    bad = [s for s in labels.shape if s % divisor]
+    if bad:
+        raise InputError(
+            f"mask size {labels.shape} is not a multiple of {divisor} on every axis, which this model "
+            "needs; resample it to the model grid (the command line does this with --geometry physical)"
+        )
+    return labels
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", num_heads: int = 1) -> SynthesisModel:
+    """Load a Med-DDPM checkpoint of any official-format configuration onto ``device``."""
+    diffusion, info = load_checkpoint(path, num_heads=num_heads)
+    config = diffusion.config
+    family = family_for_channels(config.in_channels, config.out_channels)
+    dev = resolve_device(device)
+    grid = _grid_from_metadata(info.metadata, "grid_xyz", int) or family.grid_xyz
+    spacing = _grid_from_metadata(info.metadata, "spacing_mm", float) or family.spacing_mm
+    return SynthesisModel(diffusion.to(dev), family, info, dev, grid, spacing)

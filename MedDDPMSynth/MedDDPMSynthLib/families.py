@@ -1,0 +1,108 @@
+"""The two official model families and their exact tensor layouts.
+
+A family says which label values feed which condition channel, how condition values are scaled, which
+image channels the model writes, and on which grid the released weights were trained. Layout of every
+model tensor: (B, C, D, H, W) = (B, C, Z, Y, X) for a NIfTI-ordered label array (X, Y, Z) = (i, j, k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    title: str
+    #: tissue name of each condition channel, in channel order
+    condition_names: tuple[str, ...]
+    #: default label value of each condition channel (in the official label convention)
+    condition_labels: tuple[int, ...]
+    #: True: one-hot scaled to {-1, +1} (whole-head); False: one-hot {0, 1} (BraTS)
+    signed_condition: bool
+    #: names of the image channels the model outputs, in channel order
+    modalities: tuple[str, ...]
+    #: grid (X, Y, Z) voxels and spacing (mm) of the released weights
+    grid_xyz: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    #: label value map applied when the official script exports the mask (identity where absent)
+    official_mask_export: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def condition_channels(self) -> int:
+        return len(self.condition_names)
+
+    @property
+    def image_channels(self) -> int:
+        return len(self.modalities)
+
+    def condition_from_labels(self, labels_xyz: np.ndarray) -> torch.Tensor:
+        """One-hot condition (1, C, Z, Y, X) float32 from an integer label array (X, Y, Z).
+
+        Label values not listed in ``condition_labels`` (e.g. background) give all-zero one-hot, as in
+        the official pipeline; validate labels before calling this when unknown values are an error.
+        """
+        labels = np.asarray(labels_xyz)
+        if labels.ndim != 3:
+            raise ValueError(f"expected a 3-D label array, got shape {labels.shape}")
+        onehot = np.stack([labels == value for value in self.condition_labels]).astype(np.float32)
+        if self.signed_condition:
+            onehot = onehot * 2 - 1
+        # (C, X, Y, Z) -> (C, Z, Y, X), then a batch axis
+        return torch.from_numpy(np.ascontiguousarray(onehot.transpose(0, 3, 2, 1)))[None]
+
+    @staticmethod
+    def images_to_xyz(images: torch.Tensor) -> np.ndarray:
+        """Model output (B, C, D, H, W) -> float32 numpy (B, C, X, Y, Z) (D <-> W transpose)."""
+        return np.ascontiguousarray(images.detach().float().cpu().numpy().transpose(0, 1, 4, 3, 2))
+
+    def official_export_labels(self, labels_xyz: np.ndarray) -> np.ndarray:
+        """The label map the official script writes beside its images (BraTS: 4->0, 2->1, 1->2)."""
+        labels = np.asarray(labels_xyz)
+        out = labels.copy()
+        for old, new in self.official_mask_export:
+            out[labels == old] = new
+        return out
+
+
+WHOLE_HEAD = Family(
+    name="whole_head",
+    title="Whole-head T1c (background / head / tumour)",
+    condition_names=("head", "tumor"),
+    condition_labels=(1, 2),
+    signed_condition=True,
+    modalities=("t1c",),
+    grid_xyz=(128, 128, 128),
+    spacing_mm=(1.5, 1.5, 1.5),
+)
+
+BRATS = Family(
+    name="brats",
+    title="BraTS 4-modality (necrotic / oedema / enhancing / brain)",
+    condition_names=("necrotic", "edema", "enhancing", "brain"),
+    condition_labels=(1, 2, 3, 4),
+    signed_condition=False,
+    modalities=("t1", "t1ce", "t2", "flair"),
+    grid_xyz=(192, 192, 144),
+    spacing_mm=(1.0, 1.0, 1.0),
+    official_mask_export=((4, 0), (2, 1), (1, 2)),
+)
+
+FAMILIES = {f.name: f for f in (WHOLE_HEAD, BRATS)}
+
+
+def family_for_channels(in_channels: int, out_channels: int) -> Family:
+    """Recognise the family from the denoiser's input/output channel counts."""
+    for family in FAMILIES.values():
+        if out_channels == family.image_channels and in_channels == out_channels + family.condition_channels:
+            return family
+    raise CheckpointError(
+        f"the model has {in_channels} input and {out_channels} output channels, which matches no "
+        "Med-DDPM family (whole-head: 3 in / 1 out; BraTS: 8 in / 4 out); use a whole-head or BraTS "
+        "Med-DDPM checkpoint"
+    )
