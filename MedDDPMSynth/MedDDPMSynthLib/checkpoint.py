@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import pickletools
 import re
 import tempfile
+import warnings
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +52,33 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+_SAFE_GLOBAL_PREFIXES = ("torch", "collections.OrderedDict", "_codecs.encode", "numpy")
+
+
+def _foreign_globals(path: Path) -> list[str] | None:
+    """Globals a pickle would import, read with pickletools (which never executes anything).
+
+    None when the pickle stream itself is unreadable (a damaged file)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(name)
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # any parse failure means a damaged stream, which is reported as such
+        return None
+    return sorted({g for g in found if not g.startswith(_SAFE_GLOBAL_PREFIXES)})
+
+
 def _read_file(path: Path) -> tuple[object, str, dict[str, str]]:
     """Raw object in the file, its container kind and safetensors metadata."""
     if not path.exists():
@@ -81,14 +111,17 @@ def _read_file(path: Path) -> tuple[object, str, dict[str, str]]:
             "(such as model_128.pt or model_brats.pt)"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        foreign = _foreign_globals(path)
+        if foreign:
             raise CheckpointError(
-                f"{path} contains Python objects that would run code when loaded, so it was refused "
-                "unopened; use a checkpoint that holds only tensors (the official Med-DDPM files do)"
+                f"{path} contains Python objects that would run code when loaded ({', '.join(foreign[:3])}), "
+                "so it was refused unopened; use a checkpoint that holds only tensors (the official files do)"
             ) from None
-        raise CheckpointError(f"{path} is corrupt ({exc}); download or copy it again") from None
+        raise CheckpointError(f"{path} is truncated or corrupt (unreadable pickle data); download or copy it again") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
@@ -173,7 +206,10 @@ def infer_config(state: Mapping[str, torch.Tensor], path: Path | str = "checkpoi
             width = state[PREFIX + base + "0.out_layers.3.weight"].shape[0]
             levels[-1].append((width, PREFIX + base + "1.qkv.weight" in state))
         else:
-            raise CheckpointError(f"{path}: input block {i} is neither a res-block nor a downsample")
+            raise CheckpointError(
+                f"{path}: input block {i} is neither a res-block nor a downsample, so the file is not a "
+                "complete Med-DDPM U-Net; download or copy it again"
+            )
     nrb = len(levels[0])
     if nrb == 0 or any(len(level) != nrb for level in levels):
         raise CheckpointError(

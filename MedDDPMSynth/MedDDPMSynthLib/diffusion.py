@@ -74,13 +74,13 @@ class GaussianDiffusion(nn.Module):
         return x0.clamp(-1.0, 1.0)
 
     def posterior(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> PosteriorStep:
-        """Mean and (fixed-small) variance of p(x_{t-1} | x_t) for the predicted noise."""
-        eps = self.predict_eps(x, cond, t).float()
+        """Mean and (fixed-small) variance of p(x_{t-1} | x_t) for the network's predicted noise."""
+        return self.posterior_from_eps(x, t, self.predict_eps(x, cond, t).float())
+
+    def posterior_from_eps(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> PosteriorStep:
         x0 = self.predict_x0(x, t, eps)
         mean = _at(self.posterior_mean_coef1, t, x.ndim) * x0 + _at(self.posterior_mean_coef2, t, x.ndim) * x
-        return PosteriorStep(
-            mean, self.posterior_variance[t], self.posterior_log_variance_clipped[t], x0
-        )
+        return PosteriorStep(mean, self.posterior_variance[t], self.posterior_log_variance_clipped[t], x0)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (training, in-painting)."""
