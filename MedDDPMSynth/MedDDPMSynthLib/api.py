@@ -126,12 +126,21 @@ def check_label_array(labels_xyz: np.ndarray, divisor: int = 1) -> np.ndarray:
     return labels
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", num_heads: int = 1) -> SynthesisModel:
-    """Load a Med-DDPM checkpoint of any official-format configuration onto ``device``."""
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    num_heads: int = 1,
+    grid_xyz: tuple[int, int, int] | None = None,
+    spacing_mm: tuple[float, float, float] | None = None,
+) -> SynthesisModel:
+    """Load a Med-DDPM checkpoint of any official-format configuration onto ``device``.
+
+    The training grid comes from ``grid_xyz``/``spacing_mm`` (e.g. a catalogue entry), else the file's
+    safetensors metadata, else the family's official grid."""
     diffusion, info = load_checkpoint(path, num_heads=num_heads)
     config = diffusion.config
     family = family_for_channels(config.in_channels, config.out_channels)
     dev = resolve_device(device)
-    grid = _grid_from_metadata(info.metadata, "grid_xyz", int) or family.grid_xyz
-    spacing = _grid_from_metadata(info.metadata, "spacing_mm", float) or family.spacing_mm
+    grid = tuple(grid_xyz or _grid_from_metadata(info.metadata, "grid_xyz", int) or family.grid_xyz)
+    spacing = tuple(spacing_mm or _grid_from_metadata(info.metadata, "spacing_mm", float) or family.spacing_mm)
     return SynthesisModel(diffusion.to(dev), family, info, dev, grid, spacing)

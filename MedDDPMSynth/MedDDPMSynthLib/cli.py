@@ -1,0 +1,46 @@
+"""The ``medddpm-synth`` command: sub-commands, one clear error line, documented exit codes.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 cancelled (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__, cli_generate, cli_models
+from .errors import MedDDPMError
+
+EPILOG = """examples:
+  medddpm-synth generate --mask Resources/Examples/demo_mask.nii.gz --model demo -o out/
+  medddpm-synth generate --mask BraTS_seg.nii.gz --model model_brats -o out/ --samples 4 --seed 1
+  medddpm-synth models import ~/Downloads/model_128.pt --name wholehead
+  medddpm-synth models list
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medddpm-synth",
+        description="Synthetic 3-D brain MRI from label masks with the Med-DDPM diffusion model.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cli_generate.add_parser(commands)
+    cli_models.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors exit 2 through argparse
+    try:
+        return args.run(args)
+    except MedDDPMError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("cancelled: nothing was written", file=sys.stderr)
+        return 130

@@ -1,0 +1,169 @@
+"""``medddpm-synth models ...``: list, import, verify, remove and describe the stored checkpoints.
+
+The main command line adds this with :func:`add_parser` and calls :func:`run`; a ``MedDDPMError``
+propagates to it (it prints ``error: <message>`` and exits with ``error.exit_code``). :func:`main`
+does the same for standalone use and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from . import models
+from .errors import InputError, MedDDPMError
+
+EPILOG = """examples:
+  medddpm-synth models list
+  medddpm-synth models import ~/Downloads/model_128.pt
+  medddpm-synth models import model_brats.pt --name brats
+  medddpm-synth models import my_run.pt --name mine --grid 96,96,96 --spacing 2,2,2
+  medddpm-synth models verify model_128
+  medddpm-synth models info model_128 --json
+  medddpm-synth models remove mine
+
+Models are stored in $MEDDDPMSYNTH_HOME (default: the user data folder, see 'models list').
+'demo' is the built-in demo model and always available."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``models`` command to an ``argparse`` sub-parsers object; the new parser."""
+    parser = subparsers.add_parser(
+        "models",
+        help="list, import, verify or remove Med-DDPM checkpoints",
+        description="Manage the Med-DDPM checkpoints known by name (imported copies plus the built-in 'demo').",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", help="show the available models")
+    listing.add_argument("--json", action="store_true", help="print the entries as JSON")
+
+    adding = actions.add_parser("import", help="validate a checkpoint and copy it into the model store")
+    adding.add_argument("path", metavar="PATH", help="a Med-DDPM .pt or .safetensors checkpoint (only read)")
+    adding.add_argument("--name", help="name to use it by (default: the file name without extension)")
+    adding.add_argument("--grid", metavar="X,Y,Z", help="training grid in voxels (default: the family's grid)")
+    adding.add_argument("--spacing", metavar="A,B,C", help="training voxel spacing in mm (default: the family's)")
+    adding.add_argument("--overwrite", action="store_true", help="replace an imported model of the same name")
+
+    for action, text in (("verify", "re-hash a stored model and check that it loads"),
+                         ("remove", "delete an imported model and its file"),
+                         ("info", "show everything known about one model")):
+        sub = actions.add_parser(action, help=text)
+        sub.add_argument("name", metavar="NAME", help="model name (see 'models list')")
+        if action == "info":
+            sub.add_argument("--json", action="store_true", help="print the entry as JSON")
+    parser.set_defaults(run=run)  # the main command line dispatches through args.run
+    return parser
+
+
+def _parse_triple(text: str | None, cast, option: str, example: str) -> list | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    try:
+        values = [cast(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise InputError(f"{option} {text!r} must be three comma-separated numbers, e.g. {option} {example}")
+    return values
+
+
+def _triple(values: Sequence | None, sep: str = "x") -> str:
+    return sep.join(f"{v:g}" for v in values) if values else "-"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return "-"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _list(args) -> None:
+    entries = models.list_models()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return
+    rows = [["NAME", "FAMILY", "GRID", "SPACING (mm)", "STEPS", "SIZE", "NOTE"]]
+    for e in entries:
+        note = e.get("note") or (f"official {e['known_as']}" if e.get("known_as") else "")
+        rows.append([e["name"], e.get("family", "-"), _triple(e.get("grid_xyz")), _triple(e.get("spacing_mm")),
+                     str(e.get("timesteps", "-")), _size(e.get("size_bytes")), note])
+    print(_table(rows))
+    print(f"\ncatalogue: {models.catalogue_path()}")
+
+
+def _import(args) -> None:
+    entry = models.import_model(
+        args.path,
+        name=args.name,
+        grid_xyz=_parse_triple(args.grid, int, "--grid", "128,128,128"),
+        spacing_mm=_parse_triple(args.spacing, float, "--spacing", "1.5,1.5,1.5"),
+        overwrite=args.overwrite,
+    )
+    known = f", official {entry['known_as']}" if entry["known_as"] else ""
+    print(f"imported '{entry['name']}': {entry['family']}, grid {_triple(entry['grid_xyz'])} at "
+          f"{_triple(entry['spacing_mm'])} mm, {entry['timesteps']} steps, {_size(entry['size_bytes'])}{known}")
+    print(f"stored as {models.models_dir() / entry['file']}")
+    print(f"sha256 {entry['sha256']}")
+
+
+def _verify(args) -> None:
+    entry = models.verify(args.name)
+    print(f"ok: '{entry['name']}' is intact (sha256 {entry['sha256'][:16]}...) and loads ({entry['family']})")
+
+
+def _remove(args) -> None:
+    entry = models.remove(args.name)
+    print(f"removed '{entry['name']}' and deleted {models.models_dir() / entry['file']}")
+
+
+def _info(args) -> None:
+    entry = models.info(args.name)
+    if args.json:
+        print(json.dumps(entry, indent=2))
+        return
+    for key, value in entry.items():
+        if key == "config" and isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = _triple(value, ",")
+        print(f"{key + ':':<14}{'-' if value is None else value}")
+
+
+_ACTIONS = {"list": _list, "import": _import, "verify": _verify, "remove": _remove, "info": _info}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out one ``models`` action; 0 on success (errors are raised as ``MedDDPMError``)."""
+    _ACTIONS[args.models_command](args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone ``medddpm-synth models ...`` (tests, debugging): errors as one line on stderr."""
+    parser = argparse.ArgumentParser(prog="medddpm-synth")
+    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except MedDDPMError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

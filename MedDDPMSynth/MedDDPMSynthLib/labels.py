@@ -1,0 +1,151 @@
+"""From the user's label values to the official label convention of a family, with clear refusals.
+
+Whole-head: 1 head (non-tumour tissue), 2 tumour. BraTS: 1 necrotic, 2 oedema, 3 enhancing, 4 brain.
+Users' masks use other values (raw BraTS has 4 = enhancing; Slicer exports number segments 1..n), so a
+:class:`LabelMapping` says which input values mean which tissue (``--labels head=1,tumor=2+3``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .families import BRATS, Family
+
+#: accepted spellings of each tissue name (the canonical name first)
+ALIASES = {
+    "head": ("head", "brainarea"),
+    "tumor": ("tumor", "tumour"),
+    "necrotic": ("necrotic", "ncr", "necrosis"),
+    "edema": ("edema", "oedema", "ed"),
+    "enhancing": ("enhancing", "et"),
+    "brain": ("brain",),
+    "background": ("background", "bg"),
+}
+MAX_VOXELS = 512**3  # beyond this a label map is almost certainly not a brain mask (and exhausts memory)
+
+
+def _canonical(name: str, family: Family) -> str:
+    for canonical, spellings in ALIASES.items():
+        if name.lower() in spellings and (canonical in family.condition_names or canonical == "background"):
+            return canonical
+    raise InputError(
+        f"unknown tissue name '{name}' for the {family.name} model; use "
+        + ", ".join(f"{n}=VALUE" for n in (*family.condition_names, "background"))
+    )
+
+
+@dataclass(frozen=True)
+class LabelMapping:
+    """Input label values of each tissue of a family; values of ``background`` are ignored."""
+
+    family: Family
+    values: dict[str, tuple[int, ...]]
+
+    @classmethod
+    def parse(cls, text: str, family: Family) -> "LabelMapping":
+        """``"head=1,tumor=2+3"`` -> mapping; every tissue of the family must be given."""
+        values: dict[str, tuple[int, ...]] = {}
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            match = re.fullmatch(r"([A-Za-z_]+)\s*=\s*(-?\d+(?:\s*\+\s*-?\d+)*)", item)
+            if not match:
+                raise InputError(f"cannot read '{item}' in --labels; write NAME=VALUE[+VALUE], e.g. head=1,tumor=2")
+            name = _canonical(match.group(1), family)
+            values[name] = values.get(name, ()) + tuple(int(v) for v in match.group(2).split("+"))
+        missing = [n for n in family.condition_names if n not in values and n != "brain"]
+        if missing:
+            raise InputError(f"--labels does not say which value is {', '.join(missing)}; add e.g. {missing[0]}=2")
+        used = [v for vs in values.values() for v in vs]
+        if len(used) != len(set(used)):
+            raise InputError("--labels gives one label value to two tissues; give each value to one tissue only")
+        return cls(family, values)
+
+    @classmethod
+    def default(cls, family: Family, present: set[int]) -> "LabelMapping":
+        """Official values; for BraTS, a map with 4 but no 3 is the raw BraTS convention (4 = enhancing)."""
+        values = dict(zip(family.condition_names, ((v,) for v in family.condition_labels)))
+        if family is BRATS and 4 in present and 3 not in present:
+            values["enhancing"] = (4,)
+            values.pop("brain")
+        return cls(family, values)
+
+    def describe(self) -> str:
+        return ",".join(f"{k}={'+'.join(map(str, v))}" for k, v in self.values.items())
+
+
+def check_values(array: np.ndarray) -> np.ndarray:
+    """The array as int64 if it is a finite, integer-valued label map of sane size."""
+    if array.size > MAX_VOXELS:
+        raise InputError(
+            f"the mask has {array.size:,} voxels (shape {array.shape}), more than the {MAX_VOXELS:,} a brain "
+            "mask needs; crop or downsample it first"
+        )
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InputError("the mask contains NaN or infinite values; give an integer label map")
+        if not np.array_equal(array, np.round(array)):
+            raise InputError("the mask has non-integer values (a probability map?); give an integer label map")
+    elif array.dtype.kind not in "iub":
+        raise InputError(f"the mask has pixel type {array.dtype}; give an integer label map")
+    array = array.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise InputError(f"the mask has negative label {array.min()}; labels must be 0 (background) or positive")
+    return array
+
+
+def to_official(mask: sitk.Image, family: Family, mapping: LabelMapping | None = None) -> sitk.Image:
+    """The mask relabelled to the family's official values (uint8, same geometry), or an InputError."""
+    array = check_values(sitk.GetArrayViewFromImage(mask))
+    present = set(np.unique(array).tolist()) - {0}
+    if not present:
+        raise InputError("the mask is empty (every voxel is 0); paint the head/brain and the tumour first")
+    mapping = mapping or LabelMapping.default(family, present)
+    values = dict(mapping.values)
+    if family is BRATS and "brain" not in values:  # brain = every other non-zero label
+        tumour = {v for n, vs in values.items() if n != "background" for v in vs}
+        values["brain"] = tuple(sorted(present - tumour - set(values.get("background", ()))))
+    known = {v for vs in values.values() for v in vs}
+    unknown = sorted(present - known)
+    if unknown:
+        raise InputError(
+            f"the mask has label values {unknown[:6]} that the {family.name} model does not know "
+            f"(it reads {mapping.describe()}); map them with --labels, e.g. --labels "
+            + ",".join(f"{n}={v[0]}" for n, v in values.items() if v)
+        )
+    out = np.zeros(array.shape, dtype=np.uint8)
+    for name, label in zip(family.condition_names, family.condition_labels):
+        out[np.isin(array, values.get(name, ()))] = label
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(mask)
+    _check_anatomy(image, family)
+    return image
+
+
+def _check_anatomy(official: sitk.Image, family: Family) -> None:
+    """A head/brain must exist and every tumour component must touch it."""
+    tissue_name = family.condition_names[-1] if family is BRATS else family.condition_names[0]
+    tissue_label = family.condition_labels[family.condition_names.index(tissue_name)]
+    tissue = official == tissue_label
+    tumour = (official != 0) & (official != tissue_label)
+    stats = sitk.StatisticsImageFilter()
+    stats.Execute(tissue)
+    if stats.GetSum() == 0:
+        raise InputError(
+            f"the mask has no {tissue_name} voxels (label {tissue_label} after mapping); paint the "
+            f"{tissue_name} around the tumour or map its label with --labels {tissue_name}=VALUE"
+        )
+    components = sitk.ConnectedComponent(tumour, True)
+    touching = sitk.BinaryDilate(tissue, [1, 1, 1], sitk.sitkBox)
+    shape = sitk.LabelIntensityStatisticsImageFilter()
+    shape.Execute(components, sitk.Cast(touching, sitk.sitkUInt8))
+    outside = [c for c in shape.GetLabels() if shape.GetMaximum(c) == 0]
+    if outside:
+        sizes = [int(shape.GetNumberOfPixels(c)) for c in outside]
+        raise InputError(
+            f"{len(outside)} tumour region(s) ({sum(sizes)} voxels) lie outside the {tissue_name}, not touching "
+            f"it; move the tumour inside the {tissue_name} or erase the stray voxels"
+        )

@@ -1,0 +1,470 @@
+"""The model manager: a catalogue of imported Med-DDPM checkpoints in the user's data folder.
+
+Layout of the data home (``$MEDDDPMSYNTH_HOME`` or the platform's user data folder)::
+
+    <home>/models.json      catalogue {"version": 1, "models": [entry, ...]}, written atomically
+    <home>/models/<file>    one validated copy of each imported checkpoint
+
+An import validates the file by loading it, hashes it, copies it under a temporary name, renames it and
+updates the catalogue last; any failure restores the previous state. The source file is only read.
+The built-in "demo" model is never stored in the catalogue: its entry is described on the fly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import numbers
+import os
+import re
+import secrets
+import shutil
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+from .checkpoint import file_sha256, load_checkpoint
+from .errors import CheckpointError, InputError, MedDDPMError, OutputError
+from .families import family_for_channels
+
+HOME_ENV = "MEDDDPMSYNTH_HOME"
+CATALOGUE_VERSION = 1
+DEMO_NAME = "demo"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,16}")
+
+_REPO = Path(__file__).resolve().parents[2]
+BUNDLED_DEMO = _REPO / "Resources" / "Models" / "demo_model.safetensors"
+TEST_DEMO = _REPO / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt"
+BUNDLED_NOTE = "bundled demo model"
+# the tiny test model has no trained grid; 32^3 voxels of 6 mm cover a head's 192 mm and run in seconds
+TEST_DEMO_GRID, TEST_DEMO_SPACING = (32, 32, 32), (6.0, 6.0, 6.0)
+TEST_DEMO_NOTE = "tiny random test model, not trained; the bundled demo model is not installed"
+
+# sha256 -> {"name": "model_128.pt", "family": ..., "grid_xyz": [...], "spacing_mm": [...]}.
+# Empty on purpose: the sha256 of an official release is added here only once it has been verified
+# against the published download, so that ``known_as`` never vouches for an unchecked file.
+KNOWN_RELEASES: dict[str, dict[str, Any]] = {}
+
+
+class CatalogueError(MedDDPMError):
+    """The model catalogue (models.json) cannot be read or is damaged."""
+
+
+def data_home() -> Path:
+    override = os.environ.get(HOME_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    import platformdirs  # only needed when no home is set
+
+    return Path(platformdirs.user_data_dir("MedDDPMSynth", appauthor=False))
+
+
+def models_dir() -> Path:
+    return data_home() / "models"
+
+
+def catalogue_path() -> Path:
+    return data_home() / "models.json"
+
+
+def demo_model_path() -> Path:
+    """The bundled demo model, or the tiny random test model of the source tree until it ships."""
+    return BUNDLED_DEMO if BUNDLED_DEMO.is_file() else TEST_DEMO
+
+
+def _damaged(path: Path, why: str) -> CatalogueError:
+    return CatalogueError(
+        f"the model catalogue {path} is damaged ({why}); repair it by hand, or delete it and import your "
+        f"models again with 'medddpm-synth models import' (the files in {path.parent / 'models'} are kept)"
+    )
+
+
+def _is_plain_file_name(value: object) -> bool:
+    # a tampered catalogue must never make 'remove' delete a file outside models/
+    return isinstance(value, str) and value not in ("", ".", "..") and "\\" not in value and Path(value).name == value
+
+
+def _read_catalogue() -> list[dict]:
+    path = catalogue_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise CatalogueError(f"cannot read the model catalogue {path}: {reason}; check its permissions") from None
+    except UnicodeDecodeError:
+        raise _damaged(path, "not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _damaged(path, f"invalid JSON: {exc}") from None
+    return _checked_entries(data, path)
+
+
+def _checked_entries(data: object, path: Path) -> list[dict]:
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise _damaged(path, "expected an object with a 'models' list")
+    version = data.get("version")
+    if isinstance(version, int) and version > CATALOGUE_VERSION:
+        raise CatalogueError(
+            f"the model catalogue {path} has version {version}, written by a newer MedDDPMSynth; update MedDDPMSynth"
+        )
+    if version != CATALOGUE_VERSION:
+        raise _damaged(path, f"unknown version {version!r}")
+    for entry in data["models"]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and _is_plain_file_name(entry.get("file"))):
+            raise _damaged(path, f"bad entry {str(entry)[:80]}")
+    return data["models"]
+
+
+def _write_catalogue(entries: list[dict]) -> None:
+    """Temporary file in the same folder, then a rename: readers never see a half-written catalogue."""
+    path = catalogue_path()
+    text = json.dumps({"version": CATALOGUE_VERSION, "models": entries}, indent=2) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp_file(path.parent, ".models.json")
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            _unlink_quietly(tmp)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the model catalogue {path}: {exc.strerror or exc}; make the folder writable "
+            f"or set {HOME_ENV} to another folder"
+        ) from None
+
+
+def _new_temp_file(folder: Path, stem: str) -> Path:
+    """A new empty hidden file in ``folder``. Unlike mkstemp's 0600 files it gets the usual permissions
+    (umask), so that a data home shared by a group stays readable after a rename."""
+    while True:
+        path = folder / f"{stem}.{secrets.token_hex(6)}.part"
+        try:
+            with open(path, "xb"):
+                return path
+        except FileExistsError:
+            continue
+
+
+def _unlink_quietly(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _find(entries: list[dict], name: str) -> dict | None:
+    # names differ by more than case: stored file names must not clash on case-insensitive disks
+    return next((e for e in entries if e["name"].lower() == name.lower()), None)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InputError(
+            f"'{name}' is not a valid model name: use 1-64 letters, digits, '_', '.' or '-', starting with "
+            "a letter or digit (choose one with --name)"
+        )
+    if name.lower() == DEMO_NAME:
+        raise InputError(f"the name '{DEMO_NAME}' is reserved for the built-in demo model; choose another --name")
+    return name
+
+
+def _check_grid(grid: object, divisor: int) -> list[int]:
+    values = list(grid) if isinstance(grid, (list, tuple)) else []
+    whole = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in values)
+    if len(values) != 3 or not whole:
+        raise InputError(f"grid {grid!r} must be three positive whole numbers X,Y,Z (e.g. --grid 128,128,128)")
+    values = [int(v) for v in values]
+    if any(v % divisor for v in values):
+        example = ",".join(str(max(divisor, round(v / divisor) * divisor)) for v in values)
+        raise InputError(
+            f"grid {values} is not a multiple of {divisor} on every axis, which this model needs; "
+            f"give --grid with sizes divisible by {divisor} (e.g. --grid {example})"
+        )
+    return values
+
+
+def _check_spacing(spacing: object) -> list[float]:
+    values = list(spacing) if isinstance(spacing, (list, tuple)) else []
+    if len(values) != 3 or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values
+    ):
+        raise InputError(f"spacing {spacing!r} must be three positive numbers in mm (e.g. --spacing 1.5,1.5,1.5)")
+    return [float(v) for v in values]
+
+
+def _metadata_triple(metadata: dict[str, str], key: str, cast, path: Path) -> list | None:
+    value = metadata.get(key)
+    if not value:
+        return None
+    try:
+        return [cast(v) for v in value.split(",")]
+    except ValueError:
+        raise CheckpointError(
+            f"{path} has malformed '{key}' metadata ({value!r}); give the grid with --grid and --spacing"
+        ) from None
+
+
+def _describe(path: Path, grid_xyz: Sequence[int] | None = None, spacing_mm: Sequence[float] | None = None) -> dict:
+    """Entry fields that come from the file itself; loading it is the validation."""
+    diffusion, info = load_checkpoint(path)  # CheckpointError propagates with its message intact
+    config = diffusion.config
+    family = family_for_channels(config.in_channels, config.out_channels)
+    sha256 = file_sha256(path)
+    known = KNOWN_RELEASES.get(sha256, {})
+    # an explicit argument wins, then the file's own metadata, then a known release, then the family
+    if grid_xyz is None:
+        grid_xyz = _metadata_triple(info.metadata, "grid_xyz", int, path) or known.get("grid_xyz") or family.grid_xyz
+    if spacing_mm is None:
+        spacing_mm = (_metadata_triple(info.metadata, "spacing_mm", float, path) or known.get("spacing_mm")
+                      or family.spacing_mm)
+    entry = {
+        "family": family.name,
+        "grid_xyz": _check_grid(grid_xyz, config.divisor),
+        "spacing_mm": _check_spacing(spacing_mm),
+        "timesteps": diffusion.num_timesteps,
+        "config": dataclasses.asdict(config),
+        "sha256": sha256,
+        "size_bytes": path.stat().st_size,
+        "container": info.container,
+        "step": info.step,
+        "known_as": known.get("name"),
+    }
+    return json.loads(json.dumps(entry))  # tuples -> lists: the same values the catalogue gives back
+
+
+def _stored_suffix(source: Path, container: str) -> str:
+    """The source's extension; a non-empty one keeps distinct names on distinct file names."""
+    if _SAFE_SUFFIX.fullmatch(source.suffix):
+        return source.suffix
+    return ".safetensors" if container == "safetensors" else ".pt"
+
+
+def _copy_to_temp(source: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = _new_temp_file(folder, ".import")
+    try:
+        shutil.copyfile(source, tmp)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _move_aside(path: Path) -> Path | None:
+    """Rename an existing file out of the way so that a failed import can put it back."""
+    if not path.exists():
+        return None
+    aside = _new_temp_file(path.parent, f".{path.name}.old")
+    os.replace(path, aside)
+    return aside
+
+
+def _install(source: Path, entry: dict, old: dict | None, entries: list[dict]) -> None:
+    """Copy, rename, then update the catalogue; on any failure the previous state is restored."""
+    folder = models_dir()
+    final = folder / entry["file"]
+    tmp = aside = None
+    placed = False
+    try:
+        tmp = _copy_to_temp(source, folder)
+        if file_sha256(tmp) != entry["sha256"]:
+            raise CheckpointError(f"{source} changed while being imported; import it again once it is complete")
+        aside = _move_aside(final)
+        os.replace(tmp, final)
+        placed = True
+        _write_catalogue([e for e in entries if e is not old] + [entry])
+    except BaseException:
+        _unlink_quietly(tmp)
+        if placed:
+            _unlink_quietly(final)
+        if aside is not None:
+            os.replace(aside, final)
+        raise
+    _unlink_quietly(aside)
+    previous = folder / old["file"] if old is not None else None
+    # on a case-insensitive disk 'Foo.pt' and 'foo.pt' are the file just installed
+    if previous is not None and previous.exists() and not os.path.samefile(previous, final):
+        _unlink_quietly(previous)
+
+
+def import_model(
+    path: str | os.PathLike,
+    name: str | None = None,
+    grid_xyz: Sequence[int] | None = None,
+    spacing_mm: Sequence[float] | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Validate a checkpoint, copy it into the data home and add it to the catalogue; its entry."""
+    source = Path(path).expanduser()
+    name = _check_name(source.stem if name is None else name)
+    entries = _read_catalogue()  # a damaged catalogue stops the import before anything is copied
+    old = _find(entries, name)
+    if old is not None and not overwrite:
+        raise InputError(
+            f"a model named '{old['name']}' exists already; choose another --name, or add --overwrite to replace it"
+        )
+    described = _describe(source, grid_xyz, spacing_mm)
+    entry = {
+        "name": name,
+        **described,
+        "file": name + _stored_suffix(source, described["container"]),
+        "source": str(source.resolve()),
+        "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        _install(source, entry, old, entries)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot copy {source} into {models_dir()}: {exc.strerror or exc}; free disk space, or set "
+            f"{HOME_ENV} to a writable folder"
+        ) from None
+    return entry
+
+
+@lru_cache(maxsize=4)
+def _describe_demo(path: str, size: int, mtime_ns: int) -> dict:
+    # keyed on size and mtime: listing models must not re-hash an unchanged file every time
+    if Path(path) == TEST_DEMO:
+        return _describe(Path(path), TEST_DEMO_GRID, TEST_DEMO_SPACING)
+    return _describe(Path(path))
+
+
+def demo_entry() -> dict:
+    """The synthesised catalogue entry of the built-in demo model."""
+    path = demo_model_path()
+    note = BUNDLED_NOTE if path == BUNDLED_DEMO else TEST_DEMO_NOTE
+    entry: dict[str, Any] = {"name": DEMO_NAME, "builtin": True, "note": note, "file": path.name, "source": str(path)}
+    if not path.is_file():
+        return {**entry, "available": False, "note": f"not installed (expected {BUNDLED_DEMO})"}
+    try:
+        stat = path.stat()
+        described = _describe_demo(str(path), stat.st_size, stat.st_mtime_ns)
+    except MedDDPMError as exc:  # a damaged demo must not break 'models list'
+        return {**entry, "available": False, "note": f"the demo model cannot be used: {exc}"}
+    return {**entry, **described, "available": True, "imported_at": None}
+
+
+def list_models() -> list[dict]:
+    """The demo entry first, then the imported models by name."""
+    entries = sorted(_read_catalogue(), key=lambda e: e["name"].lower())
+    return [demo_entry()] + entries
+
+
+def _available_names() -> str:
+    return ", ".join(e["name"] for e in list_models())
+
+
+def get_entry(name: str) -> dict:
+    if str(name).lower() == DEMO_NAME:
+        return demo_entry()
+    entry = _find(_read_catalogue(), str(name))
+    if entry is None:
+        raise InputError(f"no model named '{name}'; available: {_available_names()} (see 'medddpm-synth "
+                         "models list')")
+    return entry
+
+
+def _entry_path(entry: dict) -> Path:
+    if entry.get("builtin"):
+        return demo_model_path()
+    return models_dir() / entry["file"]
+
+
+def _existing_file(entry: dict) -> Path:
+    path = _entry_path(entry)
+    if path.is_file():
+        return path
+    if entry.get("builtin"):
+        raise CheckpointError(
+            f"the demo model is not installed (expected {BUNDLED_DEMO}); import a Med-DDPM checkpoint with "
+            "'medddpm-synth models import PATH' and use its name"
+        )
+    raise CheckpointError(
+        f"the file of model '{entry['name']}' is missing ({path}); import it again with 'medddpm-synth models "
+        f"import PATH --name {entry['name']} --overwrite', or drop it with 'medddpm-synth models remove "
+        f"{entry['name']}'"
+    )
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """Path of a model given as an existing file, "demo", or the name of an imported model."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    text = str(name_or_path)
+    if text.lower() == DEMO_NAME:
+        return _existing_file(demo_entry())
+    entry = _find(_read_catalogue(), text)
+    if entry is None:
+        raise InputError(
+            f"'{text}' is neither a model file nor the name of an imported model (available: "
+            f"{_available_names()}); see 'medddpm-synth models list', or add a checkpoint with "
+            "'medddpm-synth models import PATH'"
+        )
+    return _existing_file(entry)
+
+
+def load_named_model(name_or_path: str | os.PathLike, device: str = "cpu"):
+    """Load "demo", an imported model (with its catalogue grid) or a checkpoint file."""
+    from .api import load_model
+
+    path = resolve_model(name_or_path)
+    is_file = Path(name_or_path).expanduser().is_file()
+    entry = None if is_file else get_entry(str(name_or_path))
+    grid = tuple(entry["grid_xyz"]) if entry else None
+    spacing = tuple(entry["spacing_mm"]) if entry else None
+    return load_model(path, device=device, grid_xyz=grid, spacing_mm=spacing)
+
+
+def verify(name: str) -> dict:
+    """Re-hash the stored file against the catalogue and load it; the entry with ``verified``."""
+    entry = get_entry(name)
+    path = _existing_file(entry)
+    actual = file_sha256(path)
+    if actual != entry.get("sha256"):
+        raise CheckpointError(
+            f"the file of model '{entry['name']}' ({path}) has changed or is damaged: its sha256 is "
+            f"{actual[:16]}... instead of {str(entry.get('sha256'))[:16]}...; import the original again with "
+            f"'medddpm-synth models import PATH --name {entry['name']} --overwrite'"
+        )
+    load_checkpoint(path)
+    return {**entry, "path": str(path), "verified": True}
+
+
+def remove(name: str) -> dict:
+    """Delete an imported model (file and entry); the removed entry."""
+    if str(name).lower() == DEMO_NAME:
+        raise InputError("the demo model is built in and cannot be removed")
+    entries = _read_catalogue()
+    entry = _find(entries, str(name))
+    if entry is None:
+        raise InputError(f"no model named '{name}'; available: {_available_names()}")
+    # catalogue first: an interruption leaves an unlisted file, never an entry without its file
+    _write_catalogue([e for e in entries if e is not entry])
+    path = models_dir() / entry["file"]
+    try:
+        _unlink_quietly(path)
+    except OSError as exc:
+        raise OutputError(
+            f"model '{entry['name']}' left the catalogue but {path} could not be deleted ({exc.strerror or exc}); "
+            "delete it by hand"
+        ) from None
+    return entry
+
+
+def info(name: str) -> dict:
+    """The entry plus where its file is and whether it exists."""
+    entry = get_entry(name)
+    path = _entry_path(entry)
+    return {**entry, "path": str(path), "file_exists": path.is_file()}

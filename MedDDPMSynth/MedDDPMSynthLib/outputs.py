@@ -1,0 +1,143 @@
+"""Writing generation results: all files or none, never over an existing file unless asked.
+
+Everything is first written into a hidden staging folder beside the destination and moved into place
+only when every file is complete, so a failure, a full disk or a cancel leaves nothing partial behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import OutputError
+
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_extension(path: str | os.PathLike) -> str | None:
+    """The image extension ``path`` ends with (``.nii.gz`` counts as one), else None."""
+    name = str(path).lower()
+    return next((ext for ext in IMAGE_EXTENSIONS if name.endswith(ext)), None)
+
+
+def split_image_name(path: Path) -> tuple[str, str]:
+    """``brain.nii.gz`` -> (``brain``, ``.nii.gz``)."""
+    ext = image_extension(path) or ""
+    return path.name[: len(path.name) - len(ext)], ext
+
+
+def check_destinations(paths: Iterable[Path], overwrite: bool) -> None:
+    """Refuse (before any work) outputs that exist or folders that cannot be written."""
+    paths = list(paths)
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise OutputError(
+            f"{existing[0]} already exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}; "
+            "choose another output or add --overwrite"
+        )
+    for folder in {p.parent for p in paths}:
+        probe = folder
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise OutputError(f"cannot create folder {folder}: {probe} is a file; choose another output")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise OutputError(f"no permission to write in {probe}; choose another output folder")
+
+
+def check_disk_space(folder: Path, needed_bytes: int) -> None:
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes:
+        raise OutputError(
+            f"not enough disk space in {probe}: {needed_bytes / 2**20:.0f} MiB needed, "
+            f"{free / 2**20:.0f} MiB free; free some space or choose another output folder"
+        )
+
+
+class StagedOutput:
+    """Collects files in a staging folder; :meth:`commit` moves them all to their destinations."""
+
+    def __init__(self, anchor: Path):
+        self.anchor = anchor  # the folder the staging area lives in (same file system => atomic moves)
+        self._stage: Path | None = None
+        self._moves: list[tuple[Path, Path]] = []
+
+    def __enter__(self) -> "StagedOutput":
+        # remember the first folder we create, to remove it again if nothing gets committed
+        missing = [p for p in (self.anchor, *self.anchor.parents) if not p.exists()]
+        self._created = missing[-1] if missing else None
+        self.anchor.mkdir(parents=True, exist_ok=True)
+        self._stage = Path(tempfile.mkdtemp(prefix=".medddpm-partial-", dir=self.anchor))
+        return self
+
+    def path_for(self, destination: Path) -> Path:
+        staged = self._stage / f"{len(self._moves):03d}_{destination.name}"
+        self._moves.append((staged, destination))
+        return staged
+
+    def write_image(self, image: sitk.Image, destination: Path) -> None:
+        self._guard(lambda p: sitk.WriteImage(image, str(p), useCompression=True), destination)
+
+    def write_json(self, data: dict, destination: Path) -> None:
+        self._guard(lambda p: p.write_text(json.dumps(data, indent=2, default=str) + "\n"), destination)
+
+    def copy_file(self, source: Path, destination: Path) -> None:
+        self._guard(lambda p: shutil.copyfile(source, p), destination)
+
+    def _guard(self, write, destination: Path) -> None:
+        try:
+            write(self.path_for(destination))
+        except (OSError, RuntimeError) as exc:  # SimpleITK reports a full disk as RuntimeError
+            raise OutputError(
+                f"could not write {destination.name} ({str(exc).strip().splitlines()[-1][:160]}); "
+                "free disk space or choose another output folder"
+            ) from None
+
+    def commit(self) -> list[Path]:
+        for staged, destination in self._moves:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, destination)
+        self._created = None
+        return [d for _, d in self._moves]
+
+    def __exit__(self, *exc) -> None:
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+        if self._created is not None:  # failed or cancelled before commit: leave no new folders either
+            shutil.rmtree(self._created, ignore_errors=True)
+
+
+def preview_png(
+    image_xyz: np.ndarray, labels_xyz: np.ndarray, tumour_labels: Iterable[int], min_height: int = 256
+) -> sitk.Image:
+    """RGB montage of three orthogonal slices through the tumour (or the centre), tumour outlined in red.
+
+    Arrays are on the model grid (isotropic in physical mode), so slices keep their aspect ratio."""
+    tumour = np.isin(labels_xyz, list(tumour_labels))
+    centre = np.argwhere(tumour).mean(0).round().astype(int) if tumour.any() else np.array(labels_xyz.shape) // 2
+    grey = np.clip((image_xyz - image_xyz.min()) / max(float(np.ptp(image_xyz)), 1e-6) * 255, 0, 255).astype(np.uint8)
+    panels = []
+    for axis in range(3):
+        sl = [slice(None)] * 3
+        sl[axis] = int(centre[axis])
+        g, m = grey[tuple(sl)], tumour[tuple(sl)]
+        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
+        rgb = np.repeat(g[..., None], 3, axis=2)
+        rgb[edge] = (255, 40, 40)
+        panels.append(np.flip(rgb.transpose(1, 0, 2), axis=0))  # rows = second axis, upwards
+    height = max(p.shape[0] for p in panels)
+    panels = [np.pad(p, ((0, height - p.shape[0]), (0, 4), (0, 0))) for p in panels]
+    montage = np.concatenate(panels, axis=1)
+    zoom = max(1, -(-min_height // height))  # coarse model grids: enlarge by whole pixels (no blur)
+    montage = montage.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    return sitk.GetImageFromArray(montage, isVector=True)

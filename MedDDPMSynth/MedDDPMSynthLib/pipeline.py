@@ -1,0 +1,240 @@
+"""Mask file in, synthetic MRI files out: the generate workflow shared by every front.
+
+Order of work matters for "nothing lost": every check that can refuse (outputs, labels, geometry,
+disk space) runs before sampling, and files are written through a staging folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__
+from .api import SynthesisModel
+from .checkpoint import file_sha256
+from .errors import InputError
+from .geometry import CANONICAL_DIRECTIONS, GridMapping, plan_official, plan_physical, read_mask
+from .labels import LabelMapping, to_official
+from .outputs import (
+    StagedOutput,
+    check_destinations,
+    check_disk_space,
+    image_extension,
+    preview_png,
+    split_image_name,
+)
+from .sampling import CancelCheck, ProgressCallback
+
+GEOMETRIES = ("physical", "official")
+INTENSITIES = ("raw", "unit")
+
+
+@dataclass
+class GenerateRequest:
+    """What to generate. ``output``: an image file name (one sample) or a folder."""
+
+    mask: Path
+    output: Path
+    samples: int = 1
+    seed: int = 0
+    batch: int = 1
+    geometry: str = "physical"
+    grid_xyz: tuple[int, int, int] | None = None
+    intensity: str = "raw"
+    labels: str | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class OutputPlan:
+    images: list[list[Path]]  # [sample][modality]
+    mask: Path | None = None
+    provenance: Path | None = None
+    preview: Path | None = None
+
+    def all(self) -> list[Path]:
+        extra = [p for p in (self.mask, self.provenance, self.preview) if p is not None]
+        return [p for row in self.images for p in row] + extra
+
+
+@dataclass
+class GenerationResult:
+    files: list[Path]
+    provenance: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan_outputs(request: GenerateRequest, modalities: tuple[str, ...]) -> OutputPlan:
+    out = Path(request.output)
+    if image_extension(out):
+        if request.samples != 1:
+            raise InputError(f"-o {out} names one image file but --samples is {request.samples}; give a folder instead")
+        stem, ext = split_image_name(out)
+        if len(modalities) == 1:
+            return OutputPlan([[out]])
+        return OutputPlan([[out.with_name(f"{stem}_{m}{ext}") for m in modalities]])
+    stem, ext = split_image_name(Path(request.mask))
+    ext = {".nhdr": ".nrrd", ".mhd": ".mha", "": ".nii.gz"}.get(ext, ext)  # single-file formats only
+    images = [[out / f"{stem}_s{n:02d}_{m}{ext}" for m in modalities] for n in range(request.samples)]
+    return OutputPlan(images, out / f"{stem}_mask{ext}", out / "provenance.json", out / "preview.png")
+
+
+def _check_request(request: GenerateRequest) -> None:
+    if request.geometry not in GEOMETRIES:
+        raise InputError(f"unknown --geometry '{request.geometry}'; use one of {', '.join(GEOMETRIES)}")
+    if request.intensity not in INTENSITIES:
+        raise InputError(f"unknown --intensity '{request.intensity}'; use one of {', '.join(INTENSITIES)}")
+    if request.samples < 1 or request.batch < 1:
+        raise InputError("--samples and --batch must be at least 1")
+    if Path(request.output).resolve() == Path(request.mask).resolve():
+        raise InputError("the output would overwrite the input mask; choose another output")
+
+
+def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: sitk.Image) -> tuple[GridMapping, list[str]]:
+    grid = tuple(request.grid_xyz or model.grid_xyz)
+    bad = [g for g in grid if g <= 0 or g % model.spatial_divisor]
+    if len(grid) != 3 or bad:
+        raise InputError(f"--grid {grid} must be 3 positive multiples of {model.spatial_divisor} for this model")
+    if request.geometry == "official":
+        return plan_official(official, grid), []
+    direction = CANONICAL_DIRECTIONS.get(model.family.name, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    mapping = plan_physical(official, grid, model.spacing_mm, direction)
+    tumour = _tumour_labels(model)
+    outside = mapping.outside_voxels(official, tumour)
+    if outside:
+        fov = [round(g * s) for g, s in zip(grid, model.spacing_mm)]
+        raise InputError(
+            f"{outside} tumour voxels lie outside the model's {fov[0]}x{fov[1]}x{fov[2]} mm field of view around the "
+            "head; move the tumour nearer the head's centre or crop the mask to the head"
+        )
+    warnings = []
+    if mapping.cropped_fraction > 0:
+        warnings.append(
+            f"{100 * mapping.cropped_fraction:.1f}% of the head lies outside the model's field of view and is cut off"
+        )
+    return mapping, warnings
+
+
+def _tumour_labels(model: SynthesisModel) -> list[int]:
+    tissue = {"head", "brain"}
+    return [v for n, v in zip(model.family.condition_names, model.family.condition_labels) if n not in tissue]
+
+
+def prepare_labels(request: GenerateRequest, model: SynthesisModel) -> tuple[sitk.Image, np.ndarray, GridMapping, list[str]]:
+    """Read and check the mask; return it in official labels, its model-grid array and the mapping."""
+    mask = read_mask(request.mask)
+    mapping_labels = LabelMapping.parse(request.labels, model.family) if request.labels else None
+    official = to_official(mask, model.family, mapping_labels)
+    mapping, warnings = _plan_geometry(request, model, official)
+    labels = mapping.labels_to_model(official)
+    tumour = _tumour_labels(model)
+    if np.isin(sitk.GetArrayViewFromImage(official), tumour).any() and not np.isin(labels, tumour).any():
+        raise InputError(
+            f"the tumour is smaller than one model voxel ({model.spacing_mm[0]} mm) and vanished on the model grid; "
+            "paint a larger tumour"
+        )
+    return official, labels, mapping, warnings
+
+
+def generate_files(
+    request: GenerateRequest,
+    model: SynthesisModel,
+    model_name: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> GenerationResult:
+    """Generate ``request.samples`` images for a mask file and write them (all or nothing)."""
+    _check_request(request)
+    plan = plan_outputs(request, model.family.modalities)
+    check_destinations(plan.all(), request.overwrite)
+    official, labels, mapping, warnings = prepare_labels(request, model)
+    voxels = int(np.prod(official.GetSize()))
+    check_disk_space(Path(request.output).parent, 4 * voxels * (len(plan.all()) + 1))
+
+    started = time.perf_counter()
+    images = model.generate(labels, request.seed, request.samples, request.batch, progress, cancel)
+    seconds = time.perf_counter() - started
+    if request.intensity == "unit":
+        images = (images + 1.0) / 2.0
+    background = -1.0 if request.intensity == "raw" else 0.0  # the model's background intensity
+
+    anchor = Path(request.output) if plan.provenance else Path(request.output).parent
+    with StagedOutput(anchor) as staged:
+        for n, row in enumerate(plan.images):
+            for c, path in enumerate(row):
+                staged.write_image(mapping.image_to_input(images[n, c], background), path)
+        provenance = _provenance(request, model, model_name, mapping, official, seconds, warnings, plan)
+        if plan.mask is not None:
+            _write_mask(staged, request, model, mapping, labels, official, plan.mask)
+        if plan.provenance is not None:
+            staged.write_json(provenance, plan.provenance)
+        if plan.preview is not None:
+            staged.write_image(preview_png(images[0, 0], labels, _tumour_labels(model)), plan.preview)
+        files = staged.commit()
+    return GenerationResult(files, provenance, warnings)
+
+
+def _write_mask(staged, request, model, mapping, labels, official, destination) -> None:
+    """Physical: the input mask itself (it is the images' grid). Official: the resized labels as the
+    official script exports them (BraTS 4->0, 2->1, 1->2), with the mask's geometry."""
+    if request.geometry == "physical":
+        staged.copy_file(Path(request.mask), destination)
+        return
+    exported = model.family.official_export_labels(labels).astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(exported.transpose(2, 1, 0)))
+    reference = mapping.image_to_input(np.zeros(labels.shape, np.float32), 0.0)
+    image.CopyInformation(reference)
+    staged.write_image(image, destination)
+
+
+def _versions() -> dict:
+    import nibabel
+
+    return {
+        "medddpm_synth": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "SimpleITK": sitk.Version.VersionString(),
+        "nibabel": nibabel.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _provenance(request, model, model_name, mapping, official, seconds, warnings, plan) -> dict:
+    config = model.diffusion.config
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "mask": {"path": str(Path(request.mask).resolve()), "sha256": file_sha256(request.mask)},
+        "model": {
+            "name": model_name,
+            "path": str(model.info.path.resolve()),
+            "sha256": file_sha256(model.info.path),
+            "family": model.family.name,
+            "container": model.info.container,
+            "step": model.info.step,
+            "timesteps": model.timesteps,
+            "config": asdict(config),
+            "grid_xyz": list(mapping.model_grid.size_xyz),
+            "spacing_mm": list(mapping.model_grid.spacing_mm),
+        },
+        "sampler": {"name": "ddpm", "steps": model.timesteps},
+        "seeds": [request.seed + n for n in range(request.samples)],
+        "batch": request.batch,
+        "device": str(model.device),
+        "intensity": request.intensity,
+        "labels": request.labels or "default",
+        "modalities": list(model.family.modalities),
+        "geometry": mapping.to_dict(),
+        "outputs": [str(p.name) for p in plan.all() if p != plan.provenance],
+        "seconds_sampling": round(seconds, 3),
+        "warnings": warnings,
+        "versions": _versions(),
+    }
