@@ -15,7 +15,7 @@ from .errors import (
     RuntimeFailure,
 )
 from .families import BRATS, FAMILIES, WHOLE_HEAD, Family
-from .sampling import SeededNoise, ddpm_sample
+from .sampling import SAMPLERS, SamplerSettings, SeededNoise, ddpm_sample, run_sampler
 from .unet import UNet3D, UNetConfig
 
 __version__ = "0.1.0"
@@ -32,6 +32,8 @@ __all__ = [
     "MedDDPMError",
     "OutputError",
     "RuntimeFailure",
+    "SAMPLERS",
+    "SamplerSettings",
     "SeededNoise",
     "SynthesisModel",
     "UNet3D",
@@ -42,6 +44,7 @@ __all__ = [
     "load_model",
     "read_state_dict",
     "resolve_device",
+    "run_sampler",
     "save_official_checkpoint",
     "save_safetensors",
 ]

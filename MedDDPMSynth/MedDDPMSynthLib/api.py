@@ -21,7 +21,7 @@ from .checkpoint import CheckpointInfo, load_checkpoint
 from .diffusion import GaussianDiffusion
 from .errors import InputError, RuntimeFailure
 from .families import Family, family_for_channels
-from .sampling import CancelCheck, ProgressCallback, SeededNoise, ddpm_sample
+from .sampling import CancelCheck, ProgressCallback, SamplerSettings, SeededNoise, exact_math, run_sampler
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -76,28 +76,32 @@ class SynthesisModel:
         batch: int = 1,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
+        sampler: SamplerSettings = SamplerSettings(),
     ) -> np.ndarray:
         """``samples`` synthetic images (N, C, X, Y, Z) float32 in [-1, 1] for one label array.
 
-        ``progress(done, total)`` counts network evaluations over all batches; ``cancel()`` is checked
-        before every step and raises :class:`GenerationCancelled`.
+        Sample n uses seed ``seed + n`` whatever the batch size, so a batch equals single runs.
+        ``progress(done, total)`` counts sample-steps over all batches; ``cancel()`` is checked before
+        every step and raises :class:`GenerationCancelled`. The default sampler is the official one.
         """
         if samples < 1 or batch < 1:
             raise InputError("samples and batch must be at least 1")
+        sampler.check(self.timesteps)
         cond = self.condition(labels_xyz)
-        steps, total = self.timesteps, samples * self.timesteps
+        steps = sampler.evaluations(self.timesteps)
+        total = samples * steps
         outputs = []
         for start in range(0, samples, batch):
             n = min(batch, samples - start)
             shape = (n, self.family.image_channels, *cond.shape[2:])
             noise = SeededNoise([seed + start + i for i in range(n)], shape, self.device)
-            offset = start * steps
-            report = None if progress is None else (lambda d, _t, o=offset, k=n: progress(o + d * k, total))
+            report = None if progress is None else (lambda d, _t, o=start * steps, k=n: progress(o + d * k, total))
             try:
-                images = ddpm_sample(self.diffusion, cond.expand(n, -1, -1, -1, -1), noise, report, cancel)
+                with exact_math(sampler.precision == "fp32"):
+                    images = run_sampler(self.diffusion, cond.expand(n, -1, -1, -1, -1), noise, sampler, report, cancel)
             except torch.OutOfMemoryError:
                 raise RuntimeFailure(
-                    f"out of {self.device.type.upper()} memory for a batch of {n} at grid {cond.shape[2:]}; "
+                    f"out of {self.device.type.upper()} memory for a batch of {n} at grid {tuple(cond.shape[2:])}; "
                     "use --batch 1, --precision bf16 or --device cpu"
                 ) from None
             outputs.append(self.family.images_to_xyz(images))
