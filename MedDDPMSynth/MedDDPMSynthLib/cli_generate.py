@@ -11,6 +11,7 @@ from tqdm import tqdm
 from .errors import InputError
 from .models import load_named_model
 from .pipeline import GEOMETRIES, INTENSITIES, GenerateRequest, generate_files
+from .sampling import PRECISIONS, SAMPLERS, SPACINGS, SamplerSettings
 
 EPILOG = """examples:
   # the bundled demo model on the bundled example mask
@@ -56,6 +57,13 @@ def add_parser(commands) -> None:
     p.add_argument("--samples", type=int, default=1, help="number of different samples (default 1)")
     p.add_argument("--seed", type=int, default=0, help="sample n uses seed SEED+n (default 0)")
     p.add_argument("--batch", type=int, default=1, help="samples per network pass (memory vs speed; default 1)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                   help="ddpm (default): the official sampler, all T steps, exact; ddim / dpm++: fewer steps (--steps)")
+    p.add_argument("--steps", type=int, help="network evaluations for ddim / dpm++ (default: all T)")
+    p.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic (default) .. 1 ancestral")
+    p.add_argument("--spacing", choices=SPACINGS, default="uniform", help="ddim / dpm++ step spacing (default uniform)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="fp32 (default, exact) or bf16 / fp16 autocast (faster on GPUs)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
     p.add_argument("--grid", type=_grid, metavar="X,Y,Z", help="model grid in voxels (default: the model's own)")
     p.add_argument("--labels", metavar="NAME=V,...", help="which mask values are which tissue, e.g. head=1,tumor=2+3")
@@ -76,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
         mask=args.mask, output=args.output, samples=args.samples, seed=args.seed, batch=args.batch,
         geometry=args.geometry, grid_xyz=args.grid, intensity=args.intensity, labels=args.labels,
         overwrite=args.overwrite,
+        sampler=SamplerSettings(args.sampler, args.steps, args.eta, args.spacing, args.precision),
     )
-    total = args.samples * model.timesteps
+    request.sampler.check(model.timesteps)
+    total = args.samples * request.sampler.evaluations(model.timesteps)
     with tqdm(total=total, unit="step", desc="generating", file=sys.stderr, disable=args.quiet, dynamic_ncols=True) as bar:
         def progress(done: int, _total: int) -> None:
             bar.update(done - bar.n)
@@ -85,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         result = generate_files(request, model, model_name=args.model, progress=progress)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{model.family.title}, {model.timesteps} steps, device {model.device}")
+    steps = request.sampler.evaluations(model.timesteps)
+    print(f"{model.family.title}; {request.sampler.name}, {steps} steps, {request.sampler.precision}, {model.device}")
     for path in result.files:
         print(f"wrote {path}")
     return 0

@@ -30,7 +30,7 @@ from .outputs import (
     preview_png,
     split_image_name,
 )
-from .sampling import CancelCheck, ProgressCallback
+from .sampling import CancelCheck, ProgressCallback, SamplerSettings
 
 GEOMETRIES = ("physical", "official")
 INTENSITIES = ("raw", "unit")
@@ -50,6 +50,7 @@ class GenerateRequest:
     intensity: str = "raw"
     labels: str | None = None
     overwrite: bool = False
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
 
 
 @dataclass
@@ -159,7 +160,7 @@ def generate_files(
     check_disk_space(Path(request.output).parent, 4 * voxels * (len(plan.all()) + 1))
 
     started = time.perf_counter()
-    images = model.generate(labels, request.seed, request.samples, request.batch, progress, cancel)
+    images = model.generate(labels, request.seed, request.samples, request.batch, progress, cancel, request.sampler)
     seconds = time.perf_counter() - started
     if request.intensity == "unit":
         images = (images + 1.0) / 2.0
@@ -225,7 +226,7 @@ def _provenance(request, model, model_name, mapping, official, seconds, warnings
             "grid_xyz": list(mapping.model_grid.size_xyz),
             "spacing_mm": list(mapping.model_grid.spacing_mm),
         },
-        "sampler": {"name": "ddpm", "steps": model.timesteps},
+        "sampler": {**asdict(request.sampler), "steps": request.sampler.evaluations(model.timesteps)},
         "seeds": [request.seed + n for n in range(request.samples)],
         "batch": request.batch,
         "device": str(model.device),

@@ -140,7 +140,8 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(flat))
         n = qkv.shape[-1]
         qkv = qkv.reshape(b, self.num_heads, 3 * c // self.num_heads, n)
-        q, k, v = (part.transpose(-1, -2) for part in qkv.chunk(3, dim=2))  # (b, heads, n, ch)
+        # (b, heads, n, ch); contiguous because strided inputs make CPU SDPA ~8x slower
+        q, k, v = (part.transpose(-1, -2).contiguous() for part in qkv.chunk(3, dim=2))
         a = F.scaled_dot_product_attention(q, k, v)
         a = a.transpose(-1, -2).reshape(b, c, n).type(flat.dtype)
         return (flat + self.proj_out(a)).reshape(b, c, *spatial)
