@@ -21,7 +21,16 @@ from .checkpoint import CheckpointInfo, load_checkpoint
 from .diffusion import GaussianDiffusion
 from .errors import InputError, RuntimeFailure
 from .families import Family, family_for_channels
-from .sampling import CancelCheck, ProgressCallback, SamplerSettings, SeededNoise, exact_math, run_sampler
+from .sampling import (
+    CancelCheck,
+    Inpainting,
+    ProgressCallback,
+    SamplerSettings,
+    SeededNoise,
+    exact_math,
+    repaint_schedule,
+    run_sampler,
+)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -77,18 +86,26 @@ class SynthesisModel:
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
         sampler: SamplerSettings = SamplerSettings(),
+        keep_image: np.ndarray | None = None,
+        regenerate: np.ndarray | None = None,
+        harmonize: int = 3,
     ) -> np.ndarray:
         """``samples`` synthetic images (N, C, X, Y, Z) float32 in [-1, 1] for one label array.
 
         Sample n uses seed ``seed + n`` whatever the batch size, so a batch equals single runs.
         ``progress(done, total)`` counts sample-steps over all batches; ``cancel()`` is checked before
         every step and raises :class:`GenerationCancelled`. The default sampler is the official one.
+
+        Local re-generation: ``keep_image`` (C, X, Y, Z) in [-1, 1] is kept wherever the boolean
+        ``regenerate`` (X, Y, Z) is False (RePaint with ``harmonize`` resampling rounds).
         """
         if samples < 1 or batch < 1:
             raise InputError("samples and batch must be at least 1")
         sampler.check(self.timesteps)
         cond = self.condition(labels_xyz)
-        steps = sampler.evaluations(self.timesteps)
+        inpaint = None if keep_image is None else self._inpainting(keep_image, regenerate, harmonize)
+        steps = len([a for a, _ in repaint_schedule(self.timesteps, inpaint.jump, inpaint.resample) if a == "denoise"]) \
+            if inpaint else sampler.evaluations(self.timesteps)
         total = samples * steps
         outputs = []
         for start in range(0, samples, batch):
@@ -98,7 +115,9 @@ class SynthesisModel:
             report = None if progress is None else (lambda d, _t, o=start * steps, k=n: progress(o + d * k, total))
             try:
                 with exact_math(sampler.precision == "fp32"):
-                    images = run_sampler(self.diffusion, cond.expand(n, -1, -1, -1, -1), noise, sampler, report, cancel)
+                    images = run_sampler(
+                        self.diffusion, cond.expand(n, -1, -1, -1, -1), noise, sampler, report, cancel, inpaint
+                    )
             except torch.OutOfMemoryError:
                 raise RuntimeFailure(
                     f"out of {self.device.type.upper()} memory for a batch of {n} at grid {tuple(cond.shape[2:])}; "
@@ -106,6 +125,25 @@ class SynthesisModel:
                 ) from None
             outputs.append(self.family.images_to_xyz(images))
         return np.concatenate(outputs)
+
+    def _inpainting(self, keep_image: np.ndarray, regenerate: np.ndarray | None, harmonize: int) -> Inpainting:
+        image = np.asarray(keep_image, dtype=np.float32)
+        if regenerate is None or image.ndim != 4 or image.shape[0] != self.family.image_channels:
+            raise InputError(
+                f"local re-generation needs the previous image ({self.family.image_channels} channel(s)) and a "
+                "region to regenerate"
+            )
+        region = np.asarray(regenerate, dtype=bool)
+        if region.shape != image.shape[1:]:
+            raise InputError(f"region {region.shape} and previous image {image.shape[1:]} differ in size")
+        if not region.any():
+            raise InputError("the region to regenerate is empty; move or edit the tumour first")
+        if harmonize < 1:
+            raise InputError("--harmonize must be at least 1")
+        known = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 2, 1)))[None].to(self.device)
+        keep = torch.from_numpy(np.ascontiguousarray((~region).transpose(2, 1, 0)))[None, None].to(self.device)
+        jump = max(1, min(10, self.timesteps // 5))  # RePaint's 10 for T = 250; shorter for tiny T
+        return Inpainting(known.clamp(-1, 1), keep.float(), jump=jump, resample=harmonize)
 
 
 def check_label_array(labels_xyz: np.ndarray, divisor: int = 1) -> np.ndarray:

@@ -71,6 +71,12 @@ def add_parser(commands) -> None:
                    help="physical (default): resample to the model grid around the head and back onto the mask's grid; "
                         "official: resize like the official script and write with the mask's affine")
     p.add_argument("--intensity", choices=INTENSITIES, default="raw", help="raw: model output in [-1, 1]; unit: [0, 1]")
+    p.add_argument("--keep", type=Path, metavar="PREVIOUS_IMAGE",
+                   help="local re-generation: keep this earlier result outside the edited tumour's neighbourhood")
+    p.add_argument("--previous-mask", type=Path, help="the mask PREVIOUS_IMAGE was made from (default: from its provenance.json)")
+    p.add_argument("--margin", type=float, default=10.0, metavar="MM", help="regenerated margin around old and new tumour (default 10 mm)")
+    p.add_argument("--harmonize", type=int, default=3, metavar="R",
+                   help="RePaint resampling rounds that blend the region into the kept image (default 3; 1 = none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -85,17 +91,19 @@ def run(args: argparse.Namespace) -> int:
         geometry=args.geometry, grid_xyz=args.grid, intensity=args.intensity, labels=args.labels,
         overwrite=args.overwrite,
         sampler=SamplerSettings(args.sampler, args.steps, args.eta, args.spacing, args.precision),
+        keep=args.keep, previous_mask=args.previous_mask, margin_mm=args.margin, harmonize=args.harmonize,
     )
     request.sampler.check(model.timesteps)
-    total = args.samples * request.sampler.evaluations(model.timesteps)
+    total = None  # the pipeline reports the total (local re-generation adds harmonising steps)
     with tqdm(total=total, unit="step", desc="generating", file=sys.stderr, disable=args.quiet, dynamic_ncols=True) as bar:
-        def progress(done: int, _total: int) -> None:
+        def progress(done: int, steps_total: int) -> None:
+            bar.total = steps_total
             bar.update(done - bar.n)
 
         result = generate_files(request, model, model_name=args.model, progress=progress)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    steps = request.sampler.evaluations(model.timesteps)
+    steps = result.provenance["sampler"]["steps"]
     print(f"{model.family.title}; {request.sampler.name}, {steps} steps, {request.sampler.precision}, {model.device}")
     for path in result.files:
         print(f"wrote {path}")

@@ -18,7 +18,9 @@ SimpleITK does all resampling; nothing here imports Slicer or Qt.
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .labels import MAX_VOXELS
 
 # Directions (row-major, as SimpleITK reports them) of the grids the released weights were trained on,
 # read with SimpleITK 2.5 from the official example masks:
@@ -55,6 +58,7 @@ def read_mask(path) -> sitk.Image:
         # The header alone tells the dimension and pixel type: refuse early without reading the voxels.
         reader.ReadImageInformation()
         _check_header(path, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize())
+        _check_nifti_data(path)
         image = _squeeze_fourth_axis(reader.Execute())
     except RuntimeError:
         raise InputError(
@@ -80,6 +84,51 @@ def _check_header(path: Path, dimension: int, components: int, size) -> None:
         raise InputError(
             f"{path} is a {dimension}-D image of size {tuple(size)} (a series of volumes); give a single 3-D label volume"
         )
+    voxels = int(np.prod([int(s) for s in size[:3]], dtype=np.int64))
+    if voxels > MAX_VOXELS:  # from the header: never read (or allocate) such a volume
+        raise InputError(
+            f"{path} has {voxels:,} voxels (size {tuple(size[:3])}), more than the {MAX_VOXELS:,} a brain mask "
+            "needs; crop or downsample it first"
+        )
+
+
+def _check_nifti_data(path: Path) -> None:
+    """What ITK's NIfTI reader hides: it zero-fills the missing voxels of a truncated .nii/.nii.gz and
+    turns NaN/Inf into 0 without a word (NRRD and MetaImage keep both visible). So stream the voxel bytes
+    once: their length must be what the header promises, and float labels must be finite."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    import nibabel
+
+    try:
+        header = nibabel.load(str(path)).header  # reads the header only
+        offset = int(header.get_data_offset())
+        dtype = header.get_data_dtype()
+        expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * int(dtype.itemsize)
+    except Exception:  # not parseable by nibabel: SimpleITK reports what it makes of the file
+        return
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    length, finite, pending = 0, True, b""
+    try:
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as stream:
+            while block := stream.read(1 << 22):
+                voxels = block[max(0, offset - length): max(0, expected - length)]  # not header, not trailing
+                length += len(block)
+                if dtype.kind == "f" and finite:
+                    data = pending + voxels
+                    usable = len(data) - len(data) % dtype.itemsize
+                    finite = bool(np.isfinite(np.frombuffer(data[:usable], dtype=dtype)).all())
+                    pending = data[usable:]
+    except (EOFError, OSError, zlib.error):
+        length = -1  # the compressed stream ends early or is damaged
+    if length < expected:
+        raise InputError(
+            f"{path} is truncated or damaged (its voxel data ends before the size its header gives); "
+            "copy or export the mask again"
+        )
+    if not finite:
+        raise InputError(f"{path} contains NaN or infinite values; give an integer label map")
 
 
 def _squeeze_fourth_axis(image: sitk.Image) -> sitk.Image:
@@ -173,6 +222,19 @@ class GridMapping:
                 mask, self.model_grid.reference_image(), sitk.Transform(), sitk.sitkNearestNeighbor, 0
             )
         return _integer_labels(sitk.GetArrayFromImage(resized).transpose(2, 1, 0))
+
+    def image_to_model(self, image: sitk.Image, background: float = 0.0) -> np.ndarray:
+        """A float image on the input grid as a float32 array (X, Y, Z) on the model grid (linear;
+        official mode: index-space resize), e.g. a previous result to keep during local re-generation."""
+        self._check_input(image)
+        if self.mode == "official":
+            resized = _index_space_resize(sitk.Cast(image, sitk.sitkFloat32), self.model_grid.size_xyz, sitk.sitkLinear)
+        else:
+            resized = sitk.Resample(
+                image, self.model_grid.reference_image(), sitk.Transform(), sitk.sitkLinear, float(background),
+                sitk.sitkFloat32,
+            )
+        return sitk.GetArrayFromImage(resized).transpose(2, 1, 0).astype(np.float32)
 
     def image_to_input(self, image_xyz: np.ndarray, background: float = 0.0) -> sitk.Image:
         """A model-grid image (X, Y, Z) as a float32 image on the input mask's grid.
@@ -335,7 +397,7 @@ def _count_outside(mask: sitk.Image, selected: np.ndarray, grid: ModelGrid) -> i
     return int(np.count_nonzero(selected & (sitk.GetArrayViewFromImage(covered) == 0)))
 
 
-def _index_space_resize(mask: sitk.Image, size_xyz) -> sitk.Image:
+def _index_space_resize(mask: sitk.Image, size_xyz, interpolator=sitk.sitkNearestNeighbor) -> sitk.Image:
     """Nearest-neighbour resize of the voxel array alone, ignoring spacing/orientation (official behaviour).
 
     Corner-aligned like torchio's ``Resize``: output voxel o samples input index (o + 0.5) * n / m - 0.5,
@@ -345,7 +407,7 @@ def _index_space_resize(mask: sitk.Image, size_xyz) -> sitk.Image:
     scale = np.asarray(mask.GetSize(), dtype=float) / np.asarray(size_xyz, dtype=float)
     origin = 0.5 * scale - 0.5
     return sitk.Resample(
-        plain, [int(v) for v in size_xyz], sitk.Transform(), sitk.sitkNearestNeighbor, origin.tolist(),
+        plain, [int(v) for v in size_xyz], sitk.Transform(), interpolator, origin.tolist(),
         scale.tolist(), plain.GetDirection(), 0, plain.GetPixelID(),
     )
 

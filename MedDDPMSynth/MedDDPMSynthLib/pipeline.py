@@ -30,6 +30,7 @@ from .outputs import (
     preview_png,
     split_image_name,
 )
+from .regenerate import composite, load_previous, model_inputs, regeneration_region
 from .sampling import CancelCheck, ProgressCallback, SamplerSettings
 
 GEOMETRIES = ("physical", "official")
@@ -51,6 +52,12 @@ class GenerateRequest:
     labels: str | None = None
     overwrite: bool = False
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    #: local re-generation: the previous image to keep outside the edited region, its mask (default:
+    #: found via the previous run's provenance.json), the margin around old + new tumour, RePaint rounds
+    keep: Path | None = None
+    previous_mask: Path | None = None
+    margin_mm: float = 10.0
+    harmonize: int = 3
 
 
 @dataclass
@@ -96,6 +103,10 @@ def _check_request(request: GenerateRequest) -> None:
         raise InputError("--samples and --batch must be at least 1")
     if Path(request.output).resolve() == Path(request.mask).resolve():
         raise InputError("the output would overwrite the input mask; choose another output")
+    if request.keep is not None and request.geometry != "physical":
+        raise InputError("local re-generation (--keep) works with --geometry physical only")
+    if request.margin_mm < 0:
+        raise InputError("--margin must be 0 mm or more")
 
 
 def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: sitk.Image) -> tuple[GridMapping, list[str]]:
@@ -155,12 +166,22 @@ def generate_files(
     _check_request(request)
     plan = plan_outputs(request, model.family.modalities)
     check_destinations(plan.all(), request.overwrite)
+    if request.keep is not None and any(p.resolve() == Path(request.keep).resolve() for p in plan.all()):
+        raise InputError("the output would overwrite the previous image given with --keep; choose another output")
     official, labels, mapping, warnings = prepare_labels(request, model)
+    previous = region = keep_image = region_model = None
+    if request.keep is not None:
+        previous = load_previous(Path(request.keep), request.previous_mask, model.family, request.intensity)
+        region = regeneration_region(previous.old_official, official, model.family, request.margin_mm)
+        keep_image, region_model = model_inputs(previous, region, mapping)
     voxels = int(np.prod(official.GetSize()))
     check_disk_space(Path(request.output).parent, 4 * voxels * (len(plan.all()) + 1))
 
     started = time.perf_counter()
-    images = model.generate(labels, request.seed, request.samples, request.batch, progress, cancel, request.sampler)
+    images = model.generate(
+        labels, request.seed, request.samples, request.batch, progress, cancel, request.sampler,
+        keep_image=keep_image, regenerate=region_model, harmonize=request.harmonize,
+    )
     seconds = time.perf_counter() - started
     if request.intensity == "unit":
         images = (images + 1.0) / 2.0
@@ -170,7 +191,10 @@ def generate_files(
     with StagedOutput(anchor) as staged:
         for n, row in enumerate(plan.images):
             for c, path in enumerate(row):
-                staged.write_image(mapping.image_to_input(images[n, c], background), path)
+                image = mapping.image_to_input(images[n, c], background)
+                if previous is not None:  # outside the region: the previous file's exact voxels
+                    image = composite(image, previous.images[c], region)
+                staged.write_image(image, path)
         provenance = _provenance(request, model, model_name, mapping, official, seconds, warnings, plan)
         if plan.mask is not None:
             _write_mask(staged, request, model, mapping, labels, official, plan.mask)
@@ -228,6 +252,11 @@ def _provenance(request, model, model_name, mapping, official, seconds, warnings
         },
         "sampler": {**asdict(request.sampler), "steps": request.sampler.evaluations(model.timesteps)},
         "seeds": [request.seed + n for n in range(request.samples)],
+        "local_regeneration": None if request.keep is None else {
+            "previous_image": str(Path(request.keep).resolve()),
+            "margin_mm": request.margin_mm,
+            "harmonize": request.harmonize,
+        },
         "batch": request.batch,
         "device": str(model.device),
         "intensity": request.intensity,

@@ -272,6 +272,65 @@ def dpmpp_2m_sample(
     return x
 
 
+@dataclass
+class Inpainting:
+    """Local re-generation: keep ``known`` where ``keep`` is 1 and regenerate the rest (RePaint,
+    Lugmayr et al. 2022). ``jump``/``resample``: go back ``jump`` steps ``resample - 1`` times at every
+    ``jump``-th step, so the regenerated region harmonises with the kept one (1 = plain replacement)."""
+
+    known: torch.Tensor  # (B, C, D, H, W) image in [-1, 1]
+    keep: torch.Tensor  # (B or 1, 1, D, H, W), 1 = keep, 0 = regenerate
+    jump: int = 10
+    resample: int = 3
+
+
+def repaint_schedule(timesteps: int, jump: int, resample: int) -> list[tuple[str, int]]:
+    """Actions ('denoise', t): x_t -> x_{t-1}; ('renoise', t): x_{t-1} -> x_t, as a list."""
+    actions, repeats = [], {}
+    level = timesteps - 1  # x is at noise level ``level``; the next denoise step is t = level
+    while level >= 0:
+        actions.append(("denoise", level))
+        level -= 1
+        if resample > 1 and level >= 0 and level % jump == 0 and level + jump <= timesteps - 1 \
+                and repeats.get(level, 0) < resample - 1:
+            repeats[level] = repeats.get(level, 0) + 1
+            actions.extend(("renoise", u) for u in range(level + 1, level + jump + 1))
+            level += jump
+    return actions
+
+
+@torch.no_grad()
+def repaint_sample(
+    model: GaussianDiffusion,
+    cond: torch.Tensor,
+    noise: NoiseSource,
+    inpaint: Inpainting,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    eps_fn: EpsFunction | None = None,
+) -> torch.Tensor:
+    """Official ancestral steps, with the kept region replaced after every step by the known image
+    noised to that step's level; returns x_0 whose kept region equals ``known`` exactly."""
+    eps_fn = eps_fn or make_eps_fn(model)
+    actions = repaint_schedule(model.num_timesteps, inpaint.jump, inpaint.resample)
+    total = sum(1 for a, _ in actions if a == "denoise")
+    keep = inpaint.keep.to(cond.device, torch.float32)
+    known = inpaint.known.to(cond.device, torch.float32)
+    x, done = _initial(noise, cond), 0
+    for action, t in actions:
+        if action == "renoise":
+            x = torch.sqrt(1 - model.betas[t]) * x + torch.sqrt(model.betas[t]) * noise.draw()
+            continue
+        _check_cancel(cancel)
+        x = ddpm_step(model, x, cond, t, noise.draw(), eps_fn)
+        known_t = model.q_sample(known, _batch_t(x, t - 1), noise.draw()) if t > 0 else known
+        x = keep * known_t + (1 - keep) * x
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    return x
+
+
 def run_sampler(
     model: GaussianDiffusion,
     cond: torch.Tensor,
@@ -279,11 +338,16 @@ def run_sampler(
     settings: SamplerSettings = SamplerSettings(),
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    inpaint: Inpainting | None = None,
 ) -> torch.Tensor:
     """Dispatch to the chosen sampler; returns images (B, C, D, H, W) in [-1, 1] (float32)."""
     settings.check(model.num_timesteps)
     eps_fn = make_eps_fn(model, settings.precision)
     steps = settings.evaluations(model.num_timesteps)
+    if inpaint is not None:
+        if settings.name != "ddpm":
+            raise InputError("local re-generation uses the ddpm sampler; drop --sampler/--steps or use ddpm")
+        return repaint_sample(model, cond, noise, inpaint, progress, cancel, eps_fn)
     if settings.name == "ddpm":
         return ddpm_sample(model, cond, noise, progress, cancel, eps_fn)
     if settings.name == "ddim":

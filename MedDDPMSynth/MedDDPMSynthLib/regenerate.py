@@ -1,0 +1,144 @@
+"""Local re-generation: regenerate only around the (edited) tumour, keep the previous image elsewhere.
+
+The region is the union of the old and the new tumour, dilated by a margin in mm, on the mask's own
+grid. Sampling in-paints it on the model grid (see :class:`sampling.Inpainting`); the result is then
+composited on the mask's grid, so every voxel outside the region is the previous file's value, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .families import Family
+from .geometry import GridMapping, read_mask
+from .labels import to_official
+from .outputs import split_image_name
+
+
+@dataclass
+class PreviousResult:
+    images: list[sitk.Image]  # one per modality, on the mask's grid, as written (raw or unit intensity)
+    intensity: str
+    old_official: sitk.Image  # the mask the previous images were generated from, official labels
+
+
+def _read_image(path: Path) -> sitk.Image:
+    if not path.is_file():
+        raise InputError(f"previous image not found: {path}; give the image written by the earlier run")
+    try:
+        return sitk.ReadImage(str(path), sitk.sitkFloat32)
+    except RuntimeError:
+        raise InputError(f"cannot read previous image {path}; give a NIfTI/NRRD/MHA image") from None
+
+
+def previous_image_paths(keep: Path, modalities: tuple[str, ...]) -> list[Path]:
+    """The previous file, or for multi-modal models the sibling files NAME_<modality>EXT."""
+    if len(modalities) == 1:
+        return [keep]
+    stem, ext = split_image_name(keep)
+    for mod in modalities:
+        if stem.endswith(f"_{mod}"):
+            base = stem[: -len(mod) - 1]
+            return [keep.with_name(f"{base}_{m}{ext}") for m in modalities]
+    raise InputError(
+        f"{keep.name} does not end with one of _{', _'.join(modalities)}; give one of the previous run's "
+        "modality files"
+    )
+
+
+def _provenance_beside(keep: Path) -> dict:
+    path = keep.parent / "provenance.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def load_previous(keep: Path, previous_mask: Path | None, family: Family, intensity: str) -> PreviousResult:
+    """Previous images, their intensity convention and their mask (given, or found via provenance.json)."""
+    images = [_read_image(p) for p in previous_image_paths(Path(keep), family.modalities)]
+    provenance = _provenance_beside(Path(keep))
+    previous_intensity = provenance.get("intensity", intensity)
+    if previous_intensity != intensity:
+        raise InputError(
+            f"the previous image was written with --intensity {previous_intensity}; use the same for re-generation"
+        )
+    if previous_mask is None:
+        masks = [o for o in provenance.get("outputs", []) if split_image_name(Path(o))[0].endswith("_mask")]
+        if not masks:
+            raise InputError("cannot tell which mask the previous image came from; give it with --previous-mask")
+        previous_mask = Path(keep).parent / masks[0]
+    return PreviousResult(images, previous_intensity, to_official(read_mask(previous_mask), family))
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return a.GetSize() == b.GetSize() and all(
+        np.allclose(x, y, atol=1e-4) for x, y in
+        ((a.GetSpacing(), b.GetSpacing()), (a.GetOrigin(), b.GetOrigin()), (a.GetDirection(), b.GetDirection()))
+    )
+
+
+def regeneration_region(old: sitk.Image, new: sitk.Image, family: Family, margin_mm: float) -> sitk.Image:
+    """uint8 mask on the new mask's grid: old tumour, new tumour and their surroundings within the margin."""
+    if not _same_grid(old, new):
+        raise InputError("the previous mask and the new mask are on different grids; edit the previous mask, do not resample it")
+    tissue = {"head", "brain"}
+    tumour_labels = [v for n, v in zip(family.condition_names, family.condition_labels) if n not in tissue]
+    union = sitk.Or(_is_any(old, tumour_labels), _is_any(new, tumour_labels))
+    if margin_mm > 0:
+        radius = [max(1, math.ceil(margin_mm / s)) for s in new.GetSpacing()]
+        union = sitk.BinaryDilate(union, radius, sitk.sitkBall)
+    changed = sitk.Cast(old != new, sitk.sitkUInt8)  # any other edit (e.g. a repainted head) counts too
+    return sitk.Cast(sitk.Or(union, changed), sitk.sitkUInt8)
+
+
+def _is_any(image: sitk.Image, labels: list[int]) -> sitk.Image:
+    array = np.isin(sitk.GetArrayViewFromImage(image), labels).astype(np.uint8)
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
+
+
+def model_inputs(previous: PreviousResult, region: sitk.Image, mapping: GridMapping) -> tuple[np.ndarray, np.ndarray]:
+    """Previous images (C, X, Y, Z) in [-1, 1] and the boolean region (X, Y, Z), on the model grid."""
+    for image in previous.images:
+        if not _same_grid(image, region):
+            raise InputError("the previous image is not on the new mask's grid; regenerate from the mask it was made for")
+    arrays = [mapping.image_to_model(image, background=-1.0) for image in previous.images]
+    known = np.stack(arrays)
+    if previous.intensity == "unit":
+        known = known * 2.0 - 1.0
+    region_model = mapping.labels_to_model(region) > 0
+    return known, region_model
+
+
+def composite(new: sitk.Image, previous: sitk.Image, region: sitk.Image) -> sitk.Image:
+    """New values inside the region, the previous file's exact values outside."""
+    inside = sitk.GetArrayViewFromImage(region) > 0
+    array = np.where(inside, sitk.GetArrayViewFromImage(new), sitk.GetArrayViewFromImage(previous)).astype(np.float32)
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(previous)
+    return out
+
+
+def seam_score(image: sitk.Image, region: sitk.Image, band: int = 3) -> dict:
+    """Mean gradient magnitude on the region's boundary and in ``band``-voxel bands just inside and just
+    outside it; a visible seam shows as a boundary value well above both bands."""
+    gradient = sitk.GetArrayViewFromImage(sitk.GradientMagnitude(sitk.Cast(image, sitk.sitkFloat32)))
+
+    def grown(radius: int) -> np.ndarray:
+        op = sitk.BinaryDilate if radius > 0 else sitk.BinaryErode
+        return sitk.GetArrayViewFromImage(op(region, [abs(radius)] * 3) if radius else region) > 0
+
+    boundary = grown(1) & ~grown(-1)
+    inside = grown(-1) & ~grown(-1 - band)
+    outside = grown(1 + band) & ~grown(1)
+    mean = lambda m: float(gradient[m].mean()) if m.any() else float("nan")  # noqa: E731
+    return {"boundary": mean(boundary), "inside": mean(inside), "outside": mean(outside)}

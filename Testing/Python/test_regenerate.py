@@ -1,0 +1,123 @@
+"""Local re-generation: outside the region bit-identical, inside regenerated, clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedDDPMSynthLib import WHOLE_HEAD, InputError
+from MedDDPMSynthLib.labels import to_official
+from MedDDPMSynthLib.models import load_named_model
+from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files
+from MedDDPMSynthLib.regenerate import regeneration_region, seam_score
+from MedDDPMSynthLib.sampling import repaint_schedule
+
+
+def test_repaint_schedule_counts():
+    actions = repaint_schedule(30, 10, 3)
+    denoise = [t for a, t in actions if a == "denoise"]
+    assert denoise[0] == 29 and denoise[-1] == 0
+    assert len(denoise) == 30 + 2 * 2 * 10  # jump points at levels 10 and 0, two extra rounds of 10 each
+    assert repaint_schedule(30, 10, 1) == [("denoise", t) for t in reversed(range(30))]
+
+
+def test_api_keeps_outside_exactly(tiny_model, tiny_io):
+    labels = tiny_io["label_volume_xyz"]
+    previous = tiny_model.generate(labels, seed=1)[0]
+    region = np.zeros(labels.shape, bool)
+    region[10:20, 10:20, 4:10] = True
+    new = tiny_model.generate(labels, seed=2, keep_image=previous, regenerate=region, harmonize=2)[0]
+    assert np.array_equal(new[:, ~region], previous[:, ~region])
+    assert np.abs(new[:, region] - previous[:, region]).mean() > 0.1
+    with pytest.raises(InputError, match="empty"):
+        tiny_model.generate(labels, keep_image=previous, regenerate=np.zeros_like(region))
+
+
+def _head_mask(tmp_path, name, tumour_shift=0):
+    """Oblique, anisotropic head (label 1) with a tumour (label 2), 40 x 36 x 24 voxels."""
+    k, j, i = np.mgrid[:24, :36, :40]
+    head = ((i - 20) / 17) ** 2 + ((j - 18) / 15) ** 2 + ((k - 12) / 10) ** 2 < 1
+    tumour = ((i - 14 - tumour_shift) / 4) ** 2 + ((j - 18) / 4) ** 2 + ((k - 12) / 3) ** 2 < 1
+    labels = head.astype(np.uint8) + (tumour & head).astype(np.uint8)
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing((5.0, 5.5, 8.0))
+    image.SetOrigin((-90.0, 80.0, -100.0))
+    rotation = sitk.VersorTransform((0.2, 0.1, 1.0), 0.3).GetMatrix()
+    image.SetDirection(rotation)
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_file_workflow_shift_and_regenerate(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDDDPMSYNTH_HOME", str(tmp_path / "home"))
+    model = load_named_model("demo")
+    first_mask, moved_mask = _head_mask(tmp_path, "m.nii.gz"), _head_mask(tmp_path, "moved.nii.gz", 8)
+    first = generate_files(GenerateRequest(first_mask, tmp_path / "first"), model)
+    previous = first.files[0]
+    second = generate_files(
+        GenerateRequest(moved_mask, tmp_path / "second", seed=3, keep=previous, margin_mm=5, harmonize=2), model
+    )
+    old, new = sitk.ReadImage(str(previous)), sitk.ReadImage(str(second.files[0]))
+    region = regeneration_region(
+        to_official(sitk.ReadImage(str(first_mask)), WHOLE_HEAD),
+        to_official(sitk.ReadImage(str(moved_mask)), WHOLE_HEAD), WHOLE_HEAD, 5,
+    )
+    A, B, R = (sitk.GetArrayFromImage(x) for x in (old, new, region))
+    assert new.GetSize() == old.GetSize()
+    assert np.allclose(new.GetDirection(), old.GetDirection(), atol=1e-6)  # NIfTI stores float32 quaternions
+    assert R.any() and not R.all()
+    assert np.array_equal(A[R == 0], B[R == 0])  # bit-identical outside the region
+    assert np.abs(A[R > 0] - B[R > 0]).mean() > 0.05  # regenerated inside
+    record = json.loads((tmp_path / "second" / "provenance.json").read_text())["local_regeneration"]
+    assert record["margin_mm"] == 5 and record["harmonize"] == 2
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("first")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDDDPMSYNTH_HOME", str(folder / "home"))
+    model = load_named_model("demo")
+    mask = _head_mask(folder, "m.nii.gz")
+    first = generate_files(GenerateRequest(mask, folder / "first"), model)
+    other = sitk.Image([10, 10, 10], sitk.sitkUInt8)
+    other[5, 5, 5] = 1
+    sitk.WriteImage(other, str(folder / "other.nii.gz"))
+    yield model, mask, first.files[0], folder
+    mp.undo()
+
+
+@pytest.mark.parametrize(
+    "change,phrase",
+    [
+        (dict(geometry="official"), "physical only"),
+        (dict(keep="missing.nii.gz"), "previous image not found"),
+        (dict(intensity="unit"), "same for re-generation"),
+        (dict(margin_mm=-1), "0 mm or more"),
+        (dict(previous_mask="other.nii.gz"), "different grids"),
+    ],
+)
+def test_bad_regeneration_requests(first_run, change, phrase):
+    model, mask, previous, folder = first_run
+    args = {"keep": previous, **change}
+    for key in ("keep", "previous_mask"):
+        if isinstance(args.get(key), str):
+            args[key] = folder / args[key]
+    before = sorted(str(p) for p in folder.rglob("*"))
+    with pytest.raises(InputError, match=phrase):
+        generate_files(GenerateRequest(mask, folder / "second", **args), model)
+    assert sorted(str(p) for p in folder.rglob("*")) == before  # nothing written
+
+
+def test_seam_score_sees_a_step_edge():
+    region = sitk.Image([30, 30, 30], sitk.sitkUInt8)
+    region[10:20, 10:20, 10:20] = 1
+    smooth = sitk.GaussianSource(sitk.sitkFloat32, [30, 30, 30], [8.0] * 3, [15.0] * 3, 1.0)
+    stepped = sitk.Add(smooth, sitk.Cast(region, sitk.sitkFloat32))  # +1 inside: a seam on the boundary
+    clean, seam = seam_score(smooth, region), seam_score(stepped, region)
+    assert seam["boundary"] > 5 * max(seam["inside"], seam["outside"])
+    assert clean["boundary"] < 2 * max(clean["inside"], clean["outside"])
