@@ -100,7 +100,7 @@ class SynthesisModel:
         ``regenerate`` (X, Y, Z) is False (RePaint with ``harmonize`` resampling rounds).
         """
         if samples < 1 or batch < 1:
-            raise InputError("samples and batch must be at least 1")
+            raise InputError("samples and batch must be at least 1; use e.g. samples=1, batch=1")
         sampler.check(self.timesteps)
         cond = self.condition(labels_xyz)
         inpaint = None if keep_image is None else self._inpainting(keep_image, regenerate, harmonize)
@@ -119,9 +119,10 @@ class SynthesisModel:
                         self.diffusion, cond.expand(n, -1, -1, -1, -1), noise, sampler, report, cancel, inpaint
                     )
             except torch.OutOfMemoryError:
+                advice = "--batch 1 or --precision bf16" + ("" if self.device.type == "cpu" else " or --device cpu")
                 raise RuntimeFailure(
                     f"out of {self.device.type.upper()} memory for a batch of {n} at grid {tuple(cond.shape[2:])}; "
-                    "use --batch 1, --precision bf16 or --device cpu"
+                    f"use {advice}"
                 ) from None
             outputs.append(self.family.images_to_xyz(images))
         return np.concatenate(outputs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, cli_generate, cli_models
+from . import __version__, cli_evaluate, cli_generate, cli_models, cli_train, cli_tumor
 from .errors import MedDDPMError
 
 EPILOG = """examples:
@@ -16,6 +16,9 @@ EPILOG = """examples:
   medddpm-synth generate --mask BraTS_seg.nii.gz --model model_brats -o out/ --samples 4 --seed 1
   medddpm-synth models import ~/Downloads/model_128.pt --name wholehead
   medddpm-synth models list
+  medddpm-synth tumor shift --mask m.nii.gz --vector 10,0,-5 -o shifted.nii.gz
+  medddpm-synth train --masks masks/ --images images/ -o run1/ --steps 20000
+  medddpm-synth evaluate --generated out/ --reference images/ --masks masks/ -o report.json --montage report.png
 """
 
 
@@ -30,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cli_generate.add_parser(commands)
     cli_models.add_parser(commands)
+    cli_tumor.add_parser(commands)
+    cli_train.add_parser(commands)
+    cli_evaluate.add_parser(commands)
     return parser
 
 

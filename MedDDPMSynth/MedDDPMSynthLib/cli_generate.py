@@ -84,7 +84,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.batch < 1:
-        raise InputError("--samples and --batch must be at least 1")
+        raise InputError("--samples and --batch must be at least 1; use e.g. --samples 1 --batch 1")
     model = load_named_model(args.model, device=args.device)
     request = GenerateRequest(
         mask=args.mask, output=args.output, samples=args.samples, seed=args.seed, batch=args.batch,
@@ -94,13 +94,21 @@ def run(args: argparse.Namespace) -> int:
         keep=args.keep, previous_mask=args.previous_mask, margin_mm=args.margin, harmonize=args.harmonize,
     )
     request.sampler.check(model.timesteps)
-    total = None  # the pipeline reports the total (local re-generation adds harmonising steps)
-    with tqdm(total=total, unit="step", desc="generating", file=sys.stderr, disable=args.quiet, dynamic_ncols=True) as bar:
-        def progress(done: int, steps_total: int) -> None:
-            bar.total = steps_total
-            bar.update(done - bar.n)
+    # the bar opens at the first step, so refusals (checked before sampling) print only their error line
+    bar = None
 
+    def progress(done: int, steps_total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=steps_total, unit="step", desc="generating", file=sys.stderr, disable=args.quiet,
+                       dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
         result = generate_files(request, model, model_name=args.model, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     steps = result.provenance["sampler"]["steps"]

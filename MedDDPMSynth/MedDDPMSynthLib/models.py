@@ -402,6 +402,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     candidate = Path(name_or_path).expanduser()
     if candidate.is_file():
         return candidate
+    if candidate.is_dir():
+        raise CheckpointError(f"{candidate} is a folder, not a model file; give the path of the .pt/.safetensors file")
     text = str(name_or_path)
     if text.lower() == DEMO_NAME:
         return _existing_file(demo_entry())

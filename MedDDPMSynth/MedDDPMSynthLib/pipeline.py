@@ -100,7 +100,7 @@ def _check_request(request: GenerateRequest) -> None:
     if request.intensity not in INTENSITIES:
         raise InputError(f"unknown --intensity '{request.intensity}'; use one of {', '.join(INTENSITIES)}")
     if request.samples < 1 or request.batch < 1:
-        raise InputError("--samples and --batch must be at least 1")
+        raise InputError("--samples and --batch must be at least 1; use e.g. --samples 1 --batch 1")
     if Path(request.output).resolve() == Path(request.mask).resolve():
         raise InputError("the output would overwrite the input mask; choose another output")
     if request.keep is not None and request.geometry != "physical":
