@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-from .errors import InputError, MedDDPMError
+from .errors import InputError
 from .families import FAMILIES
 from .outputs import StagedOutput, check_destinations
 
@@ -112,15 +111,3 @@ def run(args: argparse.Namespace) -> int:
             for path in staged.commit():
                 print(f"wrote {path}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``medddpm-synth evaluate ARGS`` on its own (``argv`` without the word ``evaluate``), for tests."""
-    parser = argparse.ArgumentParser(prog="medddpm-synth")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.run(args)
-    except MedDDPMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code

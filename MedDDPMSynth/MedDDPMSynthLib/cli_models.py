@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Sequence
 
 from . import models
-from .errors import InputError, MedDDPMError
+from .errors import InputError
 
 EPILOG = """examples:
   medddpm-synth models list
@@ -151,19 +150,3 @@ def run(args: argparse.Namespace) -> int:
     """Carry out one ``models`` action; 0 on success (errors are raised as ``MedDDPMError``)."""
     _ACTIONS[args.models_command](args)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone ``medddpm-synth models ...`` (tests, debugging): errors as one line on stderr."""
-    parser = argparse.ArgumentParser(prog="medddpm-synth")
-    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except MedDDPMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

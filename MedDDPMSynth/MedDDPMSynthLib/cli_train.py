@@ -13,10 +13,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
 
 from .checkpoint import _atomic_write, infer_config, read_state_dict
-from .errors import CheckpointError, GenerationCancelled, InputError, MedDDPMError, OutputError
+from .errors import CheckpointError, GenerationCancelled, InputError, OutputError
 from .families import FAMILIES, family_for_channels
 from .labels import LabelMapping
 from .train_data import PairedVolumeDataset
@@ -196,19 +195,3 @@ def _write_config(args: argparse.Namespace, config: TrainConfig, trainer: Traine
     }
     text = json.dumps(info, indent=2)
     _atomic_write(args.output / "config.json", lambda tmp: Path(tmp).write_text(text))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone ``medddpm-synth train ...`` (tests, debugging): errors as one line on stderr."""
-    parser = argparse.ArgumentParser(prog="medddpm-synth")
-    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except MedDDPMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

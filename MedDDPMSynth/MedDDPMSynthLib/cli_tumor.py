@@ -8,15 +8,13 @@ uint8 with the input's exact geometry, each with a JSON record of the edit besid
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import tumor_edit
-from .errors import InputError, MedDDPMError
+from .errors import InputError
 from .families import FAMILIES
 from .geometry import read_mask
 from .labels import ALIASES, LabelMapping, check_values, to_official
@@ -229,19 +227,3 @@ def run(args: argparse.Namespace) -> int:
         files = _write_batch(args, items)
         print(f"wrote {len(files) - 1} mask(s) to {args.output}; records and skipped results: records.json")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone ``medddpm-synth tumor ...`` (tests, debugging): errors as one line on stderr."""
-    parser = argparse.ArgumentParser(prog="medddpm-synth")
-    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except MedDDPMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,8 @@ import SimpleITK as sitk
 
 pytest.importorskip("monai", reason="evaluation needs MONAI: pip install -e '.[eval]'")
 
-from MedDDPMSynthLib import cli_evaluate, evaluation  # noqa: E402
+from MedDDPMSynthLib import evaluation  # noqa: E402
+from MedDDPMSynthLib.cli import main  # noqa: E402
 from MedDDPMSynthLib.errors import InputError  # noqa: E402
 
 SHAPE = (32, 36, 40)  # (Z, Y, X) arrays; the smallest grids MS-SSIM is set up for
@@ -191,21 +192,21 @@ def test_cli_writes_report_and_montage(folders, capsys):
     root, _ = folders
     report, png = root / "out" / "report.json", root / "out" / "montage.png"
     args = ["--generated", str(root / "gen"), "--reference", str(root / "ref"), "--masks", str(root / "masks")]
-    assert cli_evaluate.main([*args, "-o", str(report), "--montage", str(png)]) == 0
+    assert main(["evaluate", *args, "-o", str(report), "--montage", str(png)]) == 0
     data = json.loads(report.read_text())  # strict JSON: the infinite PSNR of case_0 is null
     assert data["cases"][0]["psnr"] is None and data["counts"]["cases"] == 2
     montage = sitk.ReadImage(str(png))
     assert montage.GetNumberOfComponentsPerPixel() == 3 and montage.GetSize()[1] > montage.GetSize()[0] / 8
     out = capsys.readouterr()
     assert "MS-SSIM vs reference" in out.out and "other.nii.gz" in out.err
-    assert cli_evaluate.main([*args, "-o", str(report)]) == 2  # exists: refused without --overwrite
+    assert main(["evaluate", *args, "-o", str(report)]) == 2  # exists: refused without --overwrite
     assert "already exists" in capsys.readouterr().err
 
 
 def test_cli_bad_folder_gives_one_error_and_writes_nothing(folders, capsys):
     root, _ = folders
     report, png = root / "out" / "report.json", root / "out" / "montage.png"
-    code = cli_evaluate.main(["--generated", str(root / "nope"), "--masks", str(root / "masks"),
+    code = main(["evaluate", "--generated", str(root / "nope"), "--masks", str(root / "masks"),
                               "-o", str(report), "--montage", str(png)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1

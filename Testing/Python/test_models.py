@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from MedDDPMSynthLib import models
-from MedDDPMSynthLib.cli_models import main
+from MedDDPMSynthLib.cli import main
 from MedDDPMSynthLib.errors import CheckpointError, InputError, MedDDPMError, OutputError
 
 TINY = Path(__file__).resolve().parents[1] / "Data" / "official" / "tiny_wholehead_ckpt.pt"

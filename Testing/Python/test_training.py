@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from MedDDPMSynthLib import BRATS, WHOLE_HEAD, load_model
-from MedDDPMSynthLib.cli_train import main
+from MedDDPMSynthLib.cli import main
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.train_data import PairedVolumeDataset, normalise_per_slice, normalise_per_volume
 from MedDDPMSynthLib.training import TrainConfig, Trainer, sidecar_path

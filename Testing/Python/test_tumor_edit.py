@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from MedDDPMSynthLib import tumor_edit as te
-from MedDDPMSynthLib.cli_tumor import main
+from MedDDPMSynthLib.cli import main
 from MedDDPMSynthLib.errors import InputError
 
 SIZE = (80, 70, 36)  # (x, y, z) voxels
