@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, cli_evaluate, cli_generate, cli_models, cli_train, cli_tumor
+from . import __version__, cli_evaluate, cli_generate, cli_insert, cli_models, cli_train, cli_tumor
 from .errors import MedDDPMError
 
 EPILOG = """examples:
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_generate.add_parser(commands)
     cli_models.add_parser(commands)
     cli_tumor.add_parser(commands)
+    cli_insert.add_parser(commands)
     cli_train.add_parser(commands)
     cli_evaluate.add_parser(commands)
     return parser

@@ -120,10 +120,14 @@ def model_inputs(previous: PreviousResult, region: sitk.Image, mapping: GridMapp
 
 
 def composite(new: sitk.Image, previous: sitk.Image, region: sitk.Image) -> sitk.Image:
-    """New values inside the region, the previous file's exact values outside."""
+    """New values inside the region, the previous image's exact voxels (and pixel type) outside."""
     inside = sitk.GetArrayViewFromImage(region) > 0
-    array = np.where(inside, sitk.GetArrayViewFromImage(new), sitk.GetArrayViewFromImage(previous)).astype(np.float32)
-    out = sitk.GetImageFromArray(array)
+    before = sitk.GetArrayFromImage(previous)
+    values = sitk.GetArrayViewFromImage(new)
+    if before.dtype.kind in "iu":  # an integer scan stays integer: round and clip to its type
+        info = np.iinfo(before.dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    out = sitk.GetImageFromArray(np.where(inside, values, before).astype(before.dtype))
     out.CopyInformation(previous)
     return out
 

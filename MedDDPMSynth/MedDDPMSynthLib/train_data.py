@@ -34,6 +34,7 @@ from .api import resolve_device
 from .errors import InputError
 from .families import BRATS, Family
 from .geometry import CANONICAL_DIRECTIONS, MASK_SUFFIXES, plan_physical, read_mask
+from .normalisation import normalise_per_slice, normalise_per_volume  # noqa: F401 (re-exported)
 from .labels import LabelMapping, to_official
 from .outputs import image_extension, split_image_name
 
@@ -51,23 +52,7 @@ Augment = Callable[[sitk.Image, sitk.Image], "tuple[sitk.Image, sitk.Image]"]
 # ------------------------------------------------------------------------------------ normalisation
 
 
-def normalise_per_slice(volume_xyz: np.ndarray) -> np.ndarray:
-    """Whole-head: each slice along the third (Z) axis min-max to [0, 1] (constant slice -> 0), then 2v - 1.
-
-    The same as the official scikit-learn MinMaxScaler on the array reshaped to (X*Y, Z)."""
-    v = np.asarray(volume_xyz, dtype=np.float64)
-    low = v.min(axis=(0, 1), keepdims=True)
-    span = v.max(axis=(0, 1), keepdims=True) - low
-    unit = np.where(span > 0, (v - low) / np.where(span > 0, span, 1.0), 0.0)
-    return (2.0 * unit - 1.0).astype(np.float32)
-
-
-def normalise_per_volume(volume: np.ndarray) -> np.ndarray:
-    """BraTS: the whole volume (one modality) min-max to [-1, 1]; a constant volume becomes -1."""
-    v = np.asarray(volume, dtype=np.float64)
-    low, span = v.min(), v.max() - v.min()
-    unit = (v - low) / span if span > 0 else np.zeros_like(v)
-    return (2.0 * unit - 1.0).astype(np.float32)
+# shared with tumour insertion: one implementation, see normalisation.py
 
 
 # ------------------------------------------------------------------------------------------- files

@@ -1,0 +1,123 @@
+"""``medddpm-synth insert`` (a synthetic tumour into a real scan) and ``anonymize`` (a synthetic head
+with the scan's head/brain outline): argument parsing around :mod:`.insertion` and :mod:`.pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from .geometry import read_mask
+from .head_mask import METHODS, auto_head_mask
+from .insertion import insert_tumour
+from .models import load_named_model
+from .outputs import StagedOutput, check_destinations, split_image_name
+from .pipeline import GenerateRequest, generate_files
+from .regenerate import previous_image_paths
+
+INSERT_EPILOG = """examples:
+  medddpm-synth insert --scan t1c.nii.gz --tumor tumour.nii.gz --model wholehead -o out/
+  medddpm-synth insert --scan case_t1.nii.gz --tumor seg.nii.gz --model brats -o out/   # finds _t1ce, _t2, _flair
+"""
+ANON_EPILOG = """examples:
+  medddpm-synth anonymize scan.nii.gz -o anon/ --model wholehead
+"""
+
+
+def _progress_bar(quiet: bool):
+    state = {"bar": None}
+
+    def progress(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=total, unit="step", desc="generating", file=sys.stderr, disable=quiet)
+        state["bar"].update(done - state["bar"].n)
+
+    return progress, state
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("insert", help="insert a synthetic tumour into a real scan",
+                            description=__doc__, epilog=INSERT_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scan", required=True, type=Path, help="the scan (BraTS: the _t1 file; siblings are found)")
+    p.add_argument("--tumor", required=True, type=Path, help="tumour mask drawn on the scan (BraTS: 1/2/3 sub-regions)")
+    p.add_argument("--head-mask", type=Path, help="head/brain mask on the scan (default: automatic)")
+    p.add_argument("--model", default="demo", help="'demo', an imported model's name, or a checkpoint path")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--margin", type=float, default=5.0, metavar="MM", help="regenerated margin around the tumour")
+    p.add_argument("--harmonize", type=int, default=3, metavar="R", help="RePaint resampling rounds (default 3)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=run_insert)
+
+    a = commands.add_parser("anonymize", help="a synthetic head with the scan's head outline (no real voxels)",
+                            description=__doc__, epilog=ANON_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("scan", type=Path, help="the real scan")
+    a.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    a.add_argument("--model", default="demo")
+    a.add_argument("--method", choices=METHODS, default="otsu", help="head mask threshold (default otsu)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(run=run_anonymize)
+
+
+def run_insert(args: argparse.Namespace) -> int:
+    model = load_named_model(args.model, device=args.device)
+    scan_paths = previous_image_paths(args.scan, model.family.modalities)
+    stem_ext = [split_image_name(p) for p in scan_paths]
+    outputs = [args.output / f"{stem}_with_tumor{ext or '.nii.gz'}" for stem, ext in stem_ext]
+    labels_path = args.output / f"{stem_ext[0][0]}_labels.nii.gz"
+    check_destinations([*outputs, labels_path, args.output / "insertion.json"], args.overwrite)
+    scans = [read_mask(p) for p in scan_paths]  # same checks as masks: 3-D, scalar, finite
+    head = read_mask(args.head_mask) if args.head_mask else None
+    progress, state = _progress_bar(args.quiet)
+    try:
+        result = insert_tumour(model, scans, read_mask(args.tumor), head, args.seed, args.margin, args.harmonize,
+                               progress=progress)
+    finally:
+        if state["bar"] is not None:
+            state["bar"].close()
+    record = {**result.record, "scans": [str(p) for p in scan_paths], "tumor": str(args.tumor),
+              "model": args.model, "outputs": [p.name for p in outputs]}
+    with StagedOutput(args.output) as staged:
+        for image, path in zip(result.images, outputs):
+            staged.write_image(image, path)
+        staged.write_image(result.labels, labels_path)
+        staged.write_json(record, args.output / "insertion.json")
+        files = staged.commit()
+    for path in files:
+        print(f"wrote {path}")
+    return 0
+
+
+def run_anonymize(args: argparse.Namespace) -> int:
+    model = load_named_model(args.model, device=args.device)
+    scan = read_mask(args.scan)
+    head = auto_head_mask(scan, method=args.method)
+    stem, _ = split_image_name(args.scan)
+    tissue = "brain" if "brain" in model.family.condition_names else "head"
+    labels = f"{tissue}=1," + ",".join(f"{n}={100 + i}" for i, n in enumerate(model.family.condition_names)
+                                      if n != tissue)  # no tumour: the other tissues get unused values
+    progress, state = _progress_bar(args.quiet)
+    with tempfile.TemporaryDirectory() as tmp:
+        mask_path = Path(tmp) / f"{stem}_anon.nii.gz"
+        sitk.WriteImage(head, str(mask_path), useCompression=True)
+        request = GenerateRequest(mask=mask_path, output=args.output, seed=args.seed, labels=labels,
+                                  overwrite=args.overwrite)
+        try:
+            result = generate_files(request, model, model_name=args.model, progress=progress)
+        finally:
+            if state["bar"] is not None:
+                state["bar"].close()
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
