@@ -79,6 +79,9 @@ def add_parser(commands) -> None:
                    help="RePaint resampling rounds that blend the region into the kept image (default 3; 1 = none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress-lines", action="store_true",
+                   help="machine-readable progress for front ends: one 'PROGRESS DONE TOTAL' line per step on "
+                        "stderr (flushed), instead of the progress bar")
     p.set_defaults(run=run)
 
 
@@ -99,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(done: int, steps_total: int) -> None:
         nonlocal bar
+        if args.progress_lines:
+            print(f"PROGRESS {done} {steps_total}", file=sys.stderr, flush=True)
+            return
         if bar is None:
             bar = tqdm(total=steps_total, unit="step", desc="generating", file=sys.stderr, disable=args.quiet,
                        dynamic_ncols=True)

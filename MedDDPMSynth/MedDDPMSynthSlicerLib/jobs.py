@@ -1,0 +1,134 @@
+"""Generation settings and background jobs: the engine command for a label map, its temporary folder.
+
+A job owns one temporary folder (the mask written as NIfTI, the engine's outputs) and one
+:class:`process.EngineProcess`. Whatever happens (finish, failure, cancel) the folder is deleted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from MedDDPMSynthLib.errors import GenerationCancelled, MedDDPMError
+
+from . import process
+
+#: the widget's sampler presets: Preview = DPM-Solver++ 25 steps, Exact = the official DDPM sampler
+PRESETS = {
+    "Preview": {"sampler": "dpm++", "steps": 25, "spacing": "quadratic"},
+    "Exact": {"sampler": "ddpm", "steps": None, "spacing": "uniform"},
+}
+
+
+class EngineFailure(MedDDPMError):
+    """The engine process refused the input or failed; the message is the engine's one line."""
+
+    exit_code = 1
+
+
+@dataclass
+class GenerationSettings:
+    model: str = "demo"
+    samples: int = 1
+    seed: int = 0
+    sampler: str = "dpm++"
+    steps: int | None = 25
+    spacing: str = "quadratic"
+    eta: float = 0.0
+    precision: str = "fp32"
+    device: str = "auto"
+    margin_mm: float = 10.0  # local re-generation
+    harmonize: int = 3
+
+    @classmethod
+    def preset(cls, name: str, timesteps: int | None = None, **overrides) -> "GenerationSettings":
+        """A preset; steps are capped at the model's T (a 10-step test model cannot take 25)."""
+        if name not in PRESETS:
+            raise MedDDPMError(f"unknown preset '{name}'; use {' or '.join(PRESETS)}")
+        values = dict(PRESETS[name])
+        if values["steps"] and timesteps:
+            values["steps"] = min(values["steps"], timesteps)
+        return replace(cls(**values), **overrides)
+
+    def arguments(self) -> list[str]:
+        args = ["--model", self.model, "--samples", str(self.samples), "--seed", str(self.seed),
+                "--sampler", self.sampler, "--spacing", self.spacing, "--eta", str(self.eta),
+                "--precision", self.precision, "--device", self.device]
+        if self.steps and self.sampler != "ddpm":
+            args += ["--steps", str(self.steps)]
+        return args
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GenerationJob:
+    """A generation (or local re-generation) running in the background for one segmentation."""
+
+    kind: str  # "generate" or "regenerate"
+    segmentation_id: str
+    export: object  # segments.LabelExport
+    settings: GenerationSettings
+    folder: Path
+    engine: process.EngineProcess | None = None
+    target_ids: list[str] = field(default_factory=list)  # regenerate: the volume nodes to update
+
+    @property
+    def state(self) -> str:
+        return self.engine.state if self.engine else process.FAILED
+
+    @property
+    def running(self) -> bool:
+        return self.engine is not None and self.engine.running
+
+    def poll(self):
+        return self.engine.poll() if self.engine else []
+
+    def fraction(self) -> float:
+        return self.engine.fraction() if self.engine else 0.0
+
+    def eta_seconds(self):
+        return self.engine.eta_seconds() if self.engine else None
+
+    def wait(self, timeout: float | None = None, progress=None) -> str:
+        return self.engine.wait(timeout, progress)
+
+    def cancel(self) -> None:
+        """Kill the engine (and its children) and delete every file of the job."""
+        if self.engine is not None:
+            self.engine.cancel()
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def check_success(self) -> None:
+        """Raise the engine's message (or the cancel) unless the job finished."""
+        if self.state == process.FINISHED:
+            return
+        if self.state == process.CANCELLED:
+            raise GenerationCancelled("generation cancelled; nothing was added to the scene")
+        if self.state == process.RUNNING:
+            raise MedDDPMError("the generation is still running; wait for it or cancel it")
+        raise EngineFailure(self.engine.error if self.engine and self.engine.error else "the engine failed")
+
+
+def new_folder(base: str | Path | None) -> Path:
+    if base is not None:
+        Path(base).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="MedDDPMSynth-", dir=None if base is None else str(base)))
+
+
+def write_image(image: sitk.Image, path: Path) -> Path:
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path
+
+
+def output_files(folder: Path, samples: int, modalities: tuple[str, ...], stem: str = "mask") -> list[list[Path]]:
+    """The engine's folder layout (pipeline.plan_outputs): STEM_sNN_MODALITY.nii.gz."""
+    return [[folder / f"{stem}_s{n:02d}_{m}.nii.gz" for m in modalities] for n in range(samples)]

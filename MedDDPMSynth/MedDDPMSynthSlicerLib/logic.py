@@ -1,0 +1,319 @@
+"""Scene logic of the Slicer module: MRML nodes in, MRML nodes out, no widgets.
+
+Every method works on the scene given to :class:`SceneLogic` and is usable from Slicer's Python console
+(``logic = slicer.util.getModuleLogic("MedDDPMSynth")``). The algorithms are the engine's: generation
+runs the engine's command line in a background process, tumour edits call :mod:`MedDDPMSynthLib.tumor_edit`.
+On an error or a cancel the scene is left as it was.
+
+Coordinates given here are Slicer's RAS (mm); the engine works in LPS and the conversion is done once,
+in :mod:`.scene_io` and :func:`ras_to_lps`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from MedDDPMSynthLib import models, tumor_edit
+from MedDDPMSynthLib.checkpoint import load_checkpoint
+from MedDDPMSynthLib.errors import InputError, MedDDPMError
+from MedDDPMSynthLib.families import Family, family_for_channels
+
+from . import export as export_module
+from . import process, segments
+from .jobs import GenerationJob, GenerationSettings, new_folder, output_files, write_image
+from .scene_io import (
+    GEOMETRY_TOLERANCE,
+    image_from_node,
+    same_grid,
+    scene_guard,
+    update_node_from_array,
+)
+
+ATTRIBUTE = "MedDDPMSynth"  # node attributes: MedDDPMSynth.seed, .model, .modality, .provenance
+
+
+def ras_to_lps(vector) -> list[float]:
+    x, y, z = (float(v) for v in vector)
+    return [-x, -y, z]
+
+
+class SceneLogic:
+    """Segmentation -> labels -> synthetic volumes; tumour edits with undo; local re-generation; export."""
+
+    def __init__(self, scene, temp_dir: str | Path | None = None, python: str | None = None):
+        self.scene = scene
+        self.temp_dir = temp_dir
+        self.python = python  # the interpreter running the engine (default: PythonSlicer / this Python)
+        self._undo: dict[str, list[dict]] = {}
+        self._last: dict[str, dict] = {}
+        self._families: dict[str, Family] = {}
+
+    # ------------------------------------------------------------------------------------ models
+
+    def available_models(self) -> list[dict]:
+        """Catalogue entries (the demo model first) that can be used now."""
+        return [m for m in models.list_models() if m.get("available", True)]
+
+    def import_model(self, path: str, name: str | None = None, overwrite: bool = False,
+                     grid_xyz=None, spacing_mm=None) -> dict:
+        """Validate and copy a checkpoint into the model catalogue (the engine's model manager)."""
+        return models.import_model(path, name=name, grid_xyz=grid_xyz, spacing_mm=spacing_mm, overwrite=overwrite)
+
+    def model_family(self, model: str) -> Family:
+        if model not in self._families:
+            path = Path(model).expanduser()
+            if path.is_file():
+                config = load_checkpoint(path)[0].config
+                self._families[model] = family_for_channels(config.in_channels, config.out_channels)
+            else:
+                self._families[model] = segments.family_of(models.info(model)["family"])
+        return self._families[model]
+
+    def model_timesteps(self, model: str) -> int | None:
+        entry = models.info(model) if not Path(model).expanduser().is_file() else {}
+        return entry.get("timesteps")
+
+    # ------------------------------------------------------------------------- segmentation -> labels
+
+    def segment_mapping(self, segmentation_node, family: Family | str = "whole_head", choice: dict | None = None):
+        """Which segments are which tissue: from ``choice`` ({tissue: segment ID or name}) or the names."""
+        if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+            raise InputError("no segmentation selected; choose the segmentation with the head and the tumour")
+        if choice:
+            return segments.explicit_mapping(segmentation_node, family, choice)
+        return segments.auto_mapping(segmentation_node, family)
+
+    def label_map(self, segmentation_node, reference_volume=None, mapping=None, family="whole_head"):
+        """:class:`segments.LabelExport`: official label image on the reference grid, with its IJK->RAS."""
+        mapping = mapping if isinstance(mapping, segments.SegmentMapping) else \
+            self.segment_mapping(segmentation_node, family, mapping)
+        return segments.export_labels(self.scene, segmentation_node, mapping, reference_volume)
+
+    def label_array(self, segmentation_node, reference_volume=None, mapping=None, family="whole_head"):
+        """(labels (K, J, I) uint8 in official values, 4x4 IJK->RAS) of the segmentation."""
+        export = self.label_map(segmentation_node, reference_volume, mapping, family)
+        return sitk.GetArrayFromImage(export.image), export.ijk_to_ras
+
+    # ------------------------------------------------------------------------------- generation
+
+    def start_generation(self, segmentation_node, settings: GenerationSettings | None = None,
+                         reference_volume=None, mapping=None) -> GenerationJob:
+        """Check the input, then start the engine in the background; poll the returned job."""
+        settings = settings or GenerationSettings()
+        family = self.model_family(settings.model)
+        export = self.label_map(segmentation_node, reference_volume, mapping, family)
+        folder = new_folder(self.temp_dir)
+        job = GenerationJob("generate", segmentation_node.GetID(), export, settings, folder)
+        mask = write_image(export.image, folder / "mask.nii.gz")
+        args = ["generate", "--mask", str(mask), "-o", str(folder / "out"), "--labels",
+                export.mapping.labels_option(), "--intensity", "unit", "--progress-lines", *settings.arguments()]
+        return self._launch(job, args)
+
+    def _launch(self, job: GenerationJob, args: list[str]) -> GenerationJob:
+        try:
+            job.engine = process.EngineProcess(args, self.python)
+        except OSError as error:
+            job.cleanup()
+            raise MedDDPMError(f"cannot start the engine ({error}); check the module's Python dependencies") from None
+        return job
+
+    def finish_generation(self, job: GenerationJob) -> list:
+        """The job's result as volume nodes (new ones, or the updated ones for a re-generation)."""
+        try:
+            job.check_success()
+            family = job.export.mapping.family
+            files = output_files(job.folder / "out", job.settings.samples, family.modalities)
+            provenance = json.loads((job.folder / "out" / "provenance.json").read_text())
+            if job.kind == "regenerate":
+                nodes = self._update_nodes(job, files[0], provenance)
+            else:
+                nodes = self._add_nodes(job, files, provenance)
+        finally:
+            job.cleanup()
+        self._last[job.segmentation_id] = {"export": job.export, "nodes": [n.GetID() for n in nodes],
+                                           "settings": job.settings}
+        return nodes
+
+    def cancel_generation(self, job: GenerationJob) -> None:
+        """Stop the engine process tree now; no node or file of the job remains."""
+        job.cancel()
+
+    def generate(self, segmentation_node, settings: GenerationSettings | None = None, reference_volume=None,
+                 mapping=None, progress=None, show: bool = True) -> list:
+        """Blocking form of start + finish (for scripts): the new volume nodes."""
+        job = self.start_generation(segmentation_node, settings, reference_volume, mapping)
+        try:
+            job.wait(progress=progress)
+        except BaseException:
+            job.cancel()
+            raise
+        nodes = self.finish_generation(job)
+        if show:
+            self.show_volumes(nodes)
+        return nodes
+
+    def _read_output(self, job: GenerationJob, path: Path) -> np.ndarray:
+        image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+        if not same_grid(image, job.export.ijk_to_ras, job.export.dimensions):
+            raise MedDDPMError(f"the engine wrote {path.name} on another grid than the mask's; please report this")
+        return sitk.GetArrayFromImage(image)
+
+    def _add_nodes(self, job: GenerationJob, files: list[list[Path]], provenance: dict) -> list:
+        family = job.export.mapping.family
+        segmentation = self.scene.GetNodeByID(job.segmentation_id)
+        base = segmentation.GetName() if segmentation is not None else "MedDDPM"
+        nodes: list = []
+        with scene_guard(self.scene, nodes):
+            for n, row in enumerate(files):
+                seed = job.settings.seed + n
+                for modality, path in zip(family.modalities, row):
+                    node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                                        self.scene.GenerateUniqueName(f"{base} {modality.upper()} seed {seed}"))
+                    nodes.append(node)
+                    update_node_from_array(node, self._read_output(job, path), job.export.ijk_to_ras)
+                    self._describe(node, job, modality, seed, provenance)
+        return nodes
+
+    def _update_nodes(self, job: GenerationJob, row: list[Path], provenance: dict) -> list:
+        arrays = [self._read_output(job, path) for path in row]  # all read before any node changes
+        nodes = [self.scene.GetNodeByID(i) for i in job.target_ids]
+        for node, array, modality in zip(nodes, arrays, job.export.mapping.family.modalities):
+            update_node_from_array(node, array, job.export.ijk_to_ras)
+            self._describe(node, job, modality, job.settings.seed, provenance)
+        return nodes
+
+    def _describe(self, node, job, modality, seed, provenance) -> None:
+        node.SetAttribute(f"{ATTRIBUTE}.model", job.settings.model)
+        node.SetAttribute(f"{ATTRIBUTE}.modality", modality)
+        node.SetAttribute(f"{ATTRIBUTE}.seed", str(seed))
+        node.SetAttribute(f"{ATTRIBUTE}.segmentation", job.segmentation_id)
+        node.SetAttribute(f"{ATTRIBUTE}.provenance", json.dumps(provenance))
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        if display is not None:
+            display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+            display.AutoWindowLevelOff()
+            display.SetWindowLevel(1.0, 0.5)  # --intensity unit: [0, 1]
+
+    def show_volumes(self, nodes, segmentation_node=None) -> None:
+        """Show the first volume as background in every slice view (the segmentation stays on top)."""
+        if not nodes:
+            return
+        for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+            composite = self.scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
+            composite.SetBackgroundVolumeID(nodes[0].GetID())
+        if segmentation_node is not None and segmentation_node.GetDisplayNode() is not None:
+            segmentation_node.GetDisplayNode().SetVisibility(True)
+
+    # ------------------------------------------------------------------------------- tumour edits
+
+    def _edit(self, segmentation_node, reference_volume, mapping, family, operation, *args) -> dict:
+        family = segments.family_of(family)
+        export = self.label_map(segmentation_node, reference_volume, mapping, family)
+        if not export.mapping.tumour_segments():
+            raise InputError(f"segmentation '{segmentation_node.GetName()}' has no tumour segment to edit; add a "
+                             "segment named 'tumour' (or map one) first")
+        edited, record = operation(export.image, family.name, *args)
+        saved = segments.snapshot(self.scene, segmentation_node, export.mapping, reference_volume)
+        segments.import_labels(self.scene, segmentation_node, export, sitk.GetArrayFromImage(edited))
+        self._undo.setdefault(segmentation_node.GetID(), []).append(saved)
+        return record
+
+    def shift_tumor(self, segmentation_node, vector_ras_mm, reference_volume=None, mapping=None,
+                    family="whole_head", component=None) -> dict:
+        """Move the tumour segment(s) by a RAS vector in mm (kept inside the head/brain); the edit record."""
+        return self._edit(segmentation_node, reference_volume, mapping, family,
+                          lambda m, f: tumor_edit.shift(m, f, ras_to_lps(vector_ras_mm), component))
+
+    def scale_tumor(self, segmentation_node, factor, reference_volume=None, mapping=None,
+                    family="whole_head", component=None) -> dict:
+        """Scale the tumour about its centroid (one factor, or three along R, A, S)."""
+        return self._edit(segmentation_node, reference_volume, mapping, family,
+                          lambda m, f: tumor_edit.scale(m, f, factor, component))
+
+    def rotate_tumor(self, segmentation_node, angles_ras_deg, reference_volume=None, mapping=None,
+                     family="whole_head", component=None) -> dict:
+        """Rotate the tumour about its centroid: degrees about the R, then A, then S axis."""
+        ax, ay, az = (float(a) for a in angles_ras_deg)  # diag(-1,-1,1) Rz Ry Rx diag(-1,-1,1)
+        return self._edit(segmentation_node, reference_volume, mapping, family,
+                          lambda m, f: tumor_edit.rotate(m, f, [-ax, -ay, az], component))
+
+    def remove_tumor(self, segmentation_node, reference_volume=None, mapping=None, family="whole_head",
+                     component=None) -> dict:
+        """Erase the tumour (it becomes head/brain)."""
+        return self._edit(segmentation_node, reference_volume, mapping, family,
+                          lambda m, f: tumor_edit.remove(m, f, component))
+
+    def can_undo(self, segmentation_node) -> bool:
+        return bool(segmentation_node is not None and self._undo.get(segmentation_node.GetID()))
+
+    def undo_tumor_edit(self, segmentation_node) -> bool:
+        """Put the segments back as they were before the last tumour edit; False if there is none."""
+        stack = self._undo.get(segmentation_node.GetID()) if segmentation_node is not None else None
+        if not stack:
+            return False
+        segments.restore(self.scene, segmentation_node, stack.pop())
+        return True
+
+    # ------------------------------------------------------------------------ local re-generation
+
+    def can_regenerate(self, segmentation_node) -> bool:
+        last = self._last.get(segmentation_node.GetID()) if segmentation_node is not None else None
+        return bool(last and all(self.scene.GetNodeByID(i) is not None for i in last["nodes"]))
+
+    def start_regeneration(self, segmentation_node, settings: GenerationSettings | None = None,
+                           reference_volume=None, mapping=None) -> GenerationJob:
+        """Regenerate the last result of this segmentation only around the (edited) tumour; the volume
+        nodes are updated in place when the job is finished, everything else stays bit for bit."""
+        if not self.can_regenerate(segmentation_node):
+            raise InputError("there is no earlier result of this segmentation in the scene; click Generate first")
+        last = self._last[segmentation_node.GetID()]
+        # the engine's in-painting runs on the official ddpm sampler (all T steps)
+        settings = GenerationSettings(**{**(settings or last["settings"]).to_dict(), "samples": 1,
+                                         "sampler": "ddpm", "steps": None, "spacing": "uniform"})
+        family = last["export"].mapping.family
+        export = self.label_map(segmentation_node, reference_volume, mapping or last["export"].mapping, family)
+        if export.dimensions != last["export"].dimensions or not np.allclose(
+                export.ijk_to_ras, last["export"].ijk_to_ras, atol=GEOMETRY_TOLERANCE):
+            raise InputError("the segmentation's geometry changed since the last result; generate again instead")
+        folder = new_folder(self.temp_dir)
+        job = GenerationJob("regenerate", segmentation_node.GetID(), export, settings, folder,
+                            target_ids=list(last["nodes"][:len(family.modalities)]))
+        previous_mask = write_image(last["export"].image, folder / "previous_mask.nii.gz")
+        keep = [write_image(image_from_node(self.scene.GetNodeByID(i)), folder / f"previous_{m}.nii.gz")
+                for i, m in zip(job.target_ids, family.modalities)]
+        mask = write_image(export.image, folder / "mask.nii.gz")
+        args = ["generate", "--mask", str(mask), "-o", str(folder / "out"), "--labels", export.mapping.labels_option(),
+                "--intensity", "unit", "--progress-lines", "--keep", str(keep[0]), "--previous-mask", str(previous_mask),
+                "--margin", str(settings.margin_mm), "--harmonize", str(settings.harmonize), *settings.arguments()]
+        return self._launch(job, args)
+
+    def regenerate(self, segmentation_node, settings=None, reference_volume=None, mapping=None, progress=None):
+        """Blocking form of :meth:`start_regeneration`; the updated volume nodes."""
+        job = self.start_regeneration(segmentation_node, settings, reference_volume, mapping)
+        try:
+            job.wait(progress=progress)
+        except BaseException:
+            job.cancel()
+            raise
+        return self.finish_generation(job)
+
+    # ------------------------------------------------------------------------------------ export
+
+    def export_training_pair(self, volume_nodes, segmentation_node, folder, case_id: str | None = None,
+                             mapping=None, family=None, overwrite: bool = False) -> list[Path]:
+        """Write the volumes + segmentation as an nnU-Net image/label pair with provenance JSON."""
+        if not volume_nodes:
+            raise InputError("no volume selected to export; choose the synthetic volume(s) first")
+        family = family or self._family_of_volumes(volume_nodes)
+        export = self.label_map(segmentation_node, volume_nodes[0], mapping, family)
+        return export_module.write_pair(volume_nodes, export, Path(folder), case_id, overwrite)
+
+    def _family_of_volumes(self, volume_nodes) -> Family:
+        model = volume_nodes[0].GetAttribute(f"{ATTRIBUTE}.model")
+        return self.model_family(model) if model else segments.family_of("whole_head")

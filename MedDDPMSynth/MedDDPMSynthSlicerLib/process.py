@@ -1,0 +1,182 @@
+"""Run the engine's command line in a separate process and read its progress line by line.
+
+The UI never waits on the model: :class:`EngineProcess` starts ``PythonSlicer -m MedDDPMSynthLib ...``
+(any Python with the engine), a reader thread queues its output lines, and the widget calls
+:meth:`EngineProcess.poll` from a timer. The engine prints ``PROGRESS DONE TOTAL`` lines
+(``--progress-lines``), ``warning: ...`` and one ``error: ...`` line on failure. :meth:`cancel` kills the
+whole process tree (its own process group / ``taskkill /T``) and waits for it, within a second.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import MedDDPMSynthLib
+
+ENGINE_PARENT = Path(MedDDPMSynthLib.__file__).resolve().parents[1]  # folder holding the engine package
+RUNNING, FINISHED, FAILED, CANCELLED = "running", "finished", "failed", "cancelled"
+
+
+def python_executable() -> str:
+    """Slicer's ``PythonSlicer`` when there is one (inside Slicer ``sys.executable`` is the app), else this Python."""
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    beside = Path(sys.executable).with_name(name)
+    if beside.is_file():
+        return str(beside)
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def engine_command(arguments: list[str], python: str | None = None) -> list[str]:
+    return [python or python_executable(), "-m", "MedDDPMSynthLib", *arguments]
+
+
+def parse_line(line: str) -> tuple[str, object]:
+    """('progress', (done, total)) | ('error', text) | ('warning', text) | ('wrote', path) | ('log', line)."""
+    text = line.rstrip("\r\n")
+    if text.startswith("PROGRESS "):
+        parts = text.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            return "progress", (int(parts[1]), int(parts[2]))
+    for kind in ("error", "warning"):
+        if text.startswith(f"{kind}: "):
+            return kind, text[len(kind) + 2:]
+    if text.startswith("wrote "):
+        return "wrote", text[6:]
+    return "log", text
+
+
+class EngineProcess:
+    """One engine command running in the background."""
+
+    def __init__(self, arguments: list[str], python: str | None = None, env: dict | None = None):
+        self.command = engine_command(arguments, python)
+        self.state = RUNNING
+        self.done, self.total = 0, 0
+        self.error: str | None = None
+        self.warnings: list[str] = []
+        self.log: list[str] = []
+        self.returncode: int | None = None
+        self._started = time.monotonic()
+        self._first_progress: tuple[float, int] | None = None
+        self._lines: queue.Queue = queue.Queue()
+        environment = dict(os.environ if env is None else env)
+        paths = [str(ENGINE_PARENT)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
+        environment["PYTHONPATH"] = os.pathsep.join(paths)
+        environment["PYTHONUNBUFFERED"] = "1"
+        options = {"start_new_session": True} if os.name != "nt" else {
+            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        self._process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=environment, text=True, encoding="utf-8", errors="replace", bufsize=1, **options)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+    def poll(self) -> list[tuple[str, object]]:
+        """Handle the lines that arrived since the last call; never blocks. Returns them parsed."""
+        events = []
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._finish()
+                break
+            events.append(self._handle(parse_line(line)))
+        return events
+
+    def _handle(self, event):
+        kind, value = event
+        if kind == "progress":
+            self.done, self.total = value
+            if self._first_progress is None:
+                self._first_progress = (time.monotonic(), self.done)
+        elif kind == "error":
+            self.error = str(value)
+        elif kind == "warning":
+            self.warnings.append(str(value))
+        if kind != "progress":
+            self.log.append(f"{kind}: {value}" if kind != "log" else str(value))
+            del self.log[:-200]
+        return event
+
+    def _finish(self) -> None:
+        self.returncode = self._process.wait()
+        if self.state != RUNNING:
+            return
+        if self.returncode == 0:
+            self.state = FINISHED
+            return
+        self.state = FAILED
+        if self.error is None:
+            last = next((line for line in reversed(self.log) if line.strip()), "no output")
+            self.error = f"the engine stopped unexpectedly (exit code {self.returncode}): {last.strip()}"
+
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    def eta_seconds(self) -> float | None:
+        """Remaining seconds from the step rate since the first progress line (None until known)."""
+        if self._first_progress is None or self.done <= self._first_progress[1] or not self.total:
+            return None
+        started, first = self._first_progress
+        rate = (time.monotonic() - started) / (self.done - first)
+        return rate * (self.total - self.done)
+
+    def elapsed_seconds(self) -> float:
+        return time.monotonic() - self._started
+
+    def wait(self, timeout: float | None = None, progress=None) -> str:
+        """Block until the process ends (for scripts and tests); ``progress(done, total)`` on each step."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state == RUNNING:
+            for kind, value in self.poll():
+                if kind == "progress" and progress is not None:
+                    progress(*value)
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"the engine did not finish within {timeout} s")
+            time.sleep(0.02)
+        return self.state
+
+    def cancel(self, timeout: float = 1.0) -> None:
+        """Kill the process and everything it started; returns once they are gone (or after ``timeout``)."""
+        if self.state != RUNNING:
+            return
+        self.state = CANCELLED
+        if self._process.poll() is None:
+            try:
+                if os.name == "nt":
+                    subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.pid)], capture_output=True,
+                                   timeout=timeout)
+                else:
+                    os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
+                pass
+        try:
+            self.returncode = self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self.returncode = self._process.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)

@@ -1,0 +1,275 @@
+"""The Slicer module's scene logic on a real vtkMRMLScene (slicer-core wheel): segmentation -> labels ->
+engine (background process, tiny model) -> volume nodes on the mask's exact grid; tumour edits with undo;
+local re-generation; nnU-Net export; cancel and bad input leave the scene as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from slicer_scene_helpers import add_segmentation, matrix, new_scene, standard_head
+
+from MedDDPMSynthLib.errors import GenerationCancelled, InputError, OutputError
+from MedDDPMSynthSlicerLib import EngineFailure, GenerationSettings, SceneLogic
+from MedDDPMSynthSlicerLib.scene_io import ijk_to_ras, image_from_node, ras_matrix_of
+
+TOL = 1e-4
+NAMES = {1: "head", 2: "Tumour"}
+
+
+@pytest.fixture(scope="module")
+def model_home(tmp_path_factory):
+    """A private model catalogue holding the tiny official-format model on a 16^3 grid of 12 mm."""
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("MEDDDPMSYNTH_HOME")
+    os.environ["MEDDDPMSYNTH_HOME"] = str(home)
+    from conftest import OFFICIAL
+
+    SceneLogic(None).import_model(OFFICIAL / "tiny_wholehead_ckpt.pt", name="tiny16", grid_xyz=(16, 16, 16),
+                                  spacing_mm=(12.0, 12.0, 12.0))
+    yield home
+    if old is None:
+        os.environ.pop("MEDDDPMSYNTH_HOME", None)
+    else:
+        os.environ["MEDDDPMSYNTH_HOME"] = old
+
+
+def fast(**overrides) -> GenerationSettings:
+    return GenerationSettings(**{"model": "tiny16", "sampler": "ddim", "steps": 2, "device": "cpu", **overrides})
+
+
+def tumour_centroid_ras(labels_zyx: np.ndarray, m: np.ndarray) -> np.ndarray:
+    kji = np.argwhere(labels_zyx == 2).mean(0)
+    return (m @ np.r_[kji[::-1], 1.0])[:3]
+
+
+@pytest.mark.parametrize("kind", ["LPS", "RAS", "oblique"])
+def test_segmentation_to_labels_keeps_the_grid(kind):
+    scene = new_scene()
+    labels = standard_head()
+    segmentation, reference = add_segmentation(scene, labels, matrix(kind), NAMES)
+    before = scene.GetNumberOfNodes()
+    logic = SceneLogic(scene)
+    for ref in (reference, None):  # a chosen reference volume, or the segmentation's own geometry
+        array, m = logic.label_array(segmentation, ref)
+        np.testing.assert_array_equal(array, labels.transpose(2, 1, 0))
+        np.testing.assert_allclose(m, matrix(kind), atol=TOL)
+    assert scene.GetNumberOfNodes() == before  # temporary labelmaps are gone
+    # RAS -> LPS: Slicer's own NIfTI reader gives back the matrix of the image the engine gets
+    export = logic.label_map(segmentation)
+    np.testing.assert_allclose(ras_matrix_of(export.image), matrix(kind), atol=TOL)
+
+
+@pytest.mark.parametrize("kind", ["LPS", "RAS", "oblique"])
+def test_generate_gives_volumes_on_the_masks_grid(kind, model_home, tmp_path):
+    scene = new_scene()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix(kind), NAMES, keep_reference=False)
+    before = scene.GetNumberOfNodes()
+    logic = SceneLogic(scene, temp_dir=tmp_path)
+    steps = []
+    nodes = logic.generate(segmentation, fast(seed=3), progress=lambda d, t: steps.append((d, t)))
+    assert steps == [(1, 2), (2, 2)]  # the engine's PROGRESS lines, read from the background process
+    assert len(nodes) == 1 and nodes[0].IsA("vtkMRMLScalarVolumeNode")
+    node = nodes[0]
+    np.testing.assert_allclose(ijk_to_ras(node), matrix(kind), atol=TOL)
+    assert node.GetImageData().GetDimensions() == (40, 40, 30)
+    assert node.GetName() == "Segmentation T1C seed 3" and node.GetAttribute("MedDDPMSynth.seed") == "3"
+    assert node.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
+    composite = scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+    assert composite.GetBackgroundVolumeID() == node.GetID()
+    from MedDDPMSynthSlicerLib.scene_io import array_from_node
+
+    voxels = array_from_node(node)
+    assert voxels.dtype == np.float32 and 0.0 <= voxels.min() and voxels.max() <= 1.0 and voxels.std() > 0
+    assert scene.GetNumberOfNodes() == before + 2  # the volume and its display node, nothing else
+    assert list(tmp_path.iterdir()) == []  # the job's files are gone
+    provenance = json.loads(node.GetAttribute("MedDDPMSynth.provenance"))
+    assert provenance["seeds"] == [3] and provenance["sampler"]["name"] == "ddim"
+
+
+@pytest.fixture(scope="module")
+def generated(model_home, tmp_path_factory):
+    """An LPS scene with one generated volume (shared by the export and re-generation tests)."""
+    scene = new_scene()
+    segmentation, reference = add_segmentation(scene, standard_head(), matrix("LPS"), NAMES)
+    logic = SceneLogic(scene, temp_dir=tmp_path_factory.mktemp("jobs"))
+    nodes = logic.generate(segmentation, fast(harmonize=1))
+    return scene, logic, segmentation, reference, nodes
+
+
+def test_shift_scale_rotate_remove_with_undo():
+    scene = new_scene()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("LPS"), NAMES)
+    logic = SceneLogic(scene)
+    before = scene.GetNumberOfNodes()
+    original, m = logic.label_array(segmentation)
+
+    record = logic.shift_tumor(segmentation, [8.0, 0.0, -4.0])  # RAS mm: 2 voxels right, 1 inferior
+    shifted, _ = logic.label_array(segmentation)
+    np.testing.assert_allclose(tumour_centroid_ras(shifted, m) - tumour_centroid_ras(original, m), [8, 0, -4],
+                               atol=1e-6)
+    assert (shifted == 2).sum() == (original == 2).sum() and record["clipped_voxels"] == 0
+    assert ((shifted > 0) == (original > 0)).all()  # the head outline never changes
+
+    logic.scale_tumor(segmentation, 1.5)
+    scaled, _ = logic.label_array(segmentation)
+    assert 2.8 < (scaled == 2).sum() / (shifted == 2).sum() < 4.0  # ~1.5^3
+    np.testing.assert_allclose(tumour_centroid_ras(scaled, m), tumour_centroid_ras(shifted, m), atol=2.0)  # half a voxel
+
+    logic.rotate_tumor(segmentation, [0, 0, 90])
+    rotated, _ = logic.label_array(segmentation)
+    logic.remove_tumor(segmentation)
+    removed, _ = logic.label_array(segmentation)
+    assert not (removed == 2).any() and ((removed == 1) == (original > 0)).all()
+    tumour = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Tumour")
+    assert tumour  # the segment stays (empty), so the mapping still holds
+
+    for expected in (rotated, scaled, shifted, original):  # remove, rotate, scale, shift undone in turn
+        assert logic.undo_tumor_edit(segmentation)
+        np.testing.assert_array_equal(logic.label_array(segmentation)[0], expected)
+    assert not logic.undo_tumor_edit(segmentation)
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_shift_in_an_oblique_grid_moves_by_the_ras_vector():
+    scene = new_scene()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("oblique"), NAMES)
+    logic = SceneLogic(scene)
+    original, m = logic.label_array(segmentation)
+    logic.shift_tumor(segmentation, [0.0, 10.0, 0.0])  # 10 mm anterior, not along a grid axis
+    moved = tumour_centroid_ras(logic.label_array(segmentation)[0], m) - tumour_centroid_ras(original, m)
+    np.testing.assert_allclose(moved, [0, 10, 0], atol=2.0)  # nearest neighbour on 4 mm voxels: half a voxel
+
+
+def test_export_reloads_with_identical_geometry(generated, tmp_path):
+    scene, logic, segmentation, reference, nodes = generated
+    before = scene.GetNumberOfNodes()
+    files = logic.export_training_pair(nodes, segmentation, tmp_path / "Dataset501_Synth", case_id="case 1")
+    names = sorted(str(p.relative_to(tmp_path / "Dataset501_Synth")) for p in files)
+    assert names == ["dataset.json", "imagesTr/case_1_0000.nii.gz", "labelsTr/case_1.nii.gz",
+                     "provenance/case_1.json"]
+    image = sitk.ReadImage(str(tmp_path / "Dataset501_Synth/imagesTr/case_1_0000.nii.gz"))
+    label = sitk.ReadImage(str(tmp_path / "Dataset501_Synth/labelsTr/case_1.nii.gz"))
+    for reloaded in (image, label):
+        np.testing.assert_allclose(ras_matrix_of(reloaded), ijk_to_ras(nodes[0]), atol=TOL)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(image_from_node(nodes[0])))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(label), logic.label_array(segmentation)[0])
+    # Slicer's own reader (RAS) agrees with the LPS files
+    check = new_scene()
+    volume = check.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    storage = check.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(tmp_path / "Dataset501_Synth/labelsTr/case_1.nii.gz"))
+    assert storage.ReadData(volume)
+    np.testing.assert_allclose(ijk_to_ras(volume), ijk_to_ras(nodes[0]), atol=TOL)
+    dataset = json.loads((tmp_path / "Dataset501_Synth/dataset.json").read_text())
+    assert dataset["channel_names"] == {"0": "t1c"} and dataset["labels"] == {"background": 0, "head": 1, "tumor": 2}
+    assert dataset["numTraining"] == 1 and dataset["file_ending"] == ".nii.gz"
+    provenance = json.loads((tmp_path / "Dataset501_Synth/provenance/case_1.json").read_text())
+    assert provenance["images"][0]["model"] == "tiny16" and provenance["images"][0]["engine_provenance"]["seeds"] == [0]
+    with pytest.raises(OutputError, match="already exists"):
+        logic.export_training_pair(nodes, segmentation, tmp_path / "Dataset501_Synth", case_id="case 1")
+    logic.export_training_pair(nodes, segmentation, tmp_path / "Dataset501_Synth", case_id="case2")
+    assert json.loads((tmp_path / "Dataset501_Synth/dataset.json").read_text())["numTraining"] == 2
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_regenerate_locally_keeps_the_outside(generated):
+    scene, logic, segmentation, reference, nodes = generated
+    before = scene.GetNumberOfNodes()
+    previous = image_from_node(nodes[0])
+    logic.shift_tumor(segmentation, [-8.0, 0.0, 0.0])
+    updated = logic.regenerate(segmentation)
+    assert [n.GetID() for n in updated] == [nodes[0].GetID()]  # updated in place
+    after = sitk.GetArrayFromImage(image_from_node(nodes[0]))
+    labels, m = logic.label_array(segmentation)
+    np.testing.assert_allclose(ijk_to_ras(nodes[0]), m, atol=TOL)
+    far = np.ones(labels.shape, bool)
+    zz, yy, xx = np.nonzero(labels == 2)
+    far[max(zz.min() - 8, 0):zz.max() + 9, max(yy.min() - 8, 0):yy.max() + 9, max(xx.min() - 10, 0):xx.max() + 11] = False
+    np.testing.assert_array_equal(after[far], sitk.GetArrayFromImage(previous)[far])  # bit for bit
+    assert not np.array_equal(after[~far], sitk.GetArrayFromImage(previous)[~far])
+    assert scene.GetNumberOfNodes() == before
+    logic.undo_tumor_edit(segmentation)
+
+
+def test_cancel_kills_the_engine_and_leaves_nothing(model_home, tmp_path):
+    scene = new_scene()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("RAS"), NAMES)
+    logic = SceneLogic(scene, temp_dir=tmp_path)
+    before = scene.GetNumberOfNodes()
+    job = logic.start_generation(segmentation, fast(steps=10, samples=4))
+    deadline = time.monotonic() + 60
+    while job.running and job.engine.done == 0 and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.05)
+    assert job.running and job.engine.done > 0  # mid-sampling
+    started = time.monotonic()
+    logic.cancel_generation(job)
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(ProcessLookupError):
+        os.kill(job.engine.pid, 0)
+    with pytest.raises(GenerationCancelled):
+        logic.finish_generation(job)
+    assert scene.GetNumberOfNodes() == before and list(tmp_path.iterdir()) == []
+
+
+def test_engine_refusal_is_one_clear_message(model_home, tmp_path):
+    scene = new_scene()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("LPS"), NAMES)
+    logic = SceneLogic(scene, temp_dir=tmp_path)
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(EngineFailure) as failure:
+        logic.generate(segmentation, fast(steps=50))  # the tiny model has T = 10
+    assert str(failure.value) == "--steps must be between 1 and 10 (the model's T), got 50"
+    assert scene.GetNumberOfNodes() == before and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("labels, names, message", [
+    (np.zeros((40, 40, 30), np.uint8), NAMES, "has no segments; paint the head and the tumour"),
+    (standard_head(), {1: "Segment_1", 2: "Tumour"}, "'Segment_1' name no tissue of the whole_head model; rename"),
+    (standard_head(), {1: "Tumour", 2: "tumor"}, "has no head segment; add a segment named 'head'"),
+    (np.where(standard_head() == 2, 3, standard_head()), {1: "head", 3: "tumour"}, None),
+])
+def test_bad_segmentation_gives_a_clear_error(labels, names, message, tmp_path):
+    scene = new_scene()
+    if message is None:  # a tumour floating outside the head: the engine's anatomy check
+        labels = standard_head()
+        labels[labels == 2] = 1
+        labels[1:4, 1:4, 1:4] = 3
+        message = "1 tumour region(s) (27 voxels) lie outside the head"
+    segmentation, _ = add_segmentation(scene, labels, matrix("oblique"), names)
+    logic = SceneLogic(scene, temp_dir=tmp_path)
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        logic.start_generation(segmentation, fast())
+    assert scene.GetNumberOfNodes() == before and list(tmp_path.iterdir()) == []
+
+
+def test_tumour_tools_refuse_a_segmentation_without_tumour():
+    scene = new_scene()
+    labels = standard_head()
+    labels[labels == 2] = 1
+    segmentation, _ = add_segmentation(scene, labels, matrix("LPS"), {1: "head"})
+    with pytest.raises(InputError, match="has no tumour segment to edit; add a segment named 'tumour'"):
+        SceneLogic(scene).shift_tumor(segmentation, [5, 0, 0])
+    segmentation.GetSegmentation().AddEmptySegment("", "tumour")
+    with pytest.raises(InputError, match="the map has no tumour voxels to edit; add a tumour first"):
+        SceneLogic(scene).scale_tumor(segmentation, 2.0)
+    second, _ = add_segmentation(scene, labels * 2, matrix("LPS"), {2: "tumour"}, name="Second")
+    second.GetSegmentation().AddEmptySegment("", "head")
+    with pytest.raises(InputError, match="segment 'head' \\(head\\) is empty in the reference geometry; paint it"):
+        SceneLogic(scene).shift_tumor(second, [5, 0, 0])
+
+
+def test_explicit_mapping_by_segment_name():
+    scene = new_scene()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("RAS"), {1: "Skin and all", 2: "lesion"})
+    logic = SceneLogic(scene)
+    array, _ = logic.label_array(segmentation, mapping={"head": "Skin and all", "tumour": ["lesion"]})
+    np.testing.assert_array_equal(array, standard_head().transpose(2, 1, 0))
+    with pytest.raises(InputError, match="has no segment 'nope'; choose one of 'Skin and all', 'lesion'"):
+        logic.label_array(segmentation, mapping={"head": "nope"})
