@@ -1,12 +1,38 @@
 """3D Slicer scripted module: synthetic brain MRI from a segmentation with Med-DDPM.
 
-The algorithm lives in the Slicer-free engine package ``MedDDPMSynthLib``; this file is the Slicer
-front (module metadata now; the widget, scene logic and self-test follow the module template).
+Three layers: the engine ``MedDDPMSynthLib`` (no Slicer), the scene logic
+``MedDDPMSynthSlicerLib.logic.SceneLogic`` (MRML in, MRML out, tested on a real vtkMRMLScene from the
+``slicer-core`` wheel) and this file: module metadata, a thin widget, the module logic (the scene logic on
+``slicer.mrmlScene``, dependencies installed on first use) and the self-test.
+
+From the Python console::
+
+    logic = slicer.util.getModuleLogic("MedDDPMSynth")
+    volumes = logic.generate(getNode("Segmentation"))          # blocking; the panel runs it in the background
+    logic.shift_tumor(getNode("Segmentation"), [10, 0, 0])      # RAS mm
 """
 
+import os
+
+import slicer
+import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+EXAMPLE_MASK_SHA256 = "b9c0420cceedd4645dd8fb3a72b4395dbfcd717ff336bb2521690eb4eb5c3e0e"
+EXAMPLE_MASK_URL = "https://raw.githubusercontent.com/medddpmsynth/SlicerMedDDPMSynth/main/Resources/Examples/demo_mask.nii.gz"
+
+
+#
+# MedDDPMSynth
+#
 
 
 class MedDDPMSynth(ScriptedLoadableModule):
@@ -19,7 +45,10 @@ class MedDDPMSynth(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Generate a synthetic 3-D brain MRI from a label mask (whole-head T1c, or BraTS "
             "T1/T1ce/T2/FLAIR) with the Med-DDPM conditional diffusion model. Paint the head/brain and "
-            "the tumour in the Segment Editor, choose a model and click Generate."
+            "the tumour in the Segment Editor (segments named 'head' and 'tumour', or chosen in the segment "
+            "mapping), choose a model and click Generate. Move, scale or rotate the tumour, regenerate only "
+            "around it, and export image + mask pairs for nnU-Net. "
+            "See <a href='https://github.com/medddpmsynth/SlicerMedDDPMSynth'>the project page</a>."
         )
         self.parent.acknowledgementText = _(
             "Med-DDPM: Z. Dorjsembe, H.-K. Pao, S. Odonchimed, F. Xiao, 'Conditional Diffusion Models "
@@ -28,3 +57,237 @@ class MedDDPMSynth(ScriptedLoadableModule):
             "nonlinear symmetric MNI152 template (Copyright (C) 1993-2009 Louis Collins, McConnell Brain "
             "Imaging Centre, Montreal Neurological Institute, McGill University)."
         )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """The example mask (brain = head label 1, tumour 2, MNI space) as a sample segmentation."""
+    import SampleData
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MedDDPMSynth",
+        sampleName="MedDDPMSynthDemoMask",
+        thumbnailFileName=os.path.join(iconsPath, "MedDDPMSynth.png"),
+        uris=EXAMPLE_MASK_URL,
+        fileNames="MedDDPMSynthDemoMask.nii.gz",
+        checksums=f"SHA256:{EXAMPLE_MASK_SHA256}",
+        nodeNames="MedDDPMSynthDemoMask",
+        loadFileType="SegmentationFile",
+    )
+
+
+#
+# MedDDPMSynthWidget
+#
+
+
+class MedDDPMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin shell: the .ui, the parameter node, and :class:`MedDDPMSynthSlicerLib.widget.WidgetController`."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.controller = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._observedSegmentation = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        from MedDDPMSynthSlicerLib.widget import WidgetController
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedDDPMSynth.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedDDPMSynthLogic()
+        self.controller = WidgetController(self.ui, self.logic, lambda: self._parameterNode)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self.controller is not None:
+            self.controller.cleanup()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.controller is not None:
+            self.controller.cleanup()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.segmentation:
+            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+            if node:
+                self._parameterNode.segmentation = node
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
+        self.onParameterChanged()
+
+    def onParameterChanged(self, caller=None, event=None) -> None:
+        """Follow the selected segmentation's segments; refresh the buttons."""
+        segmentation = self._parameterNode.segmentation if self._parameterNode else None
+        if segmentation is not self._observedSegmentation:
+            if self._observedSegmentation is not None:
+                self.removeObserver(self._observedSegmentation, vtk.vtkCommand.ModifiedEvent, self.onSegmentsChanged)
+            self._observedSegmentation = segmentation
+            if segmentation is not None:
+                self.addObserver(segmentation, vtk.vtkCommand.ModifiedEvent, self.onSegmentsChanged)
+            self.onSegmentsChanged()
+        elif self.controller is not None:
+            self.controller.updateButtons()
+
+    def onSegmentsChanged(self, caller=None, event=None) -> None:
+        if self.controller is not None:
+            self.controller.refreshSegments()
+
+
+#
+# MedDDPMSynthLogic
+#
+
+
+class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
+    """The module logic: :class:`MedDDPMSynthSlicerLib.logic.SceneLogic` on ``slicer.mrmlScene``.
+
+    Its public methods (generate, start_generation, finish_generation, cancel_generation, label_array,
+    shift_tumor, scale_tumor, rotate_tumor, remove_tumor, undo_tumor_edit, regenerate,
+    export_training_pair, import_model, ...) are available directly on this object. The engine's Python
+    dependencies are installed on first use, after a confirmation dialog.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._sceneLogic = None
+
+    def getParameterNode(self):
+        from MedDDPMSynthSlicerLib.parameters import MedDDPMSynthParameterNode
+
+        return MedDDPMSynthParameterNode(super().getParameterNode())
+
+    @property
+    def ready(self) -> bool:
+        """True when the engine can be imported without installing anything."""
+        from MedDDPMSynthSlicerLib.dependencies import missing_packages
+
+        return self._sceneLogic is not None or not missing_packages()
+
+    @property
+    def hasSceneLogic(self) -> bool:
+        return self._sceneLogic is not None or self.ready
+
+    @property
+    def sceneLogic(self):
+        if self._sceneLogic is None or self._sceneLogic.scene is not slicer.mrmlScene:
+            from MedDDPMSynthSlicerLib.dependencies import ensure_dependencies
+
+            ensure_dependencies(ask=not slicer.app.testingEnabled())
+            from MedDDPMSynthSlicerLib.logic import SceneLogic
+
+            tempDir = os.path.join(slicer.app.temporaryPath, "MedDDPMSynth")
+            self._sceneLogic = SceneLogic(slicer.mrmlScene, temp_dir=tempDir)
+        return self._sceneLogic
+
+    def __getattr__(self, name):
+        from MedDDPMSynthSlicerLib import LOGIC_METHODS
+
+        if name not in LOGIC_METHODS:  # never install dependencies for an unrelated attribute lookup
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return getattr(self.sceneLogic, name)
+
+
+#
+# MedDDPMSynthTest
+#
+
+
+class MedDDPMSynthTest(ScriptedLoadableModuleTest):
+    """The logic scenario of Testing/Python/test_slicer_logic.py, inside Slicer on the example mask."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_MedDDPMSynth_generate_edit_export()
+
+    def test_MedDDPMSynth_generate_edit_export(self):
+        import tempfile
+
+        import numpy as np
+
+        self.delayDisplay("Loading the example mask")
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.path.join(repo, "Resources", "Examples", "demo_mask.nii.gz")
+        if not os.path.isfile(path):  # installed extension: the registered sample data
+            import SampleData
+
+            registerSampleData()
+            segmentation = SampleData.downloadSample("MedDDPMSynthDemoMask")
+        else:
+            segmentation = slicer.util.loadSegmentation(path)
+        logic = MedDDPMSynthLogic()
+        logic.name_segments_by_label(segmentation)
+        labels, ijkToRas = logic.label_array(segmentation)
+        self.assertEqual(set(np.unique(labels).tolist()), {0, 1, 2})
+
+        self.delayDisplay("Generating (background process, 2 DDIM steps)")
+        from MedDDPMSynthSlicerLib.jobs import GenerationSettings
+
+        nodeCount = slicer.mrmlScene.GetNumberOfNodes()
+        settings = GenerationSettings(model="demo", sampler="ddim", steps=2, device="cpu", harmonize=1)
+        volumes = logic.generate(segmentation, settings)
+        self.assertEqual(len(volumes), 1)
+        self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(_ijkToRas(volumes[0])), ijkToRas, atol=1e-4))
+
+        self.delayDisplay("Cancel leaves the scene unchanged")
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        job = logic.start_generation(segmentation, settings)
+        logic.cancel_generation(job)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.assertGreater(before, nodeCount)
+
+        self.delayDisplay("Tumour shift with undo, local re-generation")
+        logic.shift_tumor(segmentation, [6.0, 0.0, 0.0])
+        self.assertFalse(np.array_equal(logic.label_array(segmentation)[0], labels))
+        logic.regenerate(segmentation)
+        self.assertTrue(logic.undo_tumor_edit(segmentation))
+        self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], labels))
+
+        self.delayDisplay("Export")
+        with tempfile.TemporaryDirectory() as folder:
+            files = logic.export_training_pair(volumes, segmentation, folder, case_id="selftest")
+            self.assertEqual(len(files), 4)
+            reloaded = slicer.util.loadVolume(os.path.join(folder, "imagesTr", "selftest_0000.nii.gz"))
+            self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(_ijkToRas(reloaded)), ijkToRas, atol=1e-4))
+        self.delayDisplay("Test passed")
+
+
+def _ijkToRas(volumeNode):
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return matrix

@@ -3,19 +3,37 @@
 Importable with the ``slicer-core`` wheels alone (``vtkMRMLScene``, segmentation logic) as well as inside
 the Slicer application. The widget (:mod:`.widget`), parameter node (:mod:`.parameters`) and dependency
 installer (:mod:`.dependencies`) need the application and are imported only by ``MedDDPMSynth.py``.
+
+Names are imported lazily: importing this package (e.g. for :mod:`.dependencies`) does not import the
+engine, which needs torch, before the dependencies are installed.
 """
 
-from .jobs import PRESETS, EngineFailure, GenerationJob, GenerationSettings
-from .logic import SceneLogic, ras_to_lps
-from .segments import LabelExport, SegmentMapping
+from importlib import import_module
 
-__all__ = [
-    "PRESETS",
-    "EngineFailure",
-    "GenerationJob",
-    "GenerationSettings",
-    "LabelExport",
-    "SceneLogic",
-    "SegmentMapping",
-    "ras_to_lps",
-]
+_EXPORTS = {
+    "PRESETS": "jobs",
+    "EngineFailure": "jobs",
+    "GenerationJob": "jobs",
+    "GenerationSettings": "jobs",
+    "LabelExport": "segments",
+    "SceneLogic": "logic",
+    "SegmentMapping": "segments",
+    "ras_to_lps": "logic",
+}
+
+#: the scene logic's public methods, offered on the module logic (``slicer.util.getModuleLogic``)
+LOGIC_METHODS = (
+    "available_models", "import_model", "model_family", "model_timesteps",
+    "segment_mapping", "name_segments_by_label", "label_map", "label_array",
+    "start_generation", "finish_generation", "cancel_generation", "generate", "show_volumes",
+    "shift_tumor", "scale_tumor", "rotate_tumor", "remove_tumor", "can_undo", "undo_tumor_edit",
+    "can_regenerate", "start_regeneration", "regenerate", "export_training_pair",
+)
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,6 +87,21 @@ class SceneLogic:
             return segments.explicit_mapping(segmentation_node, family, choice)
         return segments.auto_mapping(segmentation_node, family)
 
+    def name_segments_by_label(self, segmentation_node, family: Family | str = "whole_head") -> int:
+        """Name segments that carry no tissue name after the official label value they were imported from
+        (a label file loaded as segmentation gives "Label_1", "Segment_2", ...); returns how many."""
+        family = segments.family_of(family)
+        names = dict(zip(family.condition_labels, family.condition_names))
+        seg = segmentation_node.GetSegmentation()
+        renamed = 0
+        for n in range(seg.GetNumberOfSegments()):
+            segment = seg.GetNthSegment(n)
+            tissue = names.get(segment.GetLabelValue())
+            if tissue and segments.tissue_for_name(segment.GetName(), family) is None:
+                segment.SetName(segments.DISPLAY[tissue])
+                renamed += 1
+        return renamed
+
     def label_map(self, segmentation_node, reference_volume=None, mapping=None, family="whole_head"):
         """:class:`segments.LabelExport`: official label image on the reference grid, with its IJK->RAS."""
         mapping = mapping if isinstance(mapping, segments.SegmentMapping) else \

@@ -273,3 +273,13 @@ def test_explicit_mapping_by_segment_name():
     np.testing.assert_array_equal(array, standard_head().transpose(2, 1, 0))
     with pytest.raises(InputError, match="has no segment 'nope'; choose one of 'Skin and all', 'lesion'"):
         logic.label_array(segmentation, mapping={"head": "nope"})
+
+
+def test_segments_of_a_label_file_are_named_by_their_values():
+    scene = new_scene()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("RAS"), {1: "Label_1", 2: "Label_2"})
+    logic = SceneLogic(scene)
+    with pytest.raises(InputError, match="'Label_1', 'Label_2' name no tissue"):
+        logic.label_array(segmentation)
+    assert logic.name_segments_by_label(segmentation) == 2
+    np.testing.assert_array_equal(logic.label_array(segmentation)[0], standard_head().transpose(2, 1, 0))

@@ -1,0 +1,277 @@
+"""The module panel's behaviour (Slicer application only): a thin shell over :class:`logic.SceneLogic`.
+
+Reads the parameter node and the selectors, calls one logic method per button, polls the background job
+from a QTimer (progress bar with ETA), shows engine errors as one message. No algorithm lives here.
+Engine imports (which need torch) happen only after the module logic has ensured the dependencies.
+"""
+
+from __future__ import annotations
+
+import qt
+import slicer
+
+BY_NAME = "(by name)"
+#: (combo box, whole-head tissue, BraTS tissue)
+MAPPING_COMBOS = (("tissueSegmentComboBox", "head", "brain"), ("tumourSegmentComboBox", "tumor", "necrotic"),
+                  ("edemaSegmentComboBox", None, "edema"), ("enhancingSegmentComboBox", None, "enhancing"))
+SHIFTS = {"Right": (1, 0, 0), "Left": (-1, 0, 0), "Anterior": (0, 1, 0), "Posterior": (0, -1, 0),
+          "Superior": (0, 0, 1), "Inferior": (0, 0, -1)}
+AXES = {"R": (1, 0, 0), "A": (0, 1, 0), "S": (0, 0, 1)}
+
+
+class WidgetController:
+    """Everything the buttons do; ``moduleLogic`` is the module's MedDDPMSynthLogic."""
+
+    def __init__(self, ui, moduleLogic, parameterNode_getter):
+        self.ui = ui
+        self.moduleLogic = moduleLogic
+        self.parameters = parameterNode_getter
+        self.job = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.poll)
+        ui.generateButton.connect("clicked(bool)", self.onGenerate)
+        ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        ui.importModelButton.connect("clicked(bool)", self.onImportModel)
+        ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        for name in SHIFTS:
+            getattr(ui, f"shift{name}Button").connect("clicked(bool)", lambda _=False, n=name: self.onShift(n))
+        ui.scaleButton.connect("clicked(bool)", self.onScale)
+        ui.rotateButton.connect("clicked(bool)", self.onRotate)
+        ui.removeTumourButton.connect("clicked(bool)", self.onRemove)
+        ui.undoButton.connect("clicked(bool)", self.onUndo)
+        ui.regenerateButton.connect("clicked(bool)", self.onRegenerate)
+        ui.exportButton.connect("clicked(bool)", self.onExport)
+        ui.exportVolumesComboBox.connect("checkedNodesChanged()", self.updateButtons)
+        ui.cancelButton.enabled = False
+        self.refreshModels()
+
+    # ------------------------------------------------------------------------------- inputs
+
+    def refreshModels(self) -> None:
+        combo = self.ui.modelComboBox
+        current = self.parameters().model if self.parameters() else "demo"
+        combo.blockSignals(True)
+        combo.clear()
+        entries = [{"name": "demo", "note": "bundled demo model"}]
+        if self.moduleLogic.ready:
+            try:
+                entries = self.moduleLogic.sceneLogic.available_models()
+            except Exception as error:  # a damaged catalogue must not break the panel
+                self.setStatus(str(error))
+        for entry in entries:
+            family = entry.get("family", "")
+            combo.addItem(f"{entry['name']} ({family})" if family else entry["name"], entry["name"])
+        index = combo.findData(current)
+        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(False)
+
+    def onModelChanged(self, index: int) -> None:
+        if self.parameters() is not None and index >= 0:
+            self.parameters().model = self.ui.modelComboBox.itemData(index)
+        self.updateButtons()
+
+    def onImportModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Import a Med-DDPM model", "",
+                                              "Med-DDPM checkpoints (*.pt *.pth *.safetensors)")
+        if not path:
+            return
+        name = qt.QInputDialog.getText(slicer.util.mainWindow(), "Import model", "Name for this model:",
+                                       qt.QLineEdit.Normal, qt.QFileInfo(path).baseName())
+        if not name:
+            return
+        with slicer.util.tryWithErrorDisplay("Import failed.", waitCursor=True):
+            entry = self.moduleLogic.sceneLogic.import_model(path, name=name)
+            self.parameters().model = entry["name"]
+            self.refreshModels()
+            self.setStatus(f"Imported '{entry['name']}' ({entry['family']}, sha256 {entry['sha256'][:12]}...)")
+
+    def refreshSegments(self) -> None:
+        """Fill the mapping selectors with the segmentation's segments (ID as item data)."""
+        segmentation = self.parameters().segmentation if self.parameters() else None
+        segments = []
+        if segmentation is not None:
+            seg = segmentation.GetSegmentation()
+            segments = [(seg.GetNthSegmentID(n), seg.GetNthSegment(n).GetName()) for n in range(seg.GetNumberOfSegments())]
+        for comboName, _, _ in MAPPING_COMBOS:
+            combo = getattr(self.ui, comboName)
+            chosen = combo.currentData
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItem(BY_NAME, "")
+            for segmentId, name in segments:
+                combo.addItem(name, segmentId)
+            combo.setCurrentIndex(max(combo.findData(chosen), 0) if chosen else 0)
+            combo.blockSignals(False)
+        self.updateButtons()
+
+    def family(self):
+        return self.moduleLogic.sceneLogic.model_family(self.parameters().model)
+
+    def mapping(self, family):
+        """None (segment names decide) or {tissue: segment ID} from the selectors."""
+        choice = {}
+        for comboName, wholeHead, brats in MAPPING_COMBOS:
+            tissue = brats if family.name == "brats" else wholeHead
+            segmentId = getattr(self.ui, comboName).currentData
+            if tissue and segmentId:
+                choice[tissue] = segmentId
+        return choice or None
+
+    def settings(self):
+        from MedDDPMSynthSlicerLib.jobs import GenerationSettings
+
+        p = self.parameters()
+        common = {"model": p.model, "samples": p.samples, "seed": p.seed, "device": p.device, "margin_mm": p.marginMm}
+        if p.preset == "Custom":
+            return GenerationSettings(sampler=p.sampler, steps=None if p.sampler == "ddpm" else p.steps, **common)
+        return GenerationSettings.preset(p.preset, self.moduleLogic.sceneLogic.model_timesteps(p.model), **common)
+
+    # ----------------------------------------------------------------------------- generation
+
+    def onGenerate(self) -> None:
+        self.start(lambda logic, seg, ref, family: logic.start_generation(
+            seg, self.settings(), ref, self.mapping(family)))
+
+    def onRegenerate(self) -> None:
+        self.start(lambda logic, seg, ref, family: logic.start_regeneration(
+            seg, self.settings(), ref, self.mapping(family)))
+
+    def start(self, starter) -> None:
+        p = self.parameters()
+        with slicer.util.tryWithErrorDisplay("Cannot generate.", waitCursor=True):
+            logic = self.moduleLogic.sceneLogic  # installs the dependencies on first use (asks first)
+            self.job = starter(logic, p.segmentation, p.referenceVolume, self.family())
+            self.ui.progressBar.value = 0
+            self.setStatus("Starting the model...")
+            self.timer.start()
+        self.updateButtons()
+
+    def poll(self) -> None:
+        job = self.job
+        if job is None:
+            self.timer.stop()
+            return
+        job.poll()
+        engine = job.engine
+        if engine.total:
+            self.ui.progressBar.value = int(100 * job.fraction())
+            eta = job.eta_seconds()
+            left = f", about {eta:.0f} s left" if eta is not None else ""
+            self.setStatus(f"Step {engine.done} of {engine.total}{left}")
+        if job.running:
+            return
+        self.timer.stop()
+        self.job = None
+        logic = self.moduleLogic.sceneLogic
+        try:
+            nodes = logic.finish_generation(job)
+        except Exception as error:
+            self.setStatus("Failed.")
+            slicer.util.errorDisplay(str(error), windowTitle="MedDDPM Synth")
+        else:
+            logic.show_volumes(nodes, self.parameters().segmentation)
+            for node in nodes:
+                self.ui.exportVolumesComboBox.setCheckState(node, qt.Qt.Checked)
+            self.ui.progressBar.value = 100
+            warnings = "; ".join(job.engine.warnings)
+            self.setStatus(f"Done: {', '.join(n.GetName() for n in nodes)}" + (f" (warning: {warnings})" if warnings else ""))
+        self.updateButtons()
+
+    def onCancel(self) -> None:
+        if self.job is not None:
+            self.moduleLogic.sceneLogic.cancel_generation(self.job)
+            self.job = None
+        self.timer.stop()
+        self.ui.progressBar.value = 0
+        self.setStatus("Cancelled; nothing was added to the scene.")
+        self.updateButtons()
+
+    # --------------------------------------------------------------------------- tumour tools
+
+    def edit(self, method, *args) -> None:
+        p = self.parameters()
+        with slicer.util.tryWithErrorDisplay("Tumour edit failed.", waitCursor=True):
+            logic = self.moduleLogic.sceneLogic
+            family = self.family()
+            record = getattr(logic, method)(p.segmentation, *args, reference_volume=p.referenceVolume,
+                                            mapping=self.mapping(family), family=family)
+            clipped = record.get("clipped_voxels", 0)
+            self.setStatus(f"{record['op']}: {record['voxels_after']} tumour voxels"
+                           + (f", {clipped} clipped at the head's edge" if clipped else ""))
+        self.updateButtons()
+
+    def onShift(self, direction: str) -> None:
+        step = self.parameters().shiftStepMm
+        self.edit("shift_tumor", [step * v for v in SHIFTS[direction]])
+
+    def onScale(self) -> None:
+        self.edit("scale_tumor", self.parameters().scaleFactor)
+
+    def onRotate(self) -> None:
+        axis = AXES[self.ui.rotateAxisComboBox.currentText]
+        self.edit("rotate_tumor", [self.parameters().rotateDeg * v for v in axis])
+
+    def onRemove(self) -> None:
+        self.edit("remove_tumor")
+
+    def onUndo(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Undo failed.", waitCursor=True):
+            self.moduleLogic.sceneLogic.undo_tumor_edit(self.parameters().segmentation)
+        self.updateButtons()
+
+    # ---------------------------------------------------------------------------------- export
+
+    def onExport(self) -> None:
+        p = self.parameters()
+        volumes = list(self.ui.exportVolumesComboBox.checkedNodes())
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            logic = self.moduleLogic.sceneLogic
+            family = logic.model_family(volumes[0].GetAttribute("MedDDPMSynth.model") or p.model) if volumes else None
+            files = logic.export_training_pair(volumes, p.segmentation, str(p.exportFolder), p.caseId or None,
+                                               mapping=self.mapping(family) if family else None, family=family)
+            self.setStatus(f"Exported {len(files)} files to {p.exportFolder}")
+
+    # ------------------------------------------------------------------------------- state
+
+    def setStatus(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+
+    def updateButtons(self) -> None:
+        """Enable each button only when its inputs are valid; the tooltip says what is missing."""
+        p = self.parameters()
+        running = self.job is not None
+        segmentation = p.segmentation if p else None
+        segments = segmentation.GetSegmentation().GetNumberOfSegments() if segmentation else 0
+        ready = self.moduleLogic.ready and self.moduleLogic.hasSceneLogic
+        why = ("Wait for the running generation or cancel it" if running else
+               "Choose a segmentation" if segmentation is None else
+               "Paint a head and a tumour segment in the Segment Editor" if not segments else "")
+        self._enable(self.ui.generateButton, not why, why or "Generate synthetic MRI from the segmentation")
+        self.ui.cancelButton.enabled = running
+        for name in [f"shift{n}Button" for n in SHIFTS] + ["scaleButton", "rotateButton", "removeTumourButton"]:
+            self._enable(getattr(self.ui, name), not why, why)
+        canUndo = ready and not running and self.moduleLogic.sceneLogic.can_undo(segmentation)
+        self._enable(self.ui.undoButton, canUndo, "Undo the last tumour edit" if canUndo else "No tumour edit to undo")
+        canRegenerate = ready and not running and self.moduleLogic.sceneLogic.can_regenerate(segmentation)
+        self._enable(self.ui.regenerateButton, canRegenerate,
+                     "Regenerate only around the edited tumour" if canRegenerate else "Generate a result first")
+        volumes = list(self.ui.exportVolumesComboBox.checkedNodes())
+        folder = str(p.exportFolder) if p and p.exportFolder else ""
+        whyExport = ("Check the volume(s) to export" if not volumes else "Choose a segmentation" if segmentation is None
+                     else "Choose the dataset folder" if folder in ("", ".") else "")
+        self._enable(self.ui.exportButton, not whyExport, whyExport or "Export the volumes + segmentation (nnU-Net)")
+        custom = bool(p) and p.preset == "Custom"
+        self.ui.samplerComboBox.enabled = custom
+        self.ui.stepsSpinBox.enabled = custom
+
+    @staticmethod
+    def _enable(button, enabled: bool, tooltip: str) -> None:
+        button.enabled = bool(enabled)
+        if tooltip:
+            button.toolTip = tooltip
+
+    def cleanup(self) -> None:
+        if self.job is not None:
+            self.onCancel()
+        self.timer.stop()

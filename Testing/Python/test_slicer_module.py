@@ -1,0 +1,125 @@
+"""The Slicer module file and extension files: MedDDPMSynth.py imports under Slicer's Python layout (the
+application-only modules stood in for by minimal stand-ins; slicer-core's real `slicer` package and
+MRML otherwise), its logic offers the scene logic's methods, and the build files list every file."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+import types
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from slicer_scene_helpers import MODULE_DIR, REPO, add_segmentation, matrix, new_scene, slicer, standard_head
+
+import MedDDPMSynthSlicerLib
+from MedDDPMSynthSlicerLib import SceneLogic
+
+
+class _Base:
+    def __init__(self, *args, **kwargs):
+        pass
+
+
+class _Parent:
+    def __init__(self):
+        self.connections = []
+
+
+@pytest.fixture()
+def module(monkeypatch, tmp_path):
+    """Import MedDDPMSynth.py as Slicer does, with the application's own modules stood in for."""
+    scene = new_scene()
+    app = types.SimpleNamespace(temporaryPath=str(tmp_path), testingEnabled=lambda: True,
+                                connect=lambda signal, slot: app.connected.append((signal, slot)), connected=[])
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
+                 "ScriptedLoadableModuleWidget"):
+        setattr(scripted, name, type(name, (_Base,), {}))
+    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
+    spec = importlib.util.spec_from_file_location("MedDDPMSynth", MODULE_DIR / "MedDDPMSynth.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded, scene, app
+
+
+def test_module_file_imports_and_describes_the_module(module):
+    loaded, _, app = module
+    info = loaded.MedDDPMSynth.__new__(loaded.MedDDPMSynth)
+    info.parent = types.SimpleNamespace()
+    loaded.MedDDPMSynth.__init__(info, info.parent)
+    assert info.parent.title == "MedDDPM Synth" and info.parent.categories == ["Image Synthesis"]
+    assert "Conditional Diffusion Models for Semantic 3D Brain MRI Synthesis" in info.parent.acknowledgementText
+    assert ("startupCompleted()", loaded.registerSampleData) in app.connected
+    example = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
+    import hashlib
+
+    assert hashlib.sha256(example.read_bytes()).hexdigest() == loaded.EXAMPLE_MASK_SHA256
+    for name in ("MedDDPMSynthWidget", "MedDDPMSynthLogic", "MedDDPMSynthTest"):
+        assert hasattr(loaded, name)
+
+
+def test_module_logic_is_the_scene_logic_on_slicers_scene(module):
+    loaded, scene, _ = module
+    logic = loaded.MedDDPMSynthLogic()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("oblique"), {1: "head", 2: "tumour"})
+    array, m = logic.label_array(segmentation)  # from the console: getModuleLogic("MedDDPMSynth").label_array
+    np.testing.assert_array_equal(array, standard_head().transpose(2, 1, 0))
+    np.testing.assert_allclose(m, matrix("oblique"), atol=1e-4)
+    assert logic.sceneLogic.scene is scene and logic.ready
+    with pytest.raises(AttributeError):
+        logic.no_such_method  # noqa: B018  (unrelated lookups never trigger an installation)
+
+
+def test_logic_method_list_matches_the_scene_logic():
+    public = {n for n in dir(SceneLogic) if not n.startswith("_") and callable(getattr(SceneLogic, n))}
+    assert public == set(MedDDPMSynthSlicerLib.LOGIC_METHODS)
+
+
+def test_cmake_lists_every_slicer_file_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    listed = set(re.findall(r"\$\{MODULE_NAME\}SlicerLib/(\w+\.py)", text))
+    present = {p.name for p in (MODULE_DIR / "MedDDPMSynthSlicerLib").glob("*.py")}
+    assert listed == present
+    assert "${MODULE_NAME}Lib/*.py" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
+        assert resource in text and (MODULE_DIR / resource.replace("${MODULE_NAME}", "MedDDPMSynth")).is_file()
+    top = (REPO / "CMakeLists.txt").read_text()
+    assert 'set(EXTENSION_CATEGORY "Image Synthesis")' in top and 'set(EXTENSION_DEPENDS "PyTorch")' in top
+    s4ext = dict(line.split(" ", 1) for line in (REPO / "MedDDPMSynth.s4ext").read_text().splitlines()
+                 if line and not line.startswith("#"))
+    entry = json.loads((REPO / "MedDDPMSynth.json").read_text())
+    assert s4ext["category"] == entry["category"] == "Image Synthesis"
+    assert s4ext["depends"] == "PyTorch" and entry["build_dependencies"] == ["PyTorch"]
+    assert s4ext["scmurl"] == entry["scm_url"]
+
+
+def test_icon_is_a_128_pixel_png():
+    from PIL import Image
+
+    with Image.open(MODULE_DIR / "Resources" / "Icons" / "MedDDPMSynth.png") as icon:
+        assert icon.format == "PNG" and icon.size == (128, 128)
+
+
+def test_ui_has_every_widget_the_widget_code_uses():
+    tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "MedDDPMSynth.ui")
+    names = {w.get("name") for w in tree.iter("widget")}
+    code = (MODULE_DIR / "MedDDPMSynthSlicerLib" / "widget.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", code)) | set(re.findall(r'"(\w+(?:ComboBox|Button))"', code))
+    used |= {f"shift{n}Button" for n in ("Right", "Left", "Anterior", "Posterior", "Superior", "Inferior")}
+    assert used - names == set()
+    bound = {p.find("string").text for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
+    fields = set(re.findall(r"^    (\w+): ", (MODULE_DIR / "MedDDPMSynthSlicerLib" / "parameters.py").read_text(), re.M))
+    assert bound <= fields and {"segmentation", "samples", "seed", "preset", "scaleFactor"} <= bound
+    for widget in tree.iter("widget"):
+        if widget.get("class") == "QPushButton":
+            assert any(p.get("name") == "toolTip" for p in widget.findall("property")), widget.get("name")
