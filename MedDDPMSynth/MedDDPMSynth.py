@@ -81,6 +81,10 @@ def registerSampleData():
 # MedDDPMSynthWidget
 #
 
+#: segments added, removed or renamed: the mapping selectors follow
+SEGMENT_EVENTS = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+
 
 class MedDDPMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Thin shell: the .ui, the parameter node, and :class:`MedDDPMSynthSlicerLib.widget.WidgetController`."""
@@ -151,12 +155,14 @@ class MedDDPMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onParameterChanged(self, caller=None, event=None) -> None:
         """Follow the selected segmentation's segments; refresh the buttons."""
         segmentation = self._parameterNode.segmentation if self._parameterNode else None
-        if segmentation is not self._observedSegmentation:
-            if self._observedSegmentation is not None:
-                self.removeObserver(self._observedSegmentation, vtk.vtkCommand.ModifiedEvent, self.onSegmentsChanged)
-            self._observedSegmentation = segmentation
-            if segmentation is not None:
-                self.addObserver(segmentation, vtk.vtkCommand.ModifiedEvent, self.onSegmentsChanged)
+        observed = segmentation.GetSegmentation() if segmentation is not None else None
+        if observed is not self._observedSegmentation:
+            for event in SEGMENT_EVENTS:
+                if self._observedSegmentation is not None:
+                    self.removeObserver(self._observedSegmentation, event, self.onSegmentsChanged)
+                if observed is not None:
+                    self.addObserver(observed, event, self.onSegmentsChanged)
+            self._observedSegmentation = observed
             self.onSegmentsChanged()
         elif self.controller is not None:
             self.controller.updateButtons()
@@ -195,10 +201,6 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
         from MedDDPMSynthSlicerLib.dependencies import missing_packages
 
         return self._sceneLogic is not None or not missing_packages()
-
-    @property
-    def hasSceneLogic(self) -> bool:
-        return self._sceneLogic is not None or self.ready
 
     @property
     def sceneLogic(self):

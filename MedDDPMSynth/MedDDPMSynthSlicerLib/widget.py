@@ -243,7 +243,7 @@ class WidgetController:
         running = self.job is not None
         segmentation = p.segmentation if p else None
         segments = segmentation.GetSegmentation().GetNumberOfSegments() if segmentation else 0
-        ready = self.moduleLogic.ready and self.moduleLogic.hasSceneLogic
+        ready = self.moduleLogic.ready  # never trigger the dependency installation from here
         why = ("Wait for the running generation or cancel it" if running else
                "Choose a segmentation" if segmentation is None else
                "Paint a head and a tumour segment in the Segment Editor" if not segments else "")
