@@ -15,7 +15,8 @@ from slicer_scene_helpers import add_segmentation, matrix, new_scene, standard_h
 
 from MedDDPMSynthLib.errors import GenerationCancelled, InputError, OutputError
 from MedDDPMSynthSlicerLib import EngineFailure, GenerationSettings, SceneLogic
-from MedDDPMSynthSlicerLib.scene_io import ijk_to_ras, image_from_node, ras_matrix_of
+from MedDDPMSynthSlicerLib.scene_io import update_node_from_array
+from MedDDPMSynthSlicerLib.scene_io import array_from_node, ijk_to_ras, image_from_node, ras_matrix_of
 
 TOL = 1e-4
 NAMES = {1: "head", 2: "Tumour"}
@@ -71,24 +72,27 @@ def test_generate_gives_volumes_on_the_masks_grid(kind, model_home, tmp_path):
     before = scene.GetNumberOfNodes()
     logic = SceneLogic(scene, temp_dir=tmp_path)
     steps = []
-    nodes = logic.generate(segmentation, fast(seed=3), progress=lambda d, t: steps.append((d, t)))
-    assert steps == [(1, 2), (2, 2)]  # the engine's PROGRESS lines, read from the background process
-    assert len(nodes) == 1 and nodes[0].IsA("vtkMRMLScalarVolumeNode")
+    samples = 2 if kind == "RAS" else 1
+    nodes = logic.generate(segmentation, fast(seed=3, samples=samples), progress=lambda d, t: steps.append((d, t)))
+    total = 2 * samples
+    assert steps == [(d, total) for d in range(1, total + 1)]  # the engine's PROGRESS lines, read live
+    assert len(nodes) == samples and all(n.IsA("vtkMRMLScalarVolumeNode") for n in nodes)
+    for n, node in enumerate(nodes):
+        np.testing.assert_allclose(ijk_to_ras(node), matrix(kind), atol=TOL)
+        assert node.GetImageData().GetDimensions() == (40, 40, 30)
+        assert node.GetName() == f"Segmentation T1C seed {3 + n}" and node.GetAttribute("MedDDPMSynth.seed") == str(3 + n)
+        assert node.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
+        voxels = array_from_node(node)
+        assert voxels.dtype == np.float32 and 0.0 <= voxels.min() and voxels.max() <= 1.0 and voxels.std() > 0
     node = nodes[0]
-    np.testing.assert_allclose(ijk_to_ras(node), matrix(kind), atol=TOL)
-    assert node.GetImageData().GetDimensions() == (40, 40, 30)
-    assert node.GetName() == "Segmentation T1C seed 3" and node.GetAttribute("MedDDPMSynth.seed") == "3"
-    assert node.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
     composite = scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
     assert composite.GetBackgroundVolumeID() == node.GetID()
-    from MedDDPMSynthSlicerLib.scene_io import array_from_node
-
-    voxels = array_from_node(node)
-    assert voxels.dtype == np.float32 and 0.0 <= voxels.min() and voxels.max() <= 1.0 and voxels.std() > 0
-    assert scene.GetNumberOfNodes() == before + 2  # the volume and its display node, nothing else
+    if samples == 2:
+        assert not np.array_equal(array_from_node(nodes[0]), array_from_node(nodes[1]))  # seeds 3 and 4
+    assert scene.GetNumberOfNodes() == before + 2 * samples  # volumes and their display nodes, nothing else
     assert list(tmp_path.iterdir()) == []  # the job's files are gone
     provenance = json.loads(node.GetAttribute("MedDDPMSynth.provenance"))
-    assert provenance["seeds"] == [3] and provenance["sampler"]["name"] == "ddim"
+    assert provenance["seeds"] == [3 + n for n in range(samples)] and provenance["sampler"]["name"] == "ddim"
 
 
 @pytest.fixture(scope="module")
@@ -203,10 +207,11 @@ def test_cancel_kills_the_engine_and_leaves_nothing(model_home, tmp_path):
     before = scene.GetNumberOfNodes()
     job = logic.start_generation(segmentation, fast(steps=10, samples=4))
     deadline = time.monotonic() + 60
-    while job.running and job.engine.done == 0 and time.monotonic() < deadline:
+    while job.running and job.engine.done < 2 and time.monotonic() < deadline:
         job.poll()
         time.sleep(0.05)
-    assert job.running and job.engine.done > 0  # mid-sampling
+    assert job.running and job.engine.done >= 2 and job.engine.total == 40  # mid-sampling
+    assert 0 < job.fraction() < 1 and job.eta_seconds() > 0  # what the progress bar shows
     started = time.monotonic()
     logic.cancel_generation(job)
     assert time.monotonic() - started < 1.0
@@ -283,3 +288,43 @@ def test_segments_of_a_label_file_are_named_by_their_values():
         logic.label_array(segmentation)
     assert logic.name_segments_by_label(segmentation) == 2
     np.testing.assert_array_equal(logic.label_array(segmentation)[0], standard_head().transpose(2, 1, 0))
+
+
+def test_reference_volume_sets_the_grid():
+    """Labels come out on a chosen reference volume's grid (Slicer's own export does the resampling)."""
+    scene = new_scene()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("RAS"), NAMES)
+    coarse = matrix("oblique", spacing=8.0)
+    reference = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "coarse")
+    update_node_from_array(reference, np.zeros((15, 20, 20), np.float32), coarse)
+    array, m = SceneLogic(scene).label_array(segmentation, reference)
+    assert array.shape == (15, 20, 20)
+    np.testing.assert_allclose(m, coarse, atol=TOL)
+    assert set(np.unique(array).tolist()) == {0, 1, 2}
+
+
+def test_brats_mapping_paints_the_inner_layers_last():
+    """BraTS: brain 4, oedema 2, enhancing 3, necrotic 1; overlapping segments keep the inner layer."""
+    scene = new_scene()
+    labels = standard_head(tumour_radius_mm=20.0)
+    centre = np.argwhere(labels == 2).mean(0)
+    distance = np.linalg.norm((np.indices(labels.shape).transpose(1, 2, 3, 0) - centre) * 4.0, axis=-1)
+    brats = np.where(labels > 0, 4, 0)
+    brats[(labels == 2)] = 2
+    brats[(labels == 2) & (distance <= 12)] = 3
+    brats[(labels == 2) & (distance <= 6)] = 1
+    names = {4: "Brain", 2: "oedema", 3: "ET", 1: "necrotic core"}
+    segmentation, _ = add_segmentation(scene, brats, matrix("LPS"), names)
+    logic = SceneLogic(scene)
+    array, _ = logic.label_array(segmentation, family="brats")
+    np.testing.assert_array_equal(array, brats.transpose(2, 1, 0))
+    record = logic.shift_tumor(segmentation, [0, 0, 4.0], family="brats")
+    assert record["family"] == "brats" and record["clipped_voxels"] == 0
+    shifted, _ = logic.label_array(segmentation, family="brats")
+    np.testing.assert_array_equal(shifted > 0, array > 0)  # the brain outline never changes
+    for value in (1, 2, 3):  # each layer moved one voxel superior (k + 1), nothing lost
+        np.testing.assert_array_equal(np.argwhere(shifted == value).mean(0), np.argwhere(array == value).mean(0) + [1, 0, 0])
+    whole_head, _ = add_segmentation(scene, standard_head(), matrix("LPS"), NAMES, name="whole head")
+    with pytest.raises(InputError, match="'Tumour' name no tissue of the brats model; rename the segments to brain, "
+                                         "oedema, enhancing, necrotic"):
+        logic.label_array(whole_head, family="brats")
