@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, cli_evaluate, cli_generate, cli_insert, cli_models, cli_train, cli_tumor
+from . import __version__, cli_demo_data, cli_evaluate, cli_generate, cli_insert, cli_models, cli_train, cli_tumor
 from .errors import MedDDPMError
 
 EPILOG = """examples:
@@ -17,6 +17,7 @@ EPILOG = """examples:
   medddpm-synth models import ~/Downloads/model_128.pt --name wholehead
   medddpm-synth models list
   medddpm-synth tumor shift --mask m.nii.gz --vector 10,0,-5 -o shifted.nii.gz
+  medddpm-synth demo-data -o demo_data/ --cases 500
   medddpm-synth train --masks masks/ --images images/ -o run1/ --steps 20000
   medddpm-synth evaluate --generated out/ --reference images/ --masks masks/ -o report.json --montage report.png
 """
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_models.add_parser(commands)
     cli_tumor.add_parser(commands)
     cli_insert.add_parser(commands)
+    cli_demo_data.add_parser(commands)
     cli_train.add_parser(commands)
     cli_evaluate.add_parser(commands)
     return parser

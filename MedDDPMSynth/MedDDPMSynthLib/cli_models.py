@@ -22,6 +22,7 @@ EPILOG = """examples:
   medddpm-synth models verify model_128
   medddpm-synth models info model_128 --json
   medddpm-synth models remove mine
+  medddpm-synth models export run1/model-last.pt -o my_model.safetensors --dtype fp16
 
 Models are stored in $MEDDDPMSYNTH_HOME (default: the user data folder, see 'models list').
 'demo' is the built-in demo model and always available."""
@@ -47,6 +48,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     adding.add_argument("--grid", metavar="X,Y,Z", help="training grid in voxels (default: the family's grid)")
     adding.add_argument("--spacing", metavar="A,B,C", help="training voxel spacing in mm (default: the family's)")
     adding.add_argument("--overwrite", action="store_true", help="replace an imported model of the same name")
+
+    exporting = actions.add_parser(
+        "export", help="write a checkpoint's EMA weights as a compact .safetensors file that carries its grid")
+    exporting.add_argument("path", metavar="CKPT", help="a Med-DDPM checkpoint, e.g. a run's model-last.pt (only read)")
+    exporting.add_argument("-o", "--output", required=True, metavar="OUT.safetensors", help="the file to write")
+    exporting.add_argument("--dtype", choices=tuple(models.EXPORT_DTYPES), default="fp16",
+                           help="weight precision (default fp16: half the size; the schedule stays fp32)")
+    exporting.add_argument("--grid", metavar="X,Y,Z", help="model grid (default: the run's config.json beside CKPT)")
+    exporting.add_argument("--spacing", metavar="A,B,C", help="voxel spacing in mm (default: the run's config.json)")
+    exporting.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     for action, text in (("verify", "re-hash a stored model and check that it loads"),
                          ("remove", "delete an imported model and its file"),
@@ -120,6 +131,18 @@ def _import(args) -> None:
     print(f"sha256 {entry['sha256']}")
 
 
+def _export(args) -> None:
+    entry = models.export_model(
+        args.path, args.output, dtype=args.dtype,
+        grid_xyz=_parse_triple(args.grid, int, "--grid", "64,64,64"),
+        spacing_mm=_parse_triple(args.spacing, float, "--spacing", "3,3,3"),
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.output}: {entry['family']}, grid {_triple(entry['grid_xyz'])} at "
+          f"{_triple(entry['spacing_mm'])} mm, {entry['timesteps']} steps, {_size(entry['size_bytes'])}")
+    print(f"sha256 {entry['sha256']}")
+
+
 def _verify(args) -> None:
     entry = models.verify(args.name)
     print(f"ok: '{entry['name']}' is intact (sha256 {entry['sha256'][:16]}...) and loads ({entry['family']})")
@@ -143,7 +166,7 @@ def _info(args) -> None:
         print(f"{key + ':':<14}{'-' if value is None else value}")
 
 
-_ACTIONS = {"list": _list, "import": _import, "verify": _verify, "remove": _remove, "info": _info}
+_ACTIONS = {"list": _list, "import": _import, "export": _export, "verify": _verify, "remove": _remove, "info": _info}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,26 +12,37 @@ The built-in "demo" model is never stored in the catalogue: its entry is describ
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import numbers
 import os
 import re
-import secrets
 import shutil
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import file_sha256, load_checkpoint
+import torch
+
+from .catalogue import (  # noqa: F401 (part of this module's interface)
+    CATALOGUE_VERSION,
+    HOME_ENV,
+    CatalogueError,
+    _find,
+    _new_temp_file,
+    _read_catalogue,
+    _unlink_quietly,
+    _write_catalogue,
+    catalogue_path,
+    data_home,
+    models_dir,
+)
+from .checkpoint import file_sha256, infer_config, load_checkpoint, read_state_dict, save_safetensors
 from .errors import CheckpointError, InputError, MedDDPMError, OutputError
 from .families import family_for_channels
 
-HOME_ENV = "MEDDDPMSYNTH_HOME"
-CATALOGUE_VERSION = 1
 DEMO_NAME = "demo"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,16}")
@@ -50,122 +61,9 @@ TEST_DEMO_NOTE = "tiny random test model, not trained; the bundled demo model is
 KNOWN_RELEASES: dict[str, dict[str, Any]] = {}
 
 
-class CatalogueError(MedDDPMError):
-    """The model catalogue (models.json) cannot be read or is damaged."""
-
-
-def data_home() -> Path:
-    override = os.environ.get(HOME_ENV, "").strip()
-    if override:
-        return Path(override).expanduser()
-    import platformdirs  # only needed when no home is set
-
-    return Path(platformdirs.user_data_dir("MedDDPMSynth", appauthor=False))
-
-
-def models_dir() -> Path:
-    return data_home() / "models"
-
-
-def catalogue_path() -> Path:
-    return data_home() / "models.json"
-
-
 def demo_model_path() -> Path:
     """The bundled demo model, or the tiny random test model of the source tree until it ships."""
     return BUNDLED_DEMO if BUNDLED_DEMO.is_file() else TEST_DEMO
-
-
-def _damaged(path: Path, why: str) -> CatalogueError:
-    return CatalogueError(
-        f"the model catalogue {path} is damaged ({why}); repair it by hand, or delete it and import your "
-        f"models again with 'medddpm-synth models import' (the files in {path.parent / 'models'} are kept)"
-    )
-
-
-def _is_plain_file_name(value: object) -> bool:
-    # a tampered catalogue must never make 'remove' delete a file outside models/
-    return isinstance(value, str) and value not in ("", ".", "..") and "\\" not in value and Path(value).name == value
-
-
-def _read_catalogue() -> list[dict]:
-    path = catalogue_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise CatalogueError(f"cannot read the model catalogue {path}: {reason}; check its permissions") from None
-    except UnicodeDecodeError:
-        raise _damaged(path, "not UTF-8 text") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _damaged(path, f"invalid JSON: {exc}") from None
-    return _checked_entries(data, path)
-
-
-def _checked_entries(data: object, path: Path) -> list[dict]:
-    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise _damaged(path, "expected an object with a 'models' list")
-    version = data.get("version")
-    if isinstance(version, int) and version > CATALOGUE_VERSION:
-        raise CatalogueError(
-            f"the model catalogue {path} has version {version}, written by a newer MedDDPMSynth; update MedDDPMSynth"
-        )
-    if version != CATALOGUE_VERSION:
-        raise _damaged(path, f"unknown version {version!r}")
-    for entry in data["models"]:
-        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
-                and _is_plain_file_name(entry.get("file"))):
-            raise _damaged(path, f"bad entry {str(entry)[:80]}")
-    return data["models"]
-
-
-def _write_catalogue(entries: list[dict]) -> None:
-    """Temporary file in the same folder, then a rename: readers never see a half-written catalogue."""
-    path = catalogue_path()
-    text = json.dumps({"version": CATALOGUE_VERSION, "models": entries}, indent=2) + "\n"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_temp_file(path.parent, ".models.json")
-        try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            _unlink_quietly(tmp)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write the model catalogue {path}: {exc.strerror or exc}; make the folder writable "
-            f"or set {HOME_ENV} to another folder"
-        ) from None
-
-
-def _new_temp_file(folder: Path, stem: str) -> Path:
-    """A new empty hidden file in ``folder``. Unlike mkstemp's 0600 files it gets the usual permissions
-    (umask), so that a data home shared by a group stays readable after a rename."""
-    while True:
-        path = folder / f"{stem}.{secrets.token_hex(6)}.part"
-        try:
-            with open(path, "xb"):
-                return path
-        except FileExistsError:
-            continue
-
-
-def _unlink_quietly(path: Path | None) -> None:
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _find(entries: list[dict], name: str) -> dict | None:
-    # names differ by more than case: stored file names must not clash on case-insensitive disks
-    return next((e for e in entries if e["name"].lower() == name.lower()), None)
 
 
 def _check_name(name: str) -> str:
@@ -330,6 +228,55 @@ def import_model(
             f"{HOME_ENV} to a writable folder"
         ) from None
     return entry
+
+
+EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def export_model(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    dtype: str = "fp16",
+    grid_xyz: Sequence[int] | None = None,
+    spacing_mm: Sequence[float] | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Write a checkpoint's sampling weights (EMA) as a compact safetensors file with its grid as metadata.
+
+    This is how a trained run becomes a shippable model (the bundled demo model is made this way): the
+    optimiser state and the raw weights are dropped, floats are cast to ``dtype`` (the schedule buffers
+    stay fp32) and ``grid_xyz``/``spacing_mm`` travel inside the file, so ``--model FILE`` needs no
+    options. Grid and spacing default to the training run's ``config.json`` beside the checkpoint.
+    Returns the new file's description (as in the catalogue).
+    """
+    source, destination = Path(source).expanduser(), Path(destination).expanduser()
+    if dtype not in EXPORT_DTYPES:
+        raise InputError(f"unknown dtype '{dtype}'; use one of {', '.join(EXPORT_DTYPES)}")
+    if destination.suffix != ".safetensors":
+        raise InputError(f"{destination} must end in .safetensors")
+    if destination.exists() and not overwrite:
+        raise OutputError(f"{destination} exists; choose another name or add --overwrite")
+    state, info = read_state_dict(source)
+    config, _ = infer_config(state, source)
+    run_config = _training_config_beside(source)
+    grid = grid_xyz or run_config.get("grid_xyz") or _metadata_triple(info.metadata, "grid_xyz", int, source)
+    spacing = spacing_mm or run_config.get("spacing_mm") or _metadata_triple(info.metadata, "spacing_mm", float, source)
+    if not grid or not spacing:
+        raise InputError(f"the grid of {source} is unknown; give it with --grid X,Y,Z and --spacing A,B,C")
+    grid, spacing = _check_grid(list(grid), config.divisor), _check_spacing(list(spacing))
+    metadata = {"grid_xyz": ",".join(map(str, grid)), "spacing_mm": ",".join(f"{v:g}" for v in spacing),
+                "source_step": str(info.step if info.step is not None else ""), "format": "medddpm-synth model"}
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(destination, state, metadata, EXPORT_DTYPES[dtype])
+    return _describe(destination)
+
+
+def _training_config_beside(checkpoint: Path) -> dict:
+    """``config`` of the ``config.json`` that 'medddpm-synth train' writes beside its checkpoints, or {}."""
+    try:
+        return json.loads((checkpoint.parent / "config.json").read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 @lru_cache(maxsize=4)

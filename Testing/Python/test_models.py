@@ -310,3 +310,43 @@ def test_cli_errors_are_one_line_on_stderr(home, capsys, argv, expected):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
     assert "Traceback" not in captured.err
+
+
+def test_export_writes_fp16_ema_with_its_grid_and_samples_like_the_source(tmp_path, source):
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+
+    from MedDDPMSynthLib import SamplerSettings, load_model
+
+    out = tmp_path / "out" / "tiny.safetensors"
+    before = sha256(source)
+    assert main(["models", "export", str(source), "-o", str(out), "--grid", "32,32,32", "--spacing", "6,6,6"]) == 0
+    assert sha256(source) == before  # the source is only read
+    with safe_open(str(out), "pt") as handle:
+        assert handle.metadata()["grid_xyz"] == "32,32,32" and handle.metadata()["spacing_mm"] == "6,6,6"
+        dtypes = {k: handle.get_tensor(k).dtype for k in handle.keys()}
+    assert dtypes["denoise_fn.out.2.weight"] == torch.float16 and dtypes["betas"] == torch.float32
+    assert out.stat().st_size < source.stat().st_size / 1.5  # EMA only, half precision
+
+    exported, original = load_model(out), load_model(source)
+    assert exported.grid_xyz == (32, 32, 32) and exported.spacing_mm == (6.0, 6.0, 6.0)
+    labels = np.zeros((32, 32, 32), np.int64)
+    labels[8:24, 8:24, 8:24], labels[14:18, 14:18, 14:18] = 1, 2
+    fast = SamplerSettings("ddim", 3)
+    a, b = exported.generate(labels, seed=1, sampler=fast), original.generate(labels, seed=1, sampler=fast)
+    diff = np.abs(a - b)  # fp16 rounding of the weights, nothing more (the random model saturates a few voxels)
+    assert diff.max() > 0 and diff.mean() < 0.01 and (diff > 0.05).mean() < 0.01
+
+
+def test_export_refusals_leave_nothing_behind(tmp_path, source, capsys):
+    out = tmp_path / "tiny.safetensors"
+    assert main(["models", "export", str(source), "-o", str(out)]) == 2  # the tiny checkpoint has no run config
+    assert "--grid" in capsys.readouterr().err and not out.exists()
+    assert main(["models", "export", str(source), "-o", str(tmp_path / "x.pt"), "--grid", "32,32,32",
+                 "--spacing", "6,6,6"]) == 2
+    out.write_bytes(b"keep me")
+    assert main(["models", "export", str(source), "-o", str(out), "--grid", "32,32,32", "--spacing", "6,6,6"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["models", "export", str(source), "-o", str(out), "--grid", "30,32,32", "--spacing", "6,6,6"]) == 2
+    assert out.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["src", "tiny.safetensors"]
