@@ -1,0 +1,131 @@
+"""The model catalogue file: where the data home is, and reading/writing ``models.json`` safely.
+
+A damaged or newer catalogue is reported, never silently rewritten; writes go through a temporary file
+and a rename, so a reader never sees half a catalogue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+from .errors import MedDDPMError, OutputError
+
+HOME_ENV = "MEDDDPMSYNTH_HOME"
+CATALOGUE_VERSION = 1
+
+
+class CatalogueError(MedDDPMError):
+    """The model catalogue (models.json) cannot be read or is damaged."""
+
+
+def data_home() -> Path:
+    override = os.environ.get(HOME_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    import platformdirs  # only needed when no home is set
+
+    return Path(platformdirs.user_data_dir("MedDDPMSynth", appauthor=False))
+
+
+def models_dir() -> Path:
+    return data_home() / "models"
+
+
+def catalogue_path() -> Path:
+    return data_home() / "models.json"
+
+
+def _damaged(path: Path, why: str) -> CatalogueError:
+    return CatalogueError(
+        f"the model catalogue {path} is damaged ({why}); repair it by hand, or delete it and import your "
+        f"models again with 'medddpm-synth models import' (the files in {path.parent / 'models'} are kept)"
+    )
+
+
+def _is_plain_file_name(value: object) -> bool:
+    # a tampered catalogue must never make 'remove' delete a file outside models/
+    return isinstance(value, str) and value not in ("", ".", "..") and "\\" not in value and Path(value).name == value
+
+
+def _read_catalogue() -> list[dict]:
+    path = catalogue_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise CatalogueError(f"cannot read the model catalogue {path}: {reason}; check its permissions") from None
+    except UnicodeDecodeError:
+        raise _damaged(path, "not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _damaged(path, f"invalid JSON: {exc}") from None
+    return _checked_entries(data, path)
+
+
+def _checked_entries(data: object, path: Path) -> list[dict]:
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise _damaged(path, "expected an object with a 'models' list")
+    version = data.get("version")
+    if isinstance(version, int) and version > CATALOGUE_VERSION:
+        raise CatalogueError(
+            f"the model catalogue {path} has version {version}, written by a newer MedDDPMSynth; update MedDDPMSynth"
+        )
+    if version != CATALOGUE_VERSION:
+        raise _damaged(path, f"unknown version {version!r}")
+    for entry in data["models"]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and _is_plain_file_name(entry.get("file"))):
+            raise _damaged(path, f"bad entry {str(entry)[:80]}")
+    return data["models"]
+
+
+def _write_catalogue(entries: list[dict]) -> None:
+    """Temporary file in the same folder, then a rename: readers never see a half-written catalogue."""
+    path = catalogue_path()
+    text = json.dumps({"version": CATALOGUE_VERSION, "models": entries}, indent=2) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp_file(path.parent, ".models.json")
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            _unlink_quietly(tmp)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the model catalogue {path}: {exc.strerror or exc}; make the folder writable "
+            f"or set {HOME_ENV} to another folder"
+        ) from None
+
+
+def _new_temp_file(folder: Path, stem: str) -> Path:
+    """A new empty hidden file in ``folder``. Unlike mkstemp's 0600 files it gets the usual permissions
+    (umask), so that a data home shared by a group stays readable after a rename."""
+    while True:
+        path = folder / f"{stem}.{secrets.token_hex(6)}.part"
+        try:
+            with open(path, "xb"):
+                return path
+        except FileExistsError:
+            continue
+
+
+def _unlink_quietly(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _find(entries: list[dict], name: str) -> dict | None:
+    # names differ by more than case: stored file names must not clash on case-insensitive disks
+    return next((e for e in entries if e["name"].lower() == name.lower()), None)
