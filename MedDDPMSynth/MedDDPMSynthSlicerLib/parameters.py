@@ -29,5 +29,6 @@ class MedDDPMSynthParameterNode:
     scaleFactor: Annotated[float, WithinRange(0.25, 4.0)] = 1.2
     rotateDeg: Annotated[float, WithinRange(-180.0, 180.0)] = 15.0
     marginMm: Annotated[float, WithinRange(0.0, 50.0)] = 10.0
+    harmonize: Annotated[int, WithinRange(1, 10)] = 3
     exportFolder: Path
     caseId: str = ""

@@ -7,6 +7,9 @@ Engine imports (which need torch) happen only after the module logic has ensured
 
 from __future__ import annotations
 
+import contextlib
+import traceback
+
 import qt
 import slicer
 
@@ -17,6 +20,12 @@ MAPPING_COMBOS = (("tissueSegmentComboBox", "head", "brain"), ("tumourSegmentCom
 SHIFTS = {"Right": (1, 0, 0), "Left": (-1, 0, 0), "Anterior": (0, 1, 0), "Posterior": (0, -1, 0),
           "Superior": (0, 0, 1), "Inferior": (0, 0, -1)}
 AXES = {"R": (1, 0, 0), "A": (0, 1, 0), "S": (0, 0, 1)}
+TITLE = "MedDDPM Synth"
+
+
+def isUserError(error: Exception) -> bool:
+    """The engine's and the installer's errors carry a message for the user (no traceback needed)."""
+    return any(c.__name__ in ("MedDDPMError", "DependencyError") for c in type(error).__mro__)
 
 
 class WidgetController:
@@ -80,7 +89,7 @@ class WidgetController:
                                        qt.QLineEdit.Normal, qt.QFileInfo(path).baseName())
         if not name:
             return
-        with slicer.util.tryWithErrorDisplay("Import failed.", waitCursor=True):
+        with self.userErrors():
             entry = self.moduleLogic.sceneLogic.import_model(path, name=name)
             self.parameters().model = entry["name"]
             self.refreshModels()
@@ -122,7 +131,8 @@ class WidgetController:
         from MedDDPMSynthSlicerLib.jobs import GenerationSettings
 
         p = self.parameters()
-        common = {"model": p.model, "samples": p.samples, "seed": p.seed, "device": p.device, "margin_mm": p.marginMm}
+        common = {"model": p.model, "samples": p.samples, "seed": p.seed, "device": p.device, "margin_mm": p.marginMm,
+                  "harmonize": p.harmonize}
         if p.preset == "Custom":
             return GenerationSettings(sampler=p.sampler, steps=None if p.sampler == "ddpm" else p.steps, **common)
         return GenerationSettings.preset(p.preset, self.moduleLogic.sceneLogic.model_timesteps(p.model), **common)
@@ -139,7 +149,7 @@ class WidgetController:
 
     def start(self, starter) -> None:
         p = self.parameters()
-        with slicer.util.tryWithErrorDisplay("Cannot generate.", waitCursor=True):
+        with self.userErrors():
             logic = self.moduleLogic.sceneLogic  # installs the dependencies on first use (asks first)
             self.job = starter(logic, p.segmentation, p.referenceVolume, self.family())
             self.ui.progressBar.value = 0
@@ -167,8 +177,7 @@ class WidgetController:
         try:
             nodes = logic.finish_generation(job)
         except Exception as error:
-            self.setStatus("Failed.")
-            slicer.util.errorDisplay(str(error), windowTitle="MedDDPM Synth")
+            self.showError(error)
         else:
             logic.show_volumes(nodes, self.parameters().segmentation)
             for node in nodes:
@@ -191,7 +200,7 @@ class WidgetController:
 
     def edit(self, method, *args) -> None:
         p = self.parameters()
-        with slicer.util.tryWithErrorDisplay("Tumour edit failed.", waitCursor=True):
+        with self.userErrors():
             logic = self.moduleLogic.sceneLogic
             family = self.family()
             record = getattr(logic, method)(p.segmentation, *args, reference_volume=p.referenceVolume,
@@ -216,7 +225,7 @@ class WidgetController:
         self.edit("remove_tumor")
 
     def onUndo(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Undo failed.", waitCursor=True):
+        with self.userErrors():
             self.moduleLogic.sceneLogic.undo_tumor_edit(self.parameters().segmentation)
         self.updateButtons()
 
@@ -225,7 +234,7 @@ class WidgetController:
     def onExport(self) -> None:
         p = self.parameters()
         volumes = list(self.ui.exportVolumesComboBox.checkedNodes())
-        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+        with self.userErrors():
             logic = self.moduleLogic.sceneLogic
             family = logic.model_family(volumes[0].GetAttribute("MedDDPMSynth.model") or p.model) if volumes else None
             files = logic.export_training_pair(volumes, p.segmentation, str(p.exportFolder), p.caseId or None,
@@ -233,6 +242,26 @@ class WidgetController:
             self.setStatus(f"Exported {len(files)} files to {p.exportFolder}")
 
     # ------------------------------------------------------------------------------- state
+
+    @contextlib.contextmanager
+    def userErrors(self):
+        """Wait cursor while the block runs; a problem is shown as one message (and the status line)."""
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            yield
+        except Exception as error:
+            slicer.app.restoreOverrideCursor()
+            self.showError(error)
+        else:
+            slicer.app.restoreOverrideCursor()
+
+    def showError(self, error: Exception) -> None:
+        self.setStatus(f"Failed: {error}")
+        if isUserError(error):
+            slicer.util.errorDisplay(str(error), windowTitle=TITLE)
+        else:  # a bug: say so, with the details for a report
+            slicer.util.errorDisplay(f"Unexpected error: {error}", windowTitle=TITLE,
+                                     detailedText=traceback.format_exc())
 
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text

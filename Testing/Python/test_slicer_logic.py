@@ -26,17 +26,20 @@ NAMES = {1: "head", 2: "Tumour"}
 def model_home(tmp_path_factory):
     """A private model catalogue holding the tiny official-format model on a 16^3 grid of 12 mm."""
     home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("MEDDDPMSYNTH_HOME")
-    os.environ["MEDDDPMSYNTH_HOME"] = str(home)
+    # one thread per engine process: a tiny model gains nothing from more, and on a busy 2-core machine
+    # OpenMP threads fighting for the cores make each step several times slower
+    saved = {k: os.environ.get(k) for k in ("MEDDDPMSYNTH_HOME", "OMP_NUM_THREADS")}
+    os.environ.update(MEDDDPMSYNTH_HOME=str(home), OMP_NUM_THREADS="1")
     from conftest import OFFICIAL
 
     SceneLogic(None).import_model(OFFICIAL / "tiny_wholehead_ckpt.pt", name="tiny16", grid_xyz=(16, 16, 16),
                                   spacing_mm=(12.0, 12.0, 12.0))
     yield home
-    if old is None:
-        os.environ.pop("MEDDDPMSYNTH_HOME", None)
-    else:
-        os.environ["MEDDDPMSYNTH_HOME"] = old
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def fast(**overrides) -> GenerationSettings:

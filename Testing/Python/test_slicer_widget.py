@@ -1,0 +1,221 @@
+"""The panel's controller is a thin shell: its buttons drive the real scene logic on a real vtkMRMLScene.
+
+Qt is not available here, so the few Qt objects the controller touches (a timer, widgets with a value,
+an enabled flag and a tooltip) are stood in for; the background process, the scene and the engine are real.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import time
+import types
+
+import pytest
+from slicer_scene_helpers import add_segmentation, matrix, new_scene, slicer, standard_head
+from test_slicer_logic import model_home  # noqa: F401  (fixture: the tiny model in a private catalogue)
+
+from MedDDPMSynthSlicerLib import SceneLogic
+
+
+class Signal:
+    def __init__(self):
+        self.slots = []
+
+    def __call__(self, *args):
+        for slot in self.slots:  # like PythonQt: a slot taking fewer arguments gets the first ones
+            try:
+                inspect.signature(slot).bind(*args)
+            except TypeError:
+                args = args[:0]
+            slot(*args)
+
+
+class FakeWidget:
+    """enabled / toolTip / text / value, Qt-style ``connect(signal, slot)`` and ``click()``."""
+
+    def __init__(self, name):
+        self.name, self.enabled, self.toolTip, self.text, self.value = name, True, "", "", 0
+        self.signals = {}
+
+    def connect(self, signal, slot):
+        self.signals.setdefault(signal, Signal()).slots.append(slot)
+
+    def click(self):
+        assert self.enabled, f"{self.name} is disabled: {self.toolTip}"
+        self.signals["clicked(bool)"](False)
+
+
+class FakeCombo(FakeWidget):
+    def __init__(self, name, items=()):
+        super().__init__(name)
+        self.items, self.index = [(i, i) for i in items], 0
+
+    def clear(self):
+        self.items, self.index = [], -1
+
+    def addItem(self, text, data=None):
+        self.items.append((text, data))
+        self.index = max(self.index, 0)
+
+    def findData(self, data):
+        return next((n for n, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def setCurrentIndex(self, index):
+        self.index = index
+
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def blockSignals(self, block):
+        return False
+
+    @property
+    def currentData(self):
+        return self.items[self.index][1] if 0 <= self.index < len(self.items) else None
+
+    @property
+    def currentText(self):
+        return self.items[self.index][0] if 0 <= self.index < len(self.items) else ""
+
+
+class FakeCheckable(FakeWidget):
+    def __init__(self, name):
+        super().__init__(name)
+        self.checked = []
+
+    def setCheckState(self, node, state):
+        self.checked.append(node)
+
+    def checkedNodes(self):
+        return list(self.checked)
+
+
+class FakeTimer:
+    def __init__(self):
+        self.active = False
+
+    def setInterval(self, ms):
+        pass
+
+    def connect(self, signal, slot):
+        self.slot = slot
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+def fake_ui():
+    from MedDDPMSynthSlicerLib.widget import MAPPING_COMBOS, SHIFTS
+
+    ui = types.SimpleNamespace()
+    for name, _, _ in MAPPING_COMBOS:
+        setattr(ui, name, FakeCombo(name))
+    for name in ("modelComboBox",):
+        setattr(ui, name, FakeCombo(name))
+    ui.rotateAxisComboBox = FakeCombo("rotateAxisComboBox", ["S", "A", "R"])
+    ui.exportVolumesComboBox = FakeCheckable("exportVolumesComboBox")
+    names = ["generateButton", "cancelButton", "importModelButton", "scaleButton", "rotateButton",
+             "removeTumourButton", "undoButton", "regenerateButton", "exportButton", "progressBar", "statusLabel",
+             "samplerComboBox", "stepsSpinBox"] + [f"shift{n}Button" for n in SHIFTS]
+    for name in names:
+        setattr(ui, name, FakeWidget(name))
+    return ui
+
+
+@pytest.fixture()
+def panel(monkeypatch, tmp_path, model_home):  # noqa: F811
+    qt = types.ModuleType("qt")
+    qt.QTimer = FakeTimer
+    qt.Qt = types.SimpleNamespace(WaitCursor=3, Checked=2)
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.delitem(sys.modules, "MedDDPMSynthSlicerLib.widget", raising=False)
+    errors = []
+    app = types.SimpleNamespace(setOverrideCursor=lambda c: None, restoreOverrideCursor=lambda: None)
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append((text, kw)))
+    widget = importlib.import_module("MedDDPMSynthSlicerLib.widget")
+    scene = new_scene()
+    logic = SceneLogic(scene, temp_dir=tmp_path)
+    module_logic = types.SimpleNamespace(ready=True, sceneLogic=logic)
+    params = types.SimpleNamespace(segmentation=None, referenceVolume=None, model="tiny16", samples=1, seed=5,
+                                   preset="Custom", sampler="ddim", steps=2, device="cpu", marginMm=10.0, harmonize=1,
+                                   shiftStepMm=4.0, scaleFactor=1.2, rotateDeg=15.0, exportFolder=tmp_path / "ds",
+                                   caseId="")
+    ui = fake_ui()
+    controller = widget.WidgetController(ui, module_logic, lambda: params)
+    return types.SimpleNamespace(ui=ui, controller=controller, params=params, scene=scene, logic=logic,
+                                 errors=errors, tmp=tmp_path)
+
+
+def run_timer(panel, limit=60.0):
+    deadline = time.monotonic() + limit
+    while panel.controller.timer.active and time.monotonic() < deadline:
+        panel.controller.poll()
+        time.sleep(0.05)
+    assert not panel.controller.timer.active
+
+
+def test_buttons_say_what_is_missing(panel):
+    panel.controller.updateButtons()
+    assert not panel.ui.generateButton.enabled and panel.ui.generateButton.toolTip == "Choose a segmentation"
+    assert not panel.ui.undoButton.enabled and not panel.ui.regenerateButton.enabled
+    assert not panel.ui.exportButton.enabled and panel.ui.exportButton.toolTip == "Check the volume(s) to export"
+    assert [text for text, _ in panel.ui.modelComboBox.items] == ["demo (whole_head)", "tiny16 (whole_head)"]
+
+
+def test_generate_shift_regenerate_cancel_export_from_the_panel(panel):
+    ui, scene = panel.ui, panel.scene
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("oblique"), {1: "head", 2: "tumour"})
+    panel.params.segmentation = segmentation
+    panel.controller.refreshSegments()
+    assert [t for t, _ in ui.tumourSegmentComboBox.items] == ["(by name)", "head", "tumour"]
+    before = scene.GetNumberOfNodes()
+
+    ui.generateButton.click()
+    assert not ui.generateButton.enabled and ui.cancelButton.enabled  # while it runs
+    run_timer(panel)
+    assert panel.errors == [] and ui.progressBar.value == 100 and ui.statusLabel.text.startswith("Done: ")
+    assert scene.GetNumberOfNodes() == before + 2 and len(ui.exportVolumesComboBox.checked) == 1
+
+    ui.shiftRightButton.click()
+    assert ui.undoButton.enabled and ui.statusLabel.text.startswith("shift: ")
+    ui.regenerateButton.click()
+    run_timer(panel)
+    assert panel.errors == [] and scene.GetNumberOfNodes() == before + 2  # updated in place
+    ui.undoButton.click()
+    assert not ui.undoButton.enabled
+
+    ui.generateButton.click()
+    ui.cancelButton.click()
+    assert ui.statusLabel.text == "Cancelled; nothing was added to the scene."
+    assert scene.GetNumberOfNodes() == before + 2 and list(panel.tmp.glob("MedDDPMSynth-*")) == []
+    assert ui.generateButton.enabled and not ui.cancelButton.enabled
+
+    panel.controller.updateButtons()
+    ui.exportButton.click()
+    assert panel.errors == [] and (panel.tmp / "ds" / "dataset.json").is_file()
+
+
+def test_an_engine_refusal_is_one_message_without_traceback(panel):
+    segmentation, _ = add_segmentation(panel.scene, standard_head(), matrix("LPS"), {1: "Segment_1", 2: "tumour"})
+    panel.params.segmentation = segmentation
+    panel.controller.refreshSegments()
+    before = panel.scene.GetNumberOfNodes()
+    panel.ui.generateButton.click()
+    [(text, options)] = panel.errors
+    assert text.startswith("segment name(s) 'Segment_1' name no tissue of the whole_head model; rename")
+    assert "detailedText" not in options and not panel.controller.timer.active
+    assert panel.scene.GetNumberOfNodes() == before
+    # choosing the head segment in the mapping fixes it
+    combo = panel.ui.tissueSegmentComboBox
+    combo.setCurrentIndex(combo.findData(segmentation.GetSegmentation().GetSegmentIdBySegmentName("Segment_1")))
+    panel.params.steps = 50  # the engine's own refusal (T = 10), from the background process
+    panel.ui.generateButton.click()
+    run_timer(panel)
+    assert panel.errors[-1][0] == "--steps must be between 1 and 10 (the model's T), got 50"
+    assert panel.scene.GetNumberOfNodes() == before and panel.ui.generateButton.enabled
