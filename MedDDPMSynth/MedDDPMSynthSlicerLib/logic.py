@@ -12,6 +12,7 @@ in :mod:`.scene_io` and :func:`ras_to_lps`.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,8 @@ class SceneLogic:
         renamed = 0
         for n in range(seg.GetNumberOfSegments()):
             segment = seg.GetNthSegment(n)
-            tissue = names.get(segment.GetLabelValue())
+            number = re.search(r"(\d+)$", segment.GetName())  # "Segment_1", "Label_2", "1"
+            tissue = names.get(segment.GetLabelValue()) or (names.get(int(number.group(1))) if number else None)
             if tissue and segments.tissue_for_name(segment.GetName(), family) is None:
                 segment.SetName(segments.DISPLAY[tissue])
                 renamed += 1
@@ -182,7 +184,8 @@ class SceneLogic:
         segmentation = self.scene.GetNodeByID(job.segmentation_id)
         base = segmentation.GetName() if segmentation is not None else "MedDDPM"
         nodes: list = []
-        with scene_guard(self.scene, nodes):
+        kept: list = []  # filled only once every volume is complete: on an error the guard removes them all
+        with scene_guard(self.scene, kept):
             for n, row in enumerate(files):
                 seed = job.settings.seed + n
                 for modality, path in zip(family.modalities, row):
@@ -191,6 +194,7 @@ class SceneLogic:
                     nodes.append(node)
                     update_node_from_array(node, self._read_output(job, path), job.export.ijk_to_ras)
                     self._describe(node, job, modality, seed, provenance)
+            kept.extend(nodes)
         return nodes
 
     def _update_nodes(self, job: GenerationJob, row: list[Path], provenance: dict) -> list:

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 from slicer_scene_helpers import add_segmentation, matrix, new_scene, standard_head
 
-from MedDDPMSynthLib.errors import GenerationCancelled, InputError, OutputError
+from MedDDPMSynthLib.errors import GenerationCancelled, InputError, MedDDPMError, OutputError
 from MedDDPMSynthSlicerLib import EngineFailure, GenerationSettings, SceneLogic
 from MedDDPMSynthSlicerLib.scene_io import update_node_from_array
 from MedDDPMSynthSlicerLib.scene_io import array_from_node, ijk_to_ras, image_from_node, ras_matrix_of
@@ -331,3 +331,23 @@ def test_brats_mapping_paints_the_inner_layers_last():
     with pytest.raises(InputError, match="'Tumour' name no tissue of the brats model; rename the segments to brain, "
                                          "oedema, enhancing, necrotic"):
         logic.label_array(whole_head, family="brats")
+
+
+def test_a_failure_while_loading_results_adds_no_node(model_home, tmp_path, monkeypatch):
+    scene = new_scene()
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("LPS"), NAMES)
+    logic = SceneLogic(scene, temp_dir=tmp_path)
+    before = scene.GetNumberOfNodes()
+    read = SceneLogic._read_output
+    calls = []
+
+    def second_fails(self, job, path):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise MedDDPMError(f"cannot read {path.name}")
+        return read(self, job, path)
+
+    monkeypatch.setattr(SceneLogic, "_read_output", second_fails)
+    with pytest.raises(MedDDPMError, match="cannot read mask_s01_t1c.nii.gz"):
+        logic.generate(segmentation, fast(samples=2))
+    assert scene.GetNumberOfNodes() == before and list(tmp_path.iterdir()) == []
