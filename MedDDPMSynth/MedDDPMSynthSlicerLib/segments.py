@@ -108,11 +108,18 @@ def auto_mapping(segmentation_node, family: Family | str) -> SegmentMapping:
 
 
 def explicit_mapping(segmentation_node, family: Family | str, choice: dict) -> SegmentMapping:
-    """Mapping from ``{tissue: segment ID or name (or a list of them)}``; tissue names as in ``--labels``."""
+    """Mapping from ``{tissue: segment ID or name (or a list of them)}``; tissue names as in ``--labels``.
+    Tissues not in ``choice`` take the segments named after them; other segments are left out."""
     family = family_of(family)
     by_id = dict(_segments(segmentation_node))
     by_name = {name: sid for sid, name in by_id.items()}
+    chosen_tissues = {_tissue_name(t, family) for t, c in choice.items() if c}
+    chosen_ids = {by_name.get(i, i) for c in choice.values() if c for i in ([c] if isinstance(c, str) else c)}
     mapping = SegmentMapping(family)
+    for segment_id, name in by_id.items():
+        tissue = tissue_for_name(name, family)
+        if tissue is not None and tissue not in chosen_tissues and segment_id not in chosen_ids:
+            mapping.segments.setdefault(tissue, []).append(segment_id)
     for tissue_name, chosen in choice.items():
         if not chosen:
             continue

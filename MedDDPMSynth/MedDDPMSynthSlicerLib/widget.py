@@ -52,6 +52,8 @@ class WidgetController:
         ui.regenerateButton.connect("clicked(bool)", self.onRegenerate)
         ui.exportButton.connect("clicked(bool)", self.onExport)
         ui.exportVolumesComboBox.connect("checkedNodesChanged()", self.updateButtons)
+        for comboName, _, _ in MAPPING_COMBOS:
+            getattr(ui, comboName).connect("currentIndexChanged(int)", self.updateButtons)
         ui.cancelButton.enabled = False
         self.refreshModels()
 
@@ -275,7 +277,8 @@ class WidgetController:
         ready = self.moduleLogic.ready  # never trigger the dependency installation from here
         why = ("Wait for the running generation or cancel it" if running else
                "Choose a segmentation" if segmentation is None else
-               "Paint a head and a tumour segment in the Segment Editor" if not segments else "")
+               "Paint a head and a tumour segment in the Segment Editor" if not segments else
+               self.mappingProblem(segmentation) if ready else "")
         self._enable(self.ui.generateButton, not why, why or "Generate synthetic MRI from the segmentation")
         self.ui.cancelButton.enabled = running
         for name in [f"shift{n}Button" for n in SHIFTS] + ["scaleButton", "rotateButton", "removeTumourButton"]:
@@ -293,6 +296,15 @@ class WidgetController:
         custom = bool(p) and p.preset == "Custom"
         self.ui.samplerComboBox.enabled = custom
         self.ui.stepsSpinBox.enabled = custom
+
+    def mappingProblem(self, segmentation) -> str:
+        """Why the segments cannot be mapped to the model's tissues ("" when they can); cheap, no export."""
+        try:
+            family = self.family()
+            self.moduleLogic.sceneLogic.segment_mapping(segmentation, family, self.mapping(family))
+        except Exception as error:
+            return str(error) if isUserError(error) else f"Unexpected error: {error}"
+        return ""
 
     @staticmethod
     def _enable(button, enabled: bool, tooltip: str) -> None:

@@ -281,6 +281,9 @@ def test_explicit_mapping_by_segment_name():
     np.testing.assert_array_equal(array, standard_head().transpose(2, 1, 0))
     with pytest.raises(InputError, match="has no segment 'nope'; choose one of 'Skin and all', 'lesion'"):
         logic.label_array(segmentation, mapping={"head": "nope"})
+    partial, _ = add_segmentation(scene, standard_head(), matrix("RAS"), {1: "Skin and all", 2: "Tumour"}, name="P")
+    array, _ = logic.label_array(partial, mapping={"head": "Skin and all"})  # the tumour still by its name
+    np.testing.assert_array_equal(array, standard_head().transpose(2, 1, 0))
 
 
 def test_segments_of_a_label_file_are_named_by_their_values():

@@ -201,21 +201,37 @@ def test_generate_shift_regenerate_cancel_export_from_the_panel(panel):
     assert panel.errors == [] and (panel.tmp / "ds" / "dataset.json").is_file()
 
 
-def test_an_engine_refusal_is_one_message_without_traceback(panel):
-    segmentation, _ = add_segmentation(panel.scene, standard_head(), matrix("LPS"), {1: "Segment_1", 2: "tumour"})
+def test_bad_input_disables_generate_or_is_one_message_without_traceback(panel):
+    labels = standard_head()
+    labels[1:4, 1:4, 1:4] = 2  # a stray tumour blob outside the head
+    segmentation, _ = add_segmentation(panel.scene, labels, matrix("LPS"), {1: "Segment_1", 2: "tumour"})
     panel.params.segmentation = segmentation
     panel.controller.refreshSegments()
     before = panel.scene.GetNumberOfNodes()
-    panel.ui.generateButton.click()
+    ui = panel.ui
+    assert not ui.generateButton.enabled  # the segment names say nothing: the tooltip says what to do
+    assert ui.generateButton.toolTip.startswith("segment name(s) 'Segment_1' name no tissue of the whole_head model")
+    combo = ui.tissueSegmentComboBox  # choosing the head segment in the mapping fixes that
+    combo.setCurrentIndex(combo.findData(segmentation.GetSegmentation().GetSegmentIdBySegmentName("Segment_1")))
+    combo.signals["currentIndexChanged(int)"](combo.index)
+    assert ui.generateButton.enabled
+
+    ui.generateButton.click()  # the stray blob: refused before any process starts, one message
     [(text, options)] = panel.errors
-    assert text.startswith("segment name(s) 'Segment_1' name no tissue of the whole_head model; rename")
+    assert text == ("1 tumour region(s) (27 voxels) lie outside the head, not touching it; move the tumour inside "
+                    "the head or erase the stray voxels")
     assert "detailedText" not in options and not panel.controller.timer.active
     assert panel.scene.GetNumberOfNodes() == before
-    # choosing the head segment in the mapping fixes it
-    combo = panel.ui.tissueSegmentComboBox
-    combo.setCurrentIndex(combo.findData(segmentation.GetSegmentation().GetSegmentIdBySegmentName("Segment_1")))
+
+    labels[1:4, 1:4, 1:4] = 0
+    panel.scene.RemoveNode(segmentation)
+    segmentation, _ = add_segmentation(panel.scene, labels, matrix("LPS"), {1: "head", 2: "tumour"})
+    panel.params.segmentation = segmentation
+    panel.controller.refreshSegments()
+    before = panel.scene.GetNumberOfNodes()
     panel.params.steps = 50  # the engine's own refusal (T = 10), from the background process
-    panel.ui.generateButton.click()
+    ui.generateButton.click()
     run_timer(panel)
     assert panel.errors[-1][0] == "--steps must be between 1 and 10 (the model's T), got 50"
-    assert panel.scene.GetNumberOfNodes() == before and panel.ui.generateButton.enabled
+    assert "detailedText" not in panel.errors[-1][1]
+    assert panel.scene.GetNumberOfNodes() == before and ui.generateButton.enabled
