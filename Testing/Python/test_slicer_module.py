@@ -123,3 +123,38 @@ def test_ui_has_every_widget_the_widget_code_uses():
     for widget in tree.iter("widget"):
         if widget.get("class") == "QPushButton":
             assert any(p.get("name") == "toolTip" for p in widget.findall("property")), widget.get("name")
+
+
+def test_dependencies_are_installed_only_after_the_user_agrees(monkeypatch):
+    from MedDDPMSynthSlicerLib import dependencies
+
+    installed = {"tqdm": False, "torch": False}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(dependencies.importlib.util, "find_spec",
+                        lambda name: None if installed.get(name) is False else real_find_spec(name))
+    assert dependencies.missing_packages() == ["torch", "tqdm"]
+    answers, pip_calls, torch_calls = [], [], []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title: answers.pop(0))
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: pip_calls.append(requirements))
+    monkeypatch.delattr(slicer, "pydeps", raising=False)
+
+    class PyTorchUtilsLogic:
+        def torchInstalled(self):
+            return False
+
+        def installTorch(self, askConfirmation):
+            torch_calls.append(askConfirmation)
+            installed["torch"] = True
+            return object()
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    answers.append(False)
+    with pytest.raises(dependencies.DependencyError, match="the module needs torch, tqdm; click Generate again"):
+        dependencies.ensure_dependencies()
+    assert pip_calls == [] and torch_calls == []
+    answers.append(True)
+    with pytest.raises(dependencies.DependencyError, match="installing tqdm failed"):  # pip "ran" but tqdm is still missing
+        dependencies.ensure_dependencies()
+    assert torch_calls == [False] and pip_calls == [["tqdm>=4.60"]]
+    installed["tqdm"] = True
+    dependencies.ensure_dependencies()  # nothing missing: no question asked
