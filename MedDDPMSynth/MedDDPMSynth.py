@@ -150,6 +150,7 @@ class MedDDPMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
+            self.controller.refreshModels()  # the model selector shows the parameter node's model
         self.onParameterChanged()
 
     def onParameterChanged(self, caller=None, event=None) -> None:
