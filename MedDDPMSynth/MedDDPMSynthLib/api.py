@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointInfo, load_checkpoint
+from .checkpoint import CheckpointInfo, load_checkpoint, run_config_beside
 from .diffusion import GaussianDiffusion
 from .errors import InputError, RuntimeFailure
 from .families import Family, family_for_channels
@@ -179,11 +179,13 @@ def load_model(
     """Load a Med-DDPM checkpoint of any official-format configuration onto ``device``.
 
     The training grid comes from ``grid_xyz``/``spacing_mm`` (e.g. a catalogue entry), else the file's
-    safetensors metadata, else the family's official grid."""
+    safetensors metadata, else the training run's config.json beside it, else the family's official grid."""
     diffusion, info = load_checkpoint(path, num_heads=num_heads)
     config = diffusion.config
     family = family_for_channels(config.in_channels, config.out_channels)
     dev = resolve_device(device)
-    grid = tuple(grid_xyz or _grid_from_metadata(info.metadata, "grid_xyz", int) or family.grid_xyz)
-    spacing = tuple(spacing_mm or _grid_from_metadata(info.metadata, "spacing_mm", float) or family.spacing_mm)
+    run = run_config_beside(path)
+    grid = tuple(grid_xyz or _grid_from_metadata(info.metadata, "grid_xyz", int) or run.get("grid_xyz") or family.grid_xyz)
+    spacing = tuple(spacing_mm or _grid_from_metadata(info.metadata, "spacing_mm", float) or run.get("spacing_mm")
+                    or family.spacing_mm)
     return SynthesisModel(diffusion.to(dev), family, info, dev, grid, spacing)

@@ -39,7 +39,9 @@ from .catalogue import (  # noqa: F401 (part of this module's interface)
     data_home,
     models_dir,
 )
-from .checkpoint import file_sha256, infer_config, load_checkpoint, read_state_dict, save_safetensors
+from .checkpoint import (
+    file_sha256, infer_config, load_checkpoint, read_state_dict, run_config_beside, save_safetensors,
+)
 from .errors import CheckpointError, InputError, MedDDPMError, OutputError
 from .families import family_for_channels
 
@@ -120,12 +122,13 @@ def _describe(path: Path, grid_xyz: Sequence[int] | None = None, spacing_mm: Seq
     family = family_for_channels(config.in_channels, config.out_channels)
     sha256 = file_sha256(path)
     known = KNOWN_RELEASES.get(sha256, {})
-    # an explicit argument wins, then the file's own metadata, then a known release, then the family
+    # an explicit argument wins, then the file's own metadata, then its training run, a known release, the family
     if grid_xyz is None:
-        grid_xyz = _metadata_triple(info.metadata, "grid_xyz", int, path) or known.get("grid_xyz") or family.grid_xyz
+        grid_xyz = (_metadata_triple(info.metadata, "grid_xyz", int, path) or run_config_beside(path).get("grid_xyz")
+                    or known.get("grid_xyz") or family.grid_xyz)
     if spacing_mm is None:
-        spacing_mm = (_metadata_triple(info.metadata, "spacing_mm", float, path) or known.get("spacing_mm")
-                      or family.spacing_mm)
+        spacing_mm = (_metadata_triple(info.metadata, "spacing_mm", float, path)
+                      or run_config_beside(path).get("spacing_mm") or known.get("spacing_mm") or family.spacing_mm)
     entry = {
         "family": family.name,
         "grid_xyz": _check_grid(grid_xyz, config.divisor),
@@ -258,7 +261,7 @@ def export_model(
         raise OutputError(f"{destination} exists; choose another name or add --overwrite")
     state, info = read_state_dict(source)
     config, _ = infer_config(state, source)
-    run_config = _training_config_beside(source)
+    run_config = run_config_beside(source)
     grid = grid_xyz or run_config.get("grid_xyz") or _metadata_triple(info.metadata, "grid_xyz", int, source)
     spacing = spacing_mm or run_config.get("spacing_mm") or _metadata_triple(info.metadata, "spacing_mm", float, source)
     if not grid or not spacing:
@@ -269,14 +272,6 @@ def export_model(
     destination.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(destination, state, metadata, EXPORT_DTYPES[dtype])
     return _describe(destination)
-
-
-def _training_config_beside(checkpoint: Path) -> dict:
-    """``config`` of the ``config.json`` that 'medddpm-synth train' writes beside its checkpoints, or {}."""
-    try:
-        return json.loads((checkpoint.parent / "config.json").read_text()).get("config", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
 
 
 @lru_cache(maxsize=4)

@@ -350,3 +350,19 @@ def test_export_refusals_leave_nothing_behind(tmp_path, source, capsys):
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep me"
     assert main(["models", "export", str(source), "-o", str(out), "--grid", "30,32,32", "--spacing", "6,6,6"]) == 2
     assert out.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["src", "tiny.safetensors"]
+
+
+def test_a_training_runs_checkpoint_carries_the_runs_grid(tmp_path, home):
+    """model-last.pt of 'medddpm-synth train' has no grid inside: it comes from the run's config.json."""
+    from MedDDPMSynthLib import load_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(TINY, run / "model-last.pt")
+    (run / "config.json").write_text(json.dumps({"config": {"grid_xyz": [32, 32, 16], "spacing_mm": [6, 6, 4.5]}}))
+    model = load_model(run / "model-last.pt")
+    assert model.grid_xyz == (32, 32, 16) and model.spacing_mm == (6.0, 6.0, 4.5)
+    assert models.import_model(run / "model-last.pt", name="run")["grid_xyz"] == [32, 32, 16]
+    assert main(["models", "export", str(run / "model-last.pt"), "-o", str(tmp_path / "run.safetensors")]) == 0
+    assert load_model(tmp_path / "run.safetensors").spacing_mm == (6.0, 6.0, 4.5)
+    assert load_model(TINY).grid_xyz == (128, 128, 128)  # no run beside it: the family's grid
