@@ -53,9 +53,11 @@ _REPO = Path(__file__).resolve().parents[2]
 BUNDLED_DEMO = _REPO / "Resources" / "Models" / "demo_model.safetensors"
 TEST_DEMO = _REPO / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt"
 BUNDLED_NOTE = "bundled demo model"
+#: names another file to use as "demo" (the test suite points it at the tiny random model, for speed)
+DEMO_ENV = "MEDDDPMSYNTH_DEMO_MODEL"
 # the tiny test model has no trained grid; 32^3 voxels of 6 mm cover a head's 192 mm and run in seconds
 TEST_DEMO_GRID, TEST_DEMO_SPACING = (32, 32, 32), (6.0, 6.0, 6.0)
-TEST_DEMO_NOTE = "tiny random test model, not trained; the bundled demo model is not installed"
+TEST_DEMO_NOTE = f"tiny random test model, not trained (chosen by {DEMO_ENV})"
 
 # sha256 -> {"name": "model_128.pt", "family": ..., "grid_xyz": [...], "spacing_mm": [...]}.
 # Empty on purpose: the sha256 of an official release is added here only once it has been verified
@@ -64,8 +66,9 @@ KNOWN_RELEASES: dict[str, dict[str, Any]] = {}
 
 
 def demo_model_path() -> Path:
-    """The bundled demo model, or the tiny random test model of the source tree until it ships."""
-    return BUNDLED_DEMO if BUNDLED_DEMO.is_file() else TEST_DEMO
+    """The bundled demo model, or the file named by ``MEDDDPMSYNTH_DEMO_MODEL``."""
+    override = os.environ.get(DEMO_ENV, "").strip()
+    return Path(override).expanduser().resolve() if override else BUNDLED_DEMO
 
 
 def _check_name(name: str) -> str:
@@ -277,7 +280,7 @@ def export_model(
 @lru_cache(maxsize=4)
 def _describe_demo(path: str, size: int, mtime_ns: int) -> dict:
     # keyed on size and mtime: listing models must not re-hash an unchanged file every time
-    if Path(path) == TEST_DEMO:
+    if Path(path) == TEST_DEMO.resolve():
         return _describe(Path(path), TEST_DEMO_GRID, TEST_DEMO_SPACING)
     return _describe(Path(path))
 
@@ -285,10 +288,11 @@ def _describe_demo(path: str, size: int, mtime_ns: int) -> dict:
 def demo_entry() -> dict:
     """The synthesised catalogue entry of the built-in demo model."""
     path = demo_model_path()
-    note = BUNDLED_NOTE if path == BUNDLED_DEMO else TEST_DEMO_NOTE
+    note = BUNDLED_NOTE if path == BUNDLED_DEMO else TEST_DEMO_NOTE if path == TEST_DEMO.resolve() else (
+        f"{path.name}, chosen by {DEMO_ENV}")
     entry: dict[str, Any] = {"name": DEMO_NAME, "builtin": True, "note": note, "file": path.name, "source": str(path)}
     if not path.is_file():
-        return {**entry, "available": False, "note": f"not installed (expected {BUNDLED_DEMO})"}
+        return {**entry, "available": False, "note": f"not installed (expected {path})"}
     try:
         stat = path.stat()
         described = _describe_demo(str(path), stat.st_size, stat.st_mtime_ns)
@@ -329,7 +333,7 @@ def _existing_file(entry: dict) -> Path:
         return path
     if entry.get("builtin"):
         raise CheckpointError(
-            f"the demo model is not installed (expected {BUNDLED_DEMO}); import a Med-DDPM checkpoint with "
+            f"the demo model is not installed (expected {demo_model_path()}); reinstall MedDDPMSynth, or import a Med-DDPM checkpoint with "
             "'medddpm-synth models import PATH' and use its name"
         )
     raise CheckpointError(

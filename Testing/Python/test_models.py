@@ -71,9 +71,8 @@ def test_list_shows_demo_first_then_imported(home, source):
     assert [e["name"] for e in listed] == ["demo", "alpha", "zeta"]
     demo = listed[0]
     assert demo["builtin"] and demo["family"] == "whole_head"
-    if not models.BUNDLED_DEMO.is_file():
-        assert "tiny random test model, not trained" in demo["note"]
-        assert models.demo_model_path() == TINY.resolve()
+    assert "tiny random test model, not trained" in demo["note"]  # conftest: MEDDDPMSYNTH_DEMO_MODEL
+    assert models.demo_model_path() == TINY.resolve()
     assert not (home / "models" / "demo.pt").exists()
     assert all(e["name"] != "demo" for e in json.loads((home / "models.json").read_text())["models"])
 
