@@ -15,7 +15,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .families import WHOLE_HEAD
 from .geometry import CANONICAL_DIRECTIONS, plan_physical
+from .outputs import atomic_write as _atomic_write
 
 TEMPLATE_FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 INSTALL_HINT = "pip install nilearn==0.14.1 (or pip install --no-deps nilearn==0.14.1: only its data files are used)"
@@ -346,18 +346,6 @@ def _same_recipe(old: dict, new: dict) -> bool:
     """Everything that decides a case's content (not n, not where the template was read from)."""
     recipe = [{k: v for k, v in d.items() if k not in ("n", "template")} for d in (old, new)]
     return recipe[0] == recipe[1] and old.get("template", {}).get("sha256") == new["template"]["sha256"]
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a hidden temporary name in the same folder, then rename: no half-written case files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    temporary = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def build_dataset(out_dir, n: int, seed: int, grid_xyz=WHOLE_HEAD.grid_xyz, spacing_mm=WHOLE_HEAD.spacing_mm,

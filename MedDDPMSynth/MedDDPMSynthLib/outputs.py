@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -62,6 +62,18 @@ def check_disk_space(folder: Path, needed_bytes: int) -> None:
             f"not enough disk space in {probe}: {needed_bytes / 2**20:.0f} MiB needed, "
             f"{free / 2**20:.0f} MiB free; free some space or choose another output folder"
         )
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a hidden temporary name in the same folder, then rename: no half-written files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    temporary = path.with_name(f".{path.name[: len(path.name) - len(suffix)]}.{os.getpid()}.tmp{suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 class StagedOutput:

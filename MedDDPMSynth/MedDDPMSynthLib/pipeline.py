@@ -118,7 +118,7 @@ def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: si
         return plan_official(official, grid), []
     direction = CANONICAL_DIRECTIONS.get(model.family.name, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     mapping = plan_physical(official, grid, model.spacing_mm, direction)
-    tumour = _tumour_labels(model)
+    tumour = tumour_labels(model)
     outside = mapping.outside_voxels(official, tumour)
     if outside:
         fov = [round(g * s) for g, s in zip(grid, model.spacing_mm)]
@@ -134,25 +134,37 @@ def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: si
     return mapping, warnings
 
 
-def _tumour_labels(model: SynthesisModel) -> list[int]:
+def tumour_labels(model: SynthesisModel) -> list[int]:
     tissue = {"head", "brain"}
     return [v for n, v in zip(model.family.condition_names, model.family.condition_labels) if n not in tissue]
 
 
 def prepare_labels(request: GenerateRequest, model: SynthesisModel) -> tuple[sitk.Image, np.ndarray, GridMapping, list[str]]:
     """Read and check the mask; return it in official labels, its model-grid array and the mapping."""
+    official = read_official(request, model)
+    return (official, *labels_on_model_grid(request, model, official))
+
+
+def read_official(request: GenerateRequest, model: SynthesisModel) -> sitk.Image:
+    """The mask file of ``request`` in the family's official labels (checked)."""
     mask = read_mask(request.mask)
     mapping_labels = LabelMapping.parse(request.labels, model.family) if request.labels else None
-    official = to_official(mask, model.family, mapping_labels)
+    return to_official(mask, model.family, mapping_labels)
+
+
+def labels_on_model_grid(
+    request: GenerateRequest, model: SynthesisModel, official: sitk.Image
+) -> tuple[np.ndarray, GridMapping, list[str]]:
+    """An official label map (e.g. an edited one) on the model grid: (labels, mapping, warnings)."""
     mapping, warnings = _plan_geometry(request, model, official)
     labels = mapping.labels_to_model(official)
-    tumour = _tumour_labels(model)
+    tumour = tumour_labels(model)
     if np.isin(sitk.GetArrayViewFromImage(official), tumour).any() and not np.isin(labels, tumour).any():
         raise InputError(
             f"the tumour is smaller than one model voxel ({model.spacing_mm[0]} mm) and vanished on the model grid; "
             "paint a larger tumour"
         )
-    return official, labels, mapping, warnings
+    return labels, mapping, warnings
 
 
 def generate_files(
@@ -201,7 +213,7 @@ def generate_files(
         if plan.provenance is not None:
             staged.write_json(provenance, plan.provenance)
         if plan.preview is not None:
-            staged.write_image(preview_png(images[0, 0], labels, _tumour_labels(model)), plan.preview)
+            staged.write_image(preview_png(images[0, 0], labels, tumour_labels(model)), plan.preview)
         files = staged.commit()
     return GenerationResult(files, provenance, warnings)
 

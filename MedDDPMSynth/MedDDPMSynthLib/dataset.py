@@ -1,0 +1,279 @@
+"""A folder of masks (and optional edit sweeps) to a training-ready synthetic dataset, resumable and sharded.
+
+Order of work, for "bad input changes nothing": every refusal (settings, output folder, shard, each
+mask of this process) happens before the first write. Then each case is written through a staging
+folder (:class:`outputs.StagedOutput`) and only then entered in ``manifest.csv``; a case whose files
+were moved in but which is not in the manifest (cancel in between) is removed again. A re-run skips
+the cases in the manifest whose files all exist and redoes the rest.
+
+Generation is :mod:`.pipeline`'s (mask of any geometry -> images on the mask's own grid) and
+:meth:`SynthesisModel.generate`'s (sample n of a call uses seed ``seed + n``, batched or not), so the
+samples of one variant share a base seed (see :func:`variant_seed`) and run several per network pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import SimpleITK as sitk
+
+from . import __version__
+from .api import SynthesisModel
+from .checkpoint import file_sha256
+from .dataset_layout import FORMATS, Layout, complete_cases, locked, read_manifest, write_index, write_json, write_manifest
+from .dataset_plan import EditSettings, Unit, case_id, list_masks, mask_stem, select, units, variant_seed, variants
+from .errors import InputError, OutputError
+from .outputs import StagedOutput
+from .pipeline import GenerateRequest, labels_on_model_grid, read_official, tumour_labels
+from .sampling import SamplerSettings
+
+BACKGROUND = -1.0  # the model's background intensity in raw [-1, 1] output
+
+
+@dataclass
+class DatasetRequest:
+    masks: Path
+    output: Path
+    samples_per_mask: int = 1
+    edits: EditSettings = field(default_factory=EditSettings)
+    format: str = "nnunet"
+    seed: int = 0
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    labels: str | None = None
+    batch: int = 1  # samples per network pass (speed and memory only, never results)
+    shard: tuple[int, int] = (0, 1)
+
+
+@dataclass
+class DatasetSummary:
+    written: list[str] = field(default_factory=list)  # cases this call made
+    already_complete: int = 0  # cases of this process found complete (resume)
+    skipped_edits: list[str] = field(default_factory=list)  # variants the edit batch refused (clipping)
+    complete_in_folder: int = 0  # complete cases in the whole folder after this call
+
+
+def _settings(request: DatasetRequest, model: SynthesisModel, model_sha: str) -> dict:
+    """Everything that decides the content of a case: a re-run must match it to continue a folder."""
+    return {
+        "format": "medddpm-synth dataset", "version": 1, "layout": request.format,
+        "model": {"sha256": model_sha, "family": model.family.name,
+                  "grid_xyz": list(model.grid_xyz), "spacing_mm": list(model.spacing_mm)},
+        "seed": int(request.seed), "samples_per_mask": int(request.samples_per_mask),
+        "edits": {**asdict(request.edits), "factors": list(request.edits.factors)},
+        "sampler": {**asdict(request.sampler), "steps": request.sampler.evaluations(model.timesteps)},
+        "labels": request.labels or "default", "intensity": "raw", "geometry": "physical",
+    }
+
+
+def _read_settings(layout: Layout) -> dict | None:
+    try:
+        return json.loads(layout.settings.read_text()) if layout.settings.is_file() else None
+    except (OSError, ValueError):
+        raise InputError(f"{layout.settings} is unreadable or not JSON; delete it or choose another -o folder") from None
+
+
+def check_output(layout: Layout, settings: dict) -> None:
+    """Refuse (without writing) a file as -o, a foreign folder, or a dataset made with other settings."""
+    root = layout.root
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"-o {root} is a file; give a folder for the dataset")
+    if not root.is_dir():
+        return
+    old = _read_settings(layout)
+    if old is None:
+        if any(not p.name.startswith(".") for p in root.iterdir()):
+            raise InputError(f"{root} is not empty and holds no medddpm-synth dataset; choose an empty or new -o folder")
+        return
+    if old != settings:
+        keys = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise InputError(
+            f"{root} holds a dataset made with other settings ({', '.join(keys)}); rerun with its settings "
+            f"(see {layout.settings.name}) to continue it, or choose another -o folder"
+        )
+
+
+def _check_request(request: DatasetRequest, model: SynthesisModel) -> None:
+    if request.format not in FORMATS:
+        raise InputError(f"unknown --format '{request.format}'; use one of {', '.join(FORMATS)}")
+    if request.samples_per_mask < 1 or request.batch < 1:
+        raise InputError("--samples-per-mask and --batch must be at least 1")
+    request.edits.check()
+    request.sampler.check(model.timesteps)
+
+
+def _grouped(mine: list[Unit]) -> list[tuple[Path, list[int]]]:
+    """Units as (mask, its sample numbers), in list order (units of one mask are contiguous)."""
+    groups: list[tuple[Path, list[int]]] = []
+    for unit in mine:
+        if not groups or groups[-1][0] != unit.mask:
+            groups.append((unit.mask, []))
+        groups[-1][1].append(unit.sample)
+    return groups
+
+
+def _runs(numbers: list[int]) -> list[list[int]]:
+    """Consecutive runs of sorted numbers: [0, 1, 3] -> [[0, 1], [3]] (one generate call each)."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][-1] == n - 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return runs
+
+
+class _Log:
+    """Per-process log file in ``logs/`` (timings live here, never in case files)."""
+
+    def __init__(self, layout: Layout, request: DatasetRequest, rank: int, world: int):
+        shard = f"shard-{request.shard[0]}-of-{request.shard[1]}"
+        self.path = layout.logs / f"{shard}_rank-{rank}-of-{world}.log"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        with open(self.path, "a") as handle:
+            handle.write(f"{stamp} pid {os.getpid()} {message}\n")
+
+
+def build_dataset(
+    request: DatasetRequest,
+    model: SynthesisModel,
+    model_name: str | None = None,
+    rank: int = 0,
+    world: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> DatasetSummary:
+    """Make this process's share of the dataset and refresh the index files; see the module docstring.
+
+    ``progress(done, total)`` counts this process's cases (written, found complete or skipped) after
+    each one; raising from it (e.g. KeyboardInterrupt) stops the run between two complete cases."""
+    _check_request(request, model)
+    masks = list_masks(request.masks)
+    mine = select(units(masks, request.samples_per_mask), request.shard, rank, world)
+    model_sha = file_sha256(model.info.path)
+    layout = Layout(Path(request.output), request.format, model.family)
+    settings = _settings(request, model, model_sha)
+    check_output(layout, settings)
+    groups = _grouped(mine)
+    for mask, _ in groups:  # every mask of this process is checked before anything is written
+        mask_request = _mask_request(request, mask)
+        labels_on_model_grid(mask_request, model, read_official(mask_request, model))
+
+    with locked(layout):
+        check_output(layout, settings)  # another process may have started the folder meanwhile
+        if not layout.settings.is_file():
+            write_json(layout.settings, settings)
+    log = _Log(layout, request, rank, world)
+    log(f"start: {len(mine)} unit(s) of {len(masks)} mask(s) x {request.samples_per_mask} sample(s); model "
+        f"{model_name} on {model.device}, batch {request.batch}, medddpm-synth {__version__}")
+    summary = DatasetSummary()
+    done = complete_cases(layout, read_manifest(layout))
+    context = _CaseContext(layout, request, model, model_name, model_sha, log)
+    total = None
+    counted = 0
+    for mask, samples in groups:
+        mask_request = _mask_request(request, mask)
+        mask_sha, stem = file_sha256(mask), mask_stem(mask)
+        all_variants = list(variants(read_official(mask_request, model), model.family, request.edits))
+        total = total or len(mine) * len(all_variants)
+        for variant in all_variants:
+            ids = {n: case_id(stem, variant.name, n) for n in samples}
+            if variant.label_map is None:
+                summary.skipped_edits.extend(ids.values())
+                log(f"skipped {variant.name} of {mask.name}: {variant.record.get('skipped')}")
+                counted += len(samples)
+                _report(progress, counted, total)
+                continue
+            todo = [n for n in samples if ids[n] not in done]
+            for n in samples:
+                if n not in todo:
+                    summary.already_complete += 1
+                    counted += 1
+                    _report(progress, counted, total)
+            if not todo:
+                continue
+            labels, mapping, warnings = labels_on_model_grid(mask_request, model, variant.label_map)
+            for warning in warnings:
+                log(f"warning: {variant.name} of {mask.name}: {warning}")
+            base = variant_seed(request.seed, stem, variant.name)
+            for run in _runs(todo):
+                started = time.perf_counter()
+                images = model.generate(labels, base + run[0], len(run), request.batch, sampler=request.sampler)
+                seconds = (time.perf_counter() - started) / len(run)
+                for k, n in enumerate(run):
+                    context.write_case(ids[n], images[k], mapping, variant, mask, mask_sha, n, base + n)
+                    summary.written.append(ids[n])
+                    log(f"case {ids[n]} written (seed {base + n}, {seconds:.2f} s)")
+                    counted += 1
+                    _report(progress, counted, total)
+    with locked(layout):
+        summary.complete_in_folder = write_index(layout, tumour_labels(model))
+    log(f"done: {len(summary.written)} written, {summary.already_complete} already complete, "
+        f"{len(summary.skipped_edits)} skipped by the edit batch; {summary.complete_in_folder} complete in the folder")
+    return summary
+
+
+def _mask_request(request: DatasetRequest, mask: Path) -> GenerateRequest:
+    return GenerateRequest(mask=mask, output=Path(request.output), labels=request.labels, sampler=request.sampler)
+
+
+def _report(progress, done: int, total: int | None) -> None:
+    if progress is not None:
+        progress(done, total or done)
+
+
+@dataclass
+class _CaseContext:
+    layout: Layout
+    request: DatasetRequest
+    model: SynthesisModel
+    model_name: str | None
+    model_sha: str
+    log: Callable[[str], None]
+
+    def provenance(self, case: str, variant, mask: Path, mask_sha: str, sample: int, seed: int) -> dict:
+        sampler = self.request.sampler
+        return {
+            "case": case,
+            "mask": {"file": mask.name, "sha256": mask_sha, "labels": self.request.labels or "default"},
+            "edit": {"variant": variant.name, **variant.record},
+            "sample": sample,
+            "seed": seed,
+            "model": {"name": self.model_name, "sha256": self.model_sha, "family": self.model.family.name,
+                      "grid_xyz": list(self.model.grid_xyz), "spacing_mm": list(self.model.spacing_mm)},
+            "sampler": {**asdict(sampler), "steps": sampler.evaluations(self.model.timesteps)},
+            "intensity": "raw [-1, 1], background -1",
+            "files": [p.relative_to(self.layout.root).as_posix() for p in self.layout.case_files(case)],
+            "medddpm_synth": __version__,
+        }
+
+    def write_case(self, case, images, mapping, variant, mask, mask_sha, sample, seed) -> None:
+        """Images, label map and provenance of one case, then its manifest row; all or nothing."""
+        layout = self.layout
+        record = self.provenance(case, variant, mask, mask_sha, sample, seed)
+        entered = False
+        try:
+            with StagedOutput(layout.root) as staged:
+                for c, path in enumerate(layout.images(case)):
+                    staged.write_image(mapping.image_to_input(images[c], BACKGROUND), path)
+                staged.write_image(sitk.Cast(variant.label_map, sitk.sitkUInt8), layout.label(case))
+                staged.write_json(record, layout.provenance(case))
+                staged.commit()
+            with locked(layout):
+                rows = read_manifest(layout)
+                rows[case] = {
+                    "case": case, "mask": mask.name, "mask_sha256": mask_sha, "edit": variant.name,
+                    "sample": sample, "seed": seed, "files": layout.relative(layout.case_files(case)),
+                }
+                write_manifest(layout, rows)
+                entered = True
+        finally:
+            if not entered:  # cancelled or failed between files and manifest: leave only complete cases
+                for path in layout.case_files(case):
+                    path.unlink(missing_ok=True)

@@ -1,0 +1,154 @@
+"""Where a synthetic dataset's files go, and its index files: dataset.json, manifest.csv, contact sheet.
+
+``nnunet`` (default) is the nnU-Net v2 raw layout: ``imagesTr/<case>_<CCCC>.nii.gz`` (one file per
+modality), ``labelsTr/<case>.nii.gz``, ``dataset.json``. ``folders`` is the layout ``medddpm-synth train``
+reads: ``masks/<case>.nii.gz`` and ``images/<case>.nii.gz`` (BraTS ``images/<case>_<modality>.nii.gz``).
+Both add ``provenance/<case>.json``, ``manifest.csv``, ``contact_sheet.png``, the run settings
+``medddpm_dataset.json`` and per-process logs in ``logs/``.
+
+Every index file is a pure function of the complete cases (sorted, no times), so a resumed or sharded
+run writes the same bytes as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .families import Family
+from .outputs import atomic_write, preview_png
+
+FORMATS = ("nnunet", "folders")
+FILE_ENDING = ".nii.gz"
+MANIFEST_COLUMNS = ("case", "mask", "mask_sha256", "edit", "sample", "seed", "files")
+CHANNEL_NAMES = {"t1c": "T1c", "t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+CONTACT_SHEET_CASES = 36  # the first cases by id; enough to eyeball a run, cheap to redraw
+CONTACT_SHEET_COLUMNS = 6
+
+
+class Layout:
+    """File names of one dataset folder in one format."""
+
+    def __init__(self, root: Path, fmt: str, family: Family):
+        self.root, self.format, self.family = Path(root), fmt, family
+        self.settings = self.root / "medddpm_dataset.json"
+        self.manifest = self.root / "manifest.csv"
+        self.dataset_json = self.root / "dataset.json"
+        self.contact_sheet = self.root / "contact_sheet.png"
+        self.logs = self.root / "logs"
+        self.lock = self.root / ".medddpm-dataset.lock"
+
+    def images(self, case: str) -> list[Path]:
+        if self.format == "nnunet":
+            return [self.root / "imagesTr" / f"{case}_{c:04d}{FILE_ENDING}" for c in range(self.family.image_channels)]
+        if self.family.image_channels == 1:
+            return [self.root / "images" / f"{case}{FILE_ENDING}"]
+        return [self.root / "images" / f"{case}_{m}{FILE_ENDING}" for m in self.family.modalities]
+
+    def label(self, case: str) -> Path:
+        return self.root / ("labelsTr" if self.format == "nnunet" else "masks") / f"{case}{FILE_ENDING}"
+
+    def provenance(self, case: str) -> Path:
+        return self.root / "provenance" / f"{case}.json"
+
+    def case_files(self, case: str) -> list[Path]:
+        return [*self.images(case), self.label(case), self.provenance(case)]
+
+    def relative(self, paths: list[Path]) -> str:
+        return ";".join(p.relative_to(self.root).as_posix() for p in paths)
+
+
+@contextlib.contextmanager
+def locked(layout: Layout):
+    """Exclusive lock on the dataset folder (processes of one run update the index files in turn)."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per folder there, nothing to serialise
+        yield
+        return
+    with open(layout.lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def read_manifest(layout: Layout) -> dict[str, dict]:
+    """case -> row of the manifest (empty when there is none yet)."""
+    if not layout.manifest.is_file():
+        return {}
+    with open(layout.manifest, newline="") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def complete_cases(layout: Layout, rows: dict[str, dict]) -> dict[str, dict]:
+    """Manifest rows whose files all exist (the rest are redone)."""
+    return {case: row for case, row in rows.items()
+            if row.get("files") and all((layout.root / f).is_file() for f in row["files"].split(";"))}
+
+
+def write_manifest(layout: Layout, rows: dict[str, dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for case in sorted(rows):
+        writer.writerow({k: rows[case][k] for k in MANIFEST_COLUMNS})
+    text = buffer.getvalue()
+    atomic_write(layout.manifest, lambda p: p.write_text(text))
+
+
+def nnunet_dataset_json(family: Family, num_training: int) -> dict:
+    """nnU-Net v2 dataset.json: the family's official labels (consecutive already: BraTS 4 = brain)."""
+    labels = {"background": 0, **{n: v for v, n in sorted(zip(family.condition_labels, family.condition_names))}}
+    return {
+        "channel_names": {str(c): CHANNEL_NAMES.get(m, m) for c, m in enumerate(family.modalities)},
+        "labels": labels,
+        "numTraining": int(num_training),
+        "file_ending": FILE_ENDING,
+        "description": "Synthetic MRI made by medddpm-synth (Med-DDPM) from label masks; "
+                       "per-case provenance in provenance/<case>.json",
+    }
+
+
+def _thumbnail(layout: Layout, case: str, tumour_labels: list[int]) -> np.ndarray:
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.images(case)[0]))).transpose(2, 1, 0)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(layout.label(case)))).transpose(2, 1, 0)
+    return sitk.GetArrayFromImage(preview_png(image, labels, tumour_labels, min_height=96))
+
+
+def write_contact_sheet(layout: Layout, cases: list[str], tumour_labels: list[int]) -> None:
+    """Three orthogonal slices of the first modality per case (tumour outlined), in a grid."""
+    tiles = [_thumbnail(layout, case, tumour_labels) for case in sorted(cases)[:CONTACT_SHEET_CASES]]
+    if not tiles:
+        return
+    height = max(t.shape[0] for t in tiles) + 4
+    width = max(t.shape[1] for t in tiles) + 4
+    tiles = [np.pad(t, ((0, height - t.shape[0]), (0, width - t.shape[1]), (0, 0))) for t in tiles]
+    columns = min(CONTACT_SHEET_COLUMNS, len(tiles))
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    rows = [np.concatenate(tiles[i: i + columns], axis=1) for i in range(0, len(tiles), columns)]
+    sheet = sitk.GetImageFromArray(np.concatenate(rows, axis=0), isVector=True)
+    atomic_write(layout.contact_sheet, lambda p: sitk.WriteImage(sheet, str(p)))
+
+
+def write_index(layout: Layout, tumour_labels: list[int]) -> int:
+    """Rewrite manifest, dataset.json (nnU-Net) and contact sheet from the complete cases; their count."""
+    rows = complete_cases(layout, read_manifest(layout))
+    write_manifest(layout, rows)
+    if layout.format == "nnunet":
+        write_json(layout.dataset_json, nnunet_dataset_json(layout.family, len(rows)))
+    write_contact_sheet(layout, list(rows), tumour_labels)
+    return len(rows)
