@@ -1,0 +1,189 @@
+"""``medddpm-synth dataset``: nnU-Net layout, byte-identical resumption, --shard and torchrun equal one run,
+bad input refused with one line and nothing written.
+
+The tiny official-format model on a 16^3 grid of 12 mm, ddim with 2 steps, 3 small masks x 2 samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from cli_helpers import OFFICIAL, REPO, head_labels, message_lines, run_cli, snapshot, write_mask
+
+FAST = ["--model", "tiny16", "--sampler", "ddim", "--steps", "2", "--samples-per-mask", "2", "--quiet"]
+CASES = [f"case{i}_orig_s{n:03d}" for i in range(3) for n in range(2)]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A private catalogue with the tiny model as 'tiny16'; one torch thread, as the torchrun workers use."""
+    home = tmp_path_factory.mktemp("home")
+    saved = os.environ.get("MEDDDPMSYNTH_HOME"), torch.get_num_threads()
+    os.environ["MEDDDPMSYNTH_HOME"] = str(home)
+    torch.set_num_threads(1)
+    from MedDDPMSynthLib.models import import_model
+
+    import_model(OFFICIAL / "tiny_wholehead_ckpt.pt", name="tiny16", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
+    yield home
+    if saved[0] is None:
+        os.environ.pop("MEDDDPMSYNTH_HOME", None)
+    else:
+        os.environ["MEDDDPMSYNTH_HOME"] = saved[0]
+    torch.set_num_threads(saved[1])
+
+
+@pytest.fixture(scope="module")
+def masks(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("masks")
+    for i, centre in enumerate([(0.55, 0.5, 0.5), (0.45, 0.5, 0.5), (0.5, 0.55, 0.45)]):
+        labels = head_labels(size=(20, 20, 16), spacing=(8, 8, 8), tumour_centre=centre, tumour_radius_mm=20)
+        write_mask(folder / f"case{i}.nii.gz", labels, spacing=(8.0, 8.0, 8.0))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clean(home, masks, tmp_path_factory) -> Path:
+    """One uninterrupted single-process run: the reference every other run must equal byte for byte."""
+    out = tmp_path_factory.mktemp("clean") / "Dataset501_Synth"
+    from MedDDPMSynthLib.cli import main
+
+    assert main(["dataset", "--masks", str(masks), "-o", str(out), *FAST]) == 0
+    return out
+
+
+def contents(root: Path) -> dict[str, str]:
+    """sha256 of every file below ``root`` except the per-process logs (they hold timings) and the lock."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] != "logs" and p.name != ".medddpm-dataset.lock"
+    }
+
+
+def test_nnunet_layout(clean, masks):
+    names = {str(p.relative_to(clean)) for p in clean.rglob("*") if p.is_file() and "logs" not in p.parts}
+    expected = {
+        *(f"imagesTr/{c}_0000.nii.gz" for c in CASES), *(f"labelsTr/{c}.nii.gz" for c in CASES),
+        *(f"provenance/{c}.json" for c in CASES),
+        "dataset.json", "manifest.csv", "contact_sheet.png", "medddpm_dataset.json", ".medddpm-dataset.lock",
+    }
+    assert names == expected
+    meta = json.loads((clean / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "T1c"}
+    assert meta["labels"] == {"background": 0, "head": 1, "tumor": 2}
+    assert meta["numTraining"] == 6 and meta["file_ending"] == ".nii.gz"
+    for case in CASES:
+        image = sitk.ReadImage(str(clean / "imagesTr" / f"{case}_0000.nii.gz"))
+        label = sitk.ReadImage(str(clean / "labelsTr" / f"{case}.nii.gz"))
+        mask = sitk.ReadImage(str(masks / f"{case.split('_')[0]}.nii.gz"))
+        for a, b in ((image, label), (label, mask)):  # one grid: the mask's own
+            assert a.GetSize() == b.GetSize()
+            np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+            np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+            np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+        assert label.GetPixelID() == sitk.sitkUInt8
+        assert set(np.unique(sitk.GetArrayViewFromImage(label))) <= {0, 1, 2}
+        record = json.loads((clean / "provenance" / f"{case}.json").read_text())
+        assert record["case"] == case and record["mask"]["sha256"] and record["model"]["sha256"]
+        assert record["sampler"]["name"] == "ddim" and record["edit"]["op"] == "none"
+    rows = (clean / "manifest.csv").read_text().splitlines()
+    assert rows[0] == "case,mask,mask_sha256,edit,sample,seed,files" and [r.split(",")[0] for r in rows[1:]] == CASES
+    seeds = [int(r.split(",")[5]) for r in rows[1:]]
+    assert seeds[1] == seeds[0] + 1 and len(set(seeds)) == 6  # sample n of a variant: base + n
+    assert sitk.ReadImage(str(clean / "contact_sheet.png")).GetNumberOfComponentsPerPixel() == 3
+
+
+def test_cancel_then_resume_is_byte_identical(clean, masks, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "resumed"
+    import MedDDPMSynthLib.cli_dataset as cli_dataset
+
+    build = cli_dataset.build_dataset
+
+    def interrupted(*args, **kwargs):  # Ctrl-C right after the third case
+        def progress(done, total):
+            if done == 3:
+                raise KeyboardInterrupt
+
+        return build(*args[:5], progress)
+
+    monkeypatch.setattr(cli_dataset, "build_dataset", interrupted)
+    code, _, err = run_cli(["dataset", "--masks", masks, "-o", out, *FAST], capsys)
+    assert code == 130 and "cancelled" in err
+    kept = {p.name for p in (out / "labelsTr").iterdir()}
+    assert kept == {f"{c}.nii.gz" for c in CASES[:3]}  # only complete cases, no temporary files
+    assert not [p for p in out.rglob(".*") if p.name != ".medddpm-dataset.lock"]
+    # a partial case on top: one file of a complete case lost; it is redone
+    (out / "imagesTr" / f"{CASES[1]}_0000.nii.gz").unlink()
+    monkeypatch.setattr(cli_dataset, "build_dataset", build)
+    code, out_text, _ = run_cli(["dataset", "--masks", masks, "-o", out, *FAST], capsys)
+    assert code == 0 and "4 case(s) written, 2 already complete" in out_text
+    assert contents(out) == contents(clean)
+
+
+def test_shards_equal_one_run(clean, masks, tmp_path, capsys):
+    out = tmp_path / "sharded"
+    for shard in ("1/2", "0/2"):
+        code, _, err = run_cli(["dataset", "--masks", masks, "-o", out, *FAST, "--shard", shard], capsys)
+        assert code == 0, err
+    assert contents(out) == contents(clean)
+    assert len(list((out / "logs").iterdir())) == 2
+
+
+def test_torchrun_two_processes_equal_one_run(clean, masks, home, tmp_path):
+    out = tmp_path / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDDDPMSYNTH_HOME": str(home)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "MedDDPMSynthLib", "dataset", "--masks", str(masks), "-o", str(out), *FAST]
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert contents(out) == contents(clean)
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [
+        "shard-0-of-1_rank-0-of-2.log", "shard-0-of-1_rank-1-of-2.log"]
+
+
+def _bad_setup(kind: str, root: Path, masks: Path) -> tuple[list, str]:
+    out = root / "out"
+    if kind == "empty masks folder":
+        (root / "none").mkdir()
+        return ["--masks", root / "none", "-o", out], "no mask files"
+    if kind == "unreadable mask":
+        bad = root / "bad"
+        bad.mkdir()
+        (bad / "a.nii.gz").write_bytes(b"not an image")
+        return ["--masks", bad, "-o", out], "a.nii.gz"
+    if kind in ("shard 2/2", "shard malformed"):
+        return ["--masks", masks, "-o", out, "--shard", "2/2" if kind == "shard 2/2" else "one/two"], "--shard"
+    if kind == "unknown edits":
+        return ["--masks", masks, "-o", out, "--edits", "warp"], "unknown --edits 'warp'"
+    if kind == "unknown format":
+        return ["--masks", masks, "-o", out, "--format", "coco"], "unknown --format 'coco'"
+    if kind == "other settings":
+        out.mkdir()
+        (out / "medddpm_dataset.json").write_text(json.dumps({"format": "medddpm-synth dataset", "seed": 99}))
+        return ["--masks", masks, "-o", out], "made with other settings"
+    if kind == "foreign folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        return ["--masks", masks, "-o", out], "holds no medddpm-synth dataset"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["empty masks folder", "unreadable mask", "shard 2/2", "shard malformed",
+                                  "unknown edits", "unknown format", "other settings", "foreign folder"])
+def test_bad_input_one_line_exit_2_nothing_written(kind, home, masks, tmp_path, capsys):
+    args, expected = _bad_setup(kind, tmp_path, masks)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(["dataset", *args, *FAST], capsys)
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+    assert snapshot(tmp_path) == before
