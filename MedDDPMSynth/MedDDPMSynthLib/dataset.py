@@ -45,7 +45,7 @@ class DatasetRequest:
     seed: int = 0
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     labels: str | None = None
-    batch: int = 1  # samples per network pass (speed and memory only, never results)
+    batch: int = 1  # samples per network pass; decides the work units (see dataset_plan)
     shard: tuple[int, int] = (0, 1)
 
 
@@ -106,25 +106,14 @@ def _check_request(request: DatasetRequest, model: SynthesisModel) -> None:
     request.sampler.check(model.timesteps)
 
 
-def _grouped(mine: list[Unit]) -> list[tuple[Path, list[int]]]:
-    """Units as (mask, its sample numbers), in list order (units of one mask are contiguous)."""
-    groups: list[tuple[Path, list[int]]] = []
+def _grouped(mine: list[Unit]) -> list[tuple[Path, list[tuple[int, ...]]]]:
+    """Units as (mask, its sample blocks), in list order (units of one mask are contiguous)."""
+    groups: list[tuple[Path, list[tuple[int, ...]]]] = []
     for unit in mine:
         if not groups or groups[-1][0] != unit.mask:
             groups.append((unit.mask, []))
-        groups[-1][1].append(unit.sample)
+        groups[-1][1].append(unit.samples)
     return groups
-
-
-def _runs(numbers: list[int]) -> list[list[int]]:
-    """Consecutive runs of sorted numbers: [0, 1, 3] -> [[0, 1], [3]] (one generate call each)."""
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and runs[-1][-1] == n - 1:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    return runs
 
 
 class _Log:
@@ -155,7 +144,7 @@ def build_dataset(
     each one; raising from it (e.g. KeyboardInterrupt) stops the run between two complete cases."""
     _check_request(request, model)
     masks = list_masks(request.masks)
-    mine = select(units(masks, request.samples_per_mask), request.shard, rank, world)
+    mine = select(units(masks, request.samples_per_mask, request.batch), request.shard, rank, world)
     model_sha = file_sha256(model.info.path)
     layout = Layout(Path(request.output), request.format, model.family)
     settings = _settings(request, model, model_sha)
@@ -177,39 +166,41 @@ def build_dataset(
     context = _CaseContext(layout, request, model, model_name, model_sha, log)
     total = None
     counted = 0
-    for mask, samples in groups:
+    for mask, blocks in groups:
         mask_request = _mask_request(request, mask)
         mask_sha, stem = file_sha256(mask), mask_stem(mask)
         all_variants = list(variants(read_official(mask_request, model), model.family, request.edits))
-        total = total or len(mine) * len(all_variants)
+        total = total or sum(len(u.samples) for u in mine) * len(all_variants)
         for variant in all_variants:
-            ids = {n: case_id(stem, variant.name, n) for n in samples}
-            if variant.label_map is None:
-                summary.skipped_edits.extend(ids.values())
+            labels = mapping = None
+            base = variant_seed(request.seed, stem, variant.name)
+            if variant.label_map is None:  # refused by the edit batch (clips too much): no cases
                 log(f"skipped {variant.name} of {mask.name}: {variant.record.get('skipped')}")
-                counted += len(samples)
+                for block in blocks:
+                    summary.skipped_edits.extend(case_id(stem, variant.name, n) for n in block)
+                    counted += len(block)
                 _report(progress, counted, total)
                 continue
-            todo = [n for n in samples if ids[n] not in done]
-            for n in samples:
-                if n not in todo:
-                    summary.already_complete += 1
-                    counted += 1
-                    _report(progress, counted, total)
-            if not todo:
-                continue
-            labels, mapping, warnings = labels_on_model_grid(mask_request, model, variant.label_map)
-            for warning in warnings:
-                log(f"warning: {variant.name} of {mask.name}: {warning}")
-            base = variant_seed(request.seed, stem, variant.name)
-            for run in _runs(todo):
+            for block in blocks:
+                ids = {n: case_id(stem, variant.name, n) for n in block}
+                todo = [n for n in block if ids[n] not in done]
+                summary.already_complete += len(block) - len(todo)
+                counted += len(block) - len(todo)
+                _report(progress, counted, total)
+                if not todo:
+                    continue
+                if labels is None:
+                    labels, mapping, warnings = labels_on_model_grid(mask_request, model, variant.label_map)
+                    for warning in warnings:
+                        log(f"warning: {variant.name} of {mask.name}: {warning}")
+                # the whole block in one pass, even when only part of it is missing: same batch, same bits
                 started = time.perf_counter()
-                images = model.generate(labels, base + run[0], len(run), request.batch, sampler=request.sampler)
-                seconds = (time.perf_counter() - started) / len(run)
-                for k, n in enumerate(run):
-                    context.write_case(ids[n], images[k], mapping, variant, mask, mask_sha, n, base + n)
+                images = model.generate(labels, base + block[0], len(block), len(block), sampler=request.sampler)
+                seconds = (time.perf_counter() - started) / len(block)
+                for n in todo:
+                    context.write_case(ids[n], images[n - block[0]], mapping, variant, mask, mask_sha, n, base + n)
                     summary.written.append(ids[n])
-                    log(f"case {ids[n]} written (seed {base + n}, {seconds:.2f} s)")
+                    log(f"case {ids[n]} written (seed {base + n}, {seconds:.2f} s per sample)")
                     counted += 1
                     _report(progress, counted, total)
     with locked(layout):

@@ -5,9 +5,10 @@ A *case* is one (mask, edit variant, sample number). Its id is ``<mask stem>_<ed
 :func:`variant_seed`), never on the rank, the shard or the order of work, so a resumed, sharded or
 multi-GPU run makes exactly the files of one uninterrupted process.
 
-Work is split in *units* of (mask, sample number): a unit holds every edit variant of that sample.
-Shards are contiguous blocks of the sorted unit list, so a process owns runs of samples of the same
-mask (batched in one network pass) and each mask's edits are computed by few processes.
+Work is split in *units*: one mask and a block of ``batch`` consecutive sample numbers (every edit
+variant of them). A unit is one network pass per variant, always the same block, so a resumed or
+sharded run batches exactly like one uninterrupted run (batched float results may differ from single
+ones in the last bits). Shards are contiguous blocks of the sorted unit list.
 """
 
 from __future__ import annotations
@@ -49,14 +50,10 @@ class EditSettings:
 
 @dataclass(frozen=True)
 class Unit:
-    """One share of work: sample ``sample`` of every variant of one mask."""
+    """One share of work: samples ``samples`` (consecutive, one network pass) of every variant of one mask."""
 
     mask: Path
-    sample: int
-
-    @property
-    def stem(self) -> str:
-        return mask_stem(self.mask)
+    samples: tuple[int, ...]
 
 
 @dataclass
@@ -110,10 +107,13 @@ def list_masks(folder: Path) -> list[Path]:
     return masks
 
 
-def units(masks: list[Path], samples_per_mask: int) -> list[Unit]:
+def units(masks: list[Path], samples_per_mask: int, batch: int = 1) -> list[Unit]:
     if not 1 <= samples_per_mask <= SEED_SPAN:
         raise InputError(f"--samples-per-mask must be between 1 and {SEED_SPAN}")
-    return [Unit(mask, n) for mask in masks for n in range(samples_per_mask)]
+    if batch < 1:
+        raise InputError("--batch must be at least 1")
+    blocks = [tuple(range(k, min(k + batch, samples_per_mask))) for k in range(0, samples_per_mask, batch)]
+    return [Unit(mask, block) for mask in masks for block in blocks]
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

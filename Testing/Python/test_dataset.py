@@ -187,3 +187,30 @@ def test_bad_input_one_line_exit_2_nothing_written(kind, home, masks, tmp_path, 
     lines = message_lines(err)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
     assert snapshot(tmp_path) == before
+
+
+def test_folders_layout_with_edits_batched_sharded_and_resumed(home, masks, tmp_path, capsys):
+    """--format folders is what 'medddpm-synth train' reads; a scale sweep adds variants; with --batch 2 the
+    work units are sample blocks, so shards and a resume that redoes part of a block still equal one run."""
+    from MedDDPMSynthLib.families import WHOLE_HEAD
+    from MedDDPMSynthLib.train_data import find_pairs
+
+    one = tmp_path / "one_mask"
+    one.mkdir()
+    (one / "case0.nii.gz").write_bytes((masks / "case0.nii.gz").read_bytes())
+    args = ["--masks", one, *FAST, "--samples-per-mask", "3", "--batch", "2", "--format", "folders",
+            "--edits", "scale-sweep", "--scale-factors", "0.5,1.5"]
+    assert run_cli(["dataset", *args, "-o", tmp_path / "a"], capsys)[0] == 0
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (tmp_path / "a" / "masks").iterdir())
+    assert cases == [f"case0_{v}_s{n:03d}" for v in ("orig", "scale_0p500", "scale_1p500") for n in range(3)]
+    pairs = find_pairs(tmp_path / "a" / "masks", tmp_path / "a" / "images", WHOLE_HEAD)
+    assert [m.name for m, _ in pairs] == [f"{c}.nii.gz" for c in cases]
+    tumour = [int((sitk.GetArrayFromImage(sitk.ReadImage(str(m))) == 2).sum()) for m, _ in pairs[::3]]
+    assert tumour[1] < tumour[0] < tumour[2]  # 0.5 shrinks, 1.5 grows the tumour
+    assert not (tmp_path / "a" / "dataset.json").exists()
+    for shard in ("1/2", "0/2"):
+        assert run_cli(["dataset", *args, "-o", tmp_path / "b", "--shard", shard], capsys)[0] == 0
+    (tmp_path / "b" / "images" / "case0_scale_1p500_s001.nii.gz").unlink()  # second sample of a 2-block
+    code, text, _ = run_cli(["dataset", *args, "-o", tmp_path / "b"], capsys)
+    assert code == 0 and "1 case(s) written, 8 already complete" in text
+    assert contents(tmp_path / "b") == contents(tmp_path / "a")
