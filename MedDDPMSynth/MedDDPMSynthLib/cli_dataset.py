@@ -19,7 +19,8 @@ EPILOG = """examples:
   # 2 samples per mask, nnU-Net v2 raw layout (imagesTr/, labelsTr/, dataset.json)
   medddpm-synth dataset --masks masks/ --model wholehead -o Dataset501_Synth --samples-per-mask 2
   # every mask also shifted on a 10 mm grid (26 shifts), fast sampler, bf16
-  medddpm-synth dataset --masks masks/ --model wholehead -o out/ --edits shift-grid --sampler dpm++ --steps 25 --precision bf16
+  medddpm-synth dataset --masks masks/ --model wholehead -o out/ --edits shift-grid \\
+      --sampler dpm++ --steps 25 --precision bf16
   # all GPUs of this machine; or one shard of 8 per Slurm array task
   torchrun --nproc-per-node 4 -m MedDDPMSynthLib dataset --masks masks/ --model wholehead -o out/
   medddpm-synth dataset --masks masks/ --model wholehead -o out/ --shard $SLURM_ARRAY_TASK_ID/8
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    where = "" if info.world == 1 and shard == (0, 1) else f" (shard {shard[0]}/{shard[1]}, rank {info.rank}/{info.world})"
+    where = "" if info.world == 1 and shard == (0, 1) else \
+        f" (shard {shard[0]}/{shard[1]}, rank {info.rank}/{info.world})"
     print(f"{len(summary.written)} case(s) written, {summary.already_complete} already complete, "
           f"{len(summary.skipped_edits)} skipped by the edit batch{where}; "
           f"{summary.complete_in_folder} complete case(s) in {args.output}")

@@ -25,7 +25,9 @@ import SimpleITK as sitk
 from . import __version__
 from .api import SynthesisModel
 from .checkpoint import file_sha256
-from .dataset_layout import FORMATS, Layout, complete_cases, locked, read_manifest, write_index, write_json, write_manifest
+from .dataset_layout import (
+    FORMATS, Layout, complete_cases, locked, read_manifest, write_index, write_json, write_manifest,
+)
 from .dataset_plan import EditSettings, Unit, case_id, list_masks, mask_stem, select, units, variant_seed, variants
 from .errors import InputError, OutputError
 from .outputs import StagedOutput
@@ -74,7 +76,9 @@ def _read_settings(layout: Layout) -> dict | None:
     try:
         return json.loads(layout.settings.read_text()) if layout.settings.is_file() else None
     except (OSError, ValueError):
-        raise InputError(f"{layout.settings} is unreadable or not JSON; delete it or choose another -o folder") from None
+        raise InputError(
+            f"{layout.settings} is unreadable or not JSON; delete it or choose another -o folder"
+        ) from None
 
 
 def check_output(layout: Layout, settings: dict) -> None:
@@ -87,7 +91,9 @@ def check_output(layout: Layout, settings: dict) -> None:
     old = _read_settings(layout)
     if old is None:
         if any(not p.name.startswith(".") for p in root.iterdir()):
-            raise InputError(f"{root} is not empty and holds no medddpm-synth dataset; choose an empty or new -o folder")
+            raise InputError(
+                f"{root} is not empty and holds no medddpm-synth dataset; choose an empty or new -o folder"
+            )
         return
     if old != settings:
         keys = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
@@ -161,48 +167,11 @@ def build_dataset(
     log = _Log(layout, request, rank, world)
     log(f"start: {len(mine)} unit(s) of {len(masks)} mask(s) x {request.samples_per_mask} sample(s); model "
         f"{model_name} on {model.device}, batch {request.batch}, medddpm-synth {__version__}")
-    summary = DatasetSummary()
-    done = complete_cases(layout, read_manifest(layout))
-    context = _CaseContext(layout, request, model, model_name, model_sha, log)
-    total = None
-    counted = 0
+    run = _Run(layout, request, model, model_name, model_sha, log, progress,
+               done=complete_cases(layout, read_manifest(layout)), planned=sum(len(u.samples) for u in mine))
     for mask, blocks in groups:
-        mask_request = _mask_request(request, mask)
-        mask_sha, stem = file_sha256(mask), mask_stem(mask)
-        all_variants = list(variants(read_official(mask_request, model), model.family, request.edits))
-        total = total or sum(len(u.samples) for u in mine) * len(all_variants)
-        for variant in all_variants:
-            labels = mapping = None
-            base = variant_seed(request.seed, stem, variant.name)
-            if variant.label_map is None:  # refused by the edit batch (clips too much): no cases
-                log(f"skipped {variant.name} of {mask.name}: {variant.record.get('skipped')}")
-                for block in blocks:
-                    summary.skipped_edits.extend(case_id(stem, variant.name, n) for n in block)
-                    counted += len(block)
-                _report(progress, counted, total)
-                continue
-            for block in blocks:
-                ids = {n: case_id(stem, variant.name, n) for n in block}
-                todo = [n for n in block if ids[n] not in done]
-                summary.already_complete += len(block) - len(todo)
-                counted += len(block) - len(todo)
-                _report(progress, counted, total)
-                if not todo:
-                    continue
-                if labels is None:
-                    labels, mapping, warnings = labels_on_model_grid(mask_request, model, variant.label_map)
-                    for warning in warnings:
-                        log(f"warning: {variant.name} of {mask.name}: {warning}")
-                # the whole block in one pass, even when only part of it is missing: same batch, same bits
-                started = time.perf_counter()
-                images = model.generate(labels, base + block[0], len(block), len(block), sampler=request.sampler)
-                seconds = (time.perf_counter() - started) / len(block)
-                for n in todo:
-                    context.write_case(ids[n], images[n - block[0]], mapping, variant, mask, mask_sha, n, base + n)
-                    summary.written.append(ids[n])
-                    log(f"case {ids[n]} written (seed {base + n}, {seconds:.2f} s per sample)")
-                    counted += 1
-                    _report(progress, counted, total)
+        run.make_mask(mask, blocks)
+    summary = run.summary
     with locked(layout):
         summary.complete_in_folder = write_index(layout, tumour_labels(model))
     log(f"done: {len(summary.written)} written, {summary.already_complete} already complete, "
@@ -214,19 +183,65 @@ def _mask_request(request: DatasetRequest, mask: Path) -> GenerateRequest:
     return GenerateRequest(mask=mask, output=Path(request.output), labels=request.labels, sampler=request.sampler)
 
 
-def _report(progress, done: int, total: int | None) -> None:
-    if progress is not None:
-        progress(done, total or done)
-
-
 @dataclass
-class _CaseContext:
+class _Run:
+    """One process's work: its masks' variants and sample blocks, the cases and the progress count."""
+
     layout: Layout
     request: DatasetRequest
     model: SynthesisModel
     model_name: str | None
     model_sha: str
     log: Callable[[str], None]
+    progress: Callable[[int, int], None] | None
+    done: dict  # complete cases (manifest rows) when the run started
+    planned: int  # this process's samples per variant (the total is known once the variants are)
+    summary: DatasetSummary = field(default_factory=DatasetSummary)
+    counted: int = 0
+    total: int | None = None
+
+    def count(self, cases: int) -> None:
+        self.counted += cases
+        if self.progress is not None and cases:
+            self.progress(self.counted, self.total or self.counted)
+
+    def make_mask(self, mask: Path, blocks: list[tuple[int, ...]]) -> None:
+        mask_request = _mask_request(self.request, mask)
+        all_variants = list(variants(read_official(mask_request, self.model), self.model.family, self.request.edits))
+        self.total = self.total or self.planned * len(all_variants)  # every mask has as many variants
+        source = (mask, file_sha256(mask), mask_stem(mask))
+        for variant in all_variants:
+            if variant.label_map is None:  # refused by the edit batch (clips too much): no cases
+                self.log(f"skipped {variant.name} of {mask.name}: {variant.record.get('skipped')}")
+                self.summary.skipped_edits.extend(case_id(source[2], variant.name, n) for b in blocks for n in b)
+                self.count(sum(len(b) for b in blocks))
+                continue
+            self.make_variant(mask_request, variant, blocks, source)
+
+    def make_variant(self, mask_request: GenerateRequest, variant, blocks, source) -> None:
+        mask, mask_sha, stem = source
+        base = variant_seed(self.request.seed, stem, variant.name)
+        labels = mapping = None
+        for block in blocks:
+            ids = {n: case_id(stem, variant.name, n) for n in block}
+            todo = [n for n in block if ids[n] not in self.done]
+            self.summary.already_complete += len(block) - len(todo)
+            self.count(len(block) - len(todo))
+            if not todo:
+                continue
+            if labels is None:
+                labels, mapping, warnings = labels_on_model_grid(mask_request, self.model, variant.label_map)
+                for warning in warnings:
+                    self.log(f"warning: {variant.name} of {mask.name}: {warning}")
+            # the whole block in one pass, even when only part of it is missing: same batch, same bits
+            started = time.perf_counter()
+            images = self.model.generate(labels, base + block[0], len(block), len(block), sampler=self.request.sampler)
+            seconds = (time.perf_counter() - started) / len(block)
+            for n in todo:
+                self.write_case(ids[n], images[n - block[0]], mapping, variant, mask, mask_sha, n, base + n)
+                self.summary.written.append(ids[n])
+                self.log(f"case {ids[n]} written (seed {base + n}, {seconds:.2f} s per sample)")
+                self.count(1)
 
     def provenance(self, case: str, variant, mask: Path, mask_sha: str, sample: int, seed: int) -> dict:
         sampler = self.request.sampler

@@ -125,7 +125,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         raise InputError(f"--shard '{text}' is not I/N (e.g. --shard 0/4 for the first of 4 shards)")
     index, count = int(match[1]), int(match[2])
     if count < 1 or index >= count:
-        raise InputError(f"--shard {index}/{count} is out of range; shards are numbered 0 to N-1, e.g. --shard 0/{max(count, 1)}")
+        raise InputError(
+            f"--shard {index}/{count} is out of range; shards are numbered 0 to N-1, e.g. --shard 0/{max(count, 1)}"
+        )
     return index, count
 
 

@@ -214,3 +214,18 @@ def test_folders_layout_with_edits_batched_sharded_and_resumed(home, masks, tmp_
     code, text, _ = run_cli(["dataset", *args, "-o", tmp_path / "b"], capsys)
     assert code == 0 and "1 case(s) written, 8 already complete" in text
     assert contents(tmp_path / "b") == contents(tmp_path / "a")
+
+
+def test_brats_dataset_json_and_file_names(tmp_path):
+    """BraTS: four channel files per case in the nnU-Net order T1, T1ce, T2, FLAIR; labels 0..4 consecutive."""
+    from MedDDPMSynthLib.dataset_layout import Layout, nnunet_dataset_json
+    from MedDDPMSynthLib.families import BRATS
+
+    meta = nnunet_dataset_json(BRATS, 5)
+    assert meta["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
+    assert meta["labels"] == {"background": 0, "necrotic": 1, "edema": 2, "enhancing": 3, "brain": 4}
+    assert meta["numTraining"] == 5 and meta["file_ending"] == ".nii.gz"
+    nnunet, folders = Layout(tmp_path, "nnunet", BRATS), Layout(tmp_path, "folders", BRATS)
+    assert [p.name for p in nnunet.images("c")] == [f"c_000{i}.nii.gz" for i in range(4)]
+    assert [p.name for p in folders.images("c")] == [f"c_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
+    assert nnunet.label("c").parent.name == "labelsTr" and folders.label("c").parent.name == "masks"
