@@ -280,6 +280,7 @@ class _Run:
                 write_manifest(layout, rows)
                 entered = True
         finally:
-            if not entered:  # cancelled or failed between files and manifest: leave only complete cases
+            # cancelled or failed before the manifest took the case: leave only complete cases
+            if not entered and case not in read_manifest(layout):
                 for path in layout.case_files(case):
                     path.unlink(missing_ok=True)

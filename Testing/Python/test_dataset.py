@@ -229,3 +229,28 @@ def test_brats_dataset_json_and_file_names(tmp_path):
     assert [p.name for p in nnunet.images("c")] == [f"c_000{i}.nii.gz" for i in range(4)]
     assert [p.name for p in folders.images("c")] == [f"c_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
     assert nnunet.label("c").parent.name == "labelsTr" and folders.label("c").parent.name == "masks"
+
+
+def test_ctrl_c_on_the_command_line_keeps_only_complete_cases(home, masks, tmp_path):
+    """A real SIGINT to the running command: exit 130, every case in the manifest complete, no stray files."""
+    import signal
+    import time
+
+    out = tmp_path / "sigint"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDDDPMSYNTH_HOME": str(home)}
+    command = [sys.executable, "-m", "MedDDPMSynthLib", "dataset", "--masks", str(masks), "-o", str(out), *FAST,
+               "--samples-per-mask", "30"]
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "manifest.csv").is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    rows = (out / "manifest.csv").read_text().splitlines()[1:]
+    cases = sorted(r.split(",")[0] for r in rows)
+    assert 1 <= len(cases) < 90
+    assert sorted(p.name[: -len(".nii.gz")] for p in (out / "labelsTr").iterdir()) == cases
+    assert sorted(p.name[: -len("_0000.nii.gz")] for p in (out / "imagesTr").iterdir()) == cases
+    assert sorted(p.stem for p in (out / "provenance").iterdir()) == cases
+    assert not [p for p in out.rglob(".*") if p.name != ".medddpm-dataset.lock"]
