@@ -70,30 +70,32 @@ def main() -> int:
     parser.add_argument("--mask", type=Path, default=REPO / "Resources" / "Examples" / "demo_mask.nii.gz")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--samplers", default="ddim,dpm++")
+    parser.add_argument("--samplers", default="ddim,dpm++,dpm++:quadratic", help="NAME[:SPACING],...")
     parser.add_argument("--steps", default="10,25,50")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     model = load_named_model(args.model, device=args.device)
     _, labels, _, _ = prepare_labels(GenerateRequest(mask=args.mask, output=Path("unused")), model)
     labels_zyx = labels.transpose(2, 1, 0)  # metrics on (Z, Y, X) arrays with spacing in that order
-    spacing = model.spacing_mm[::-1]
+    spacing_zyx = model.spacing_mm[::-1]
     seeds = list(range(args.samples))
     common = {"model": args.model, "grid_xyz": list(model.grid_xyz), "timesteps": model.timesteps,
               "samples": args.samples, "device": args.device, "torch": torch.__version__}
 
     reference, ref_seconds = _sample(model, labels, seeds, SamplerSettings("ddpm"))
     ref = _unit(reference.transpose(0, 3, 2, 1))
-    ref_stats = _stats(ref, labels_zyx, spacing)
+    ref_stats = _stats(ref, labels_zyx, spacing_zyx)
     ref_ref = _pairs(ref, ref, same=True)
     print(json.dumps({**common, "sampler": "ddpm", "steps": model.timesteps, "seconds_per_sample": round(ref_seconds, 2),
                       "ms_ssim_ref_ref": round(ref_ref, 4), **ref_stats}), flush=True)
 
-    for name, steps in product(args.samplers.split(","), (int(s) for s in args.steps.split(","))):
-        images, seconds = _sample(model, labels, seeds, SamplerSettings(name, steps))
+    for spec, steps in product(args.samplers.split(","), [int(s) for s in args.steps.split(",")]):
+        name, _, step_spacing = spec.partition(":")
+        settings = SamplerSettings(name, steps, spacing=step_spacing or "uniform")
+        images, seconds = _sample(model, labels, seeds, settings)
         fast = _unit(images.transpose(0, 3, 2, 1))
-        stats = _stats(fast, labels_zyx, spacing)
-        row = {**common, "sampler": name, "steps": steps, "seconds_per_sample": round(seconds, 2),
+        stats = _stats(fast, labels_zyx, spacing_zyx)
+        row = {**common, "sampler": name, "spacing": settings.spacing, "steps": steps, "seconds_per_sample": round(seconds, 2),
                "speedup_vs_exact": round(ref_seconds / seconds, 1),
                "ms_ssim_to_ref": round(_pairs(fast, ref, same=False), 4), "ms_ssim_ref_ref": round(ref_ref, 4),
                "mmd": float(mmd(list(fast), list(ref))), **stats}
@@ -103,7 +105,7 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     # bf16 vs fp32 on the same noise: the default preview setting and the exact sampler
-    for settings in (SamplerSettings("dpm++", 25), SamplerSettings("ddpm")):
+    for settings in (SamplerSettings("dpm++", min(25, model.timesteps)), SamplerSettings("ddpm")):
         fp32 = model.generate(labels, seed=0, sampler=settings)
         bf16 = model.generate(labels, seed=0, sampler=SamplerSettings(settings.name, settings.steps, precision="bf16"))
         diff = np.abs(fp32 - bf16)
