@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, cli_dataset, cli_demo_data, cli_evaluate, cli_generate, cli_insert, cli_models, cli_train, cli_tumor
+from . import __version__, cli_dataset, cli_demo_data, cli_evaluate, cli_generate, cli_insert, cli_models, cli_serve, cli_train, cli_tumor
 from .errors import MedDDPMError
 
 EPILOG = """examples:
@@ -21,6 +21,7 @@ EPILOG = """examples:
   medddpm-synth train --masks masks/ --images images/ -o run1/ --steps 20000
   medddpm-synth evaluate --generated out/ --reference images/ --masks masks/ -o report.json --montage report.png
   medddpm-synth dataset --masks masks/ --model wholehead -o Dataset501_Synth --samples-per-mask 2
+  medddpm-synth serve --port 8080
 """
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.add_parser(commands)
     cli_evaluate.add_parser(commands)
     cli_dataset.add_parser(commands)
+    cli_serve.add_parser(commands)
     return parser
 
 

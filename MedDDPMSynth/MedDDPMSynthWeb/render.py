@@ -1,0 +1,62 @@
+"""Server-rendered pictures for the page: three slices through the tumour and a projection, as PNG.
+
+Pictures are drawn from numpy arrays (Pillow only), so the page needs no GPU or OpenGL on the server.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+TILE = 256
+TUMOUR = np.array([255, 60, 40], np.float32)
+HEAD = np.array([60, 110, 200], np.float32)
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def blank_png() -> bytes:
+    return _png(np.zeros((TILE, TILE * 4, 3), np.uint8))
+
+
+def _grey(values: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(values, [1, 99]) if values.size else (0.0, 1.0)
+    scaled = np.clip((values - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    return np.repeat(scaled[..., None], 3, axis=2).astype(np.float32)
+
+
+def _tile(labels2d: np.ndarray, image2d: np.ndarray | None) -> np.ndarray:
+    """One view: the image in grey with the tumour tinted, or (no image yet) the labels in colour."""
+    if image2d is None:
+        rgb = np.zeros(labels2d.shape + (3,), np.float32)
+        rgb[labels2d == 1] = HEAD
+    else:
+        rgb = _grey(image2d)
+    tumour = labels2d >= 2
+    rgb[tumour] = 0.45 * rgb[tumour] + 0.55 * TUMOUR
+    picture = Image.fromarray(np.flipud(rgb).astype(np.uint8))  # superior/anterior up
+    scale = TILE / max(picture.width, picture.height)  # fill the tile (voxels assumed near-isotropic)
+    picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+                             Image.NEAREST)
+    canvas = Image.new("RGB", (TILE, TILE))
+    canvas.paste(picture, ((TILE - picture.width) // 2, (TILE - picture.height) // 2))
+    return np.asarray(canvas)
+
+
+def montage(labels_zyx: np.ndarray, image_zyx: np.ndarray | None) -> bytes:
+    """Axial, coronal, sagittal slices through the tumour centre (else the middle) and a maximum projection
+    (the '3-D view': the image's MIP, or the label volume seen from above)."""
+    tumour = np.argwhere(labels_zyx >= 2)
+    z, y, x = (tumour.mean(0) if len(tumour) else np.array(labels_zyx.shape) / 2).astype(int)
+    cut = [(lambda a: a[z]), (lambda a: a[:, y, :]), (lambda a: a[:, :, x])]
+    tiles = [_tile(c(labels_zyx), None if image_zyx is None else c(image_zyx)) for c in cut]
+    projection_labels = labels_zyx.max(axis=1)
+    projection_image = None if image_zyx is None else image_zyx.max(axis=1)
+    tiles.append(_tile(projection_labels, projection_image))
+    return _png(np.concatenate(tiles, axis=1))
