@@ -26,7 +26,7 @@ LOGIC_METHODS = (
     "available_models", "import_model", "model_family", "model_timesteps",
     "segment_mapping", "name_segments_by_label", "label_map", "label_array",
     "start_generation", "finish_generation", "cancel_generation", "generate", "show_volumes",
-    "shift_tumor", "scale_tumor", "rotate_tumor", "remove_tumor", "can_undo", "undo_tumor_edit",
+    "shift_tumor", "scale_tumor", "rotate_tumor", "remove_tumor", "add_tumor", "can_undo", "undo_tumor_edit",
     "can_regenerate", "start_regeneration", "regenerate", "export_training_pair",
 )
 

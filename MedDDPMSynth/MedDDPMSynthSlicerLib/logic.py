@@ -268,6 +268,12 @@ class SceneLogic:
         return self._edit(segmentation_node, reference_volume, mapping, family,
                           lambda m, f: tumor_edit.remove(m, f, component))
 
+    def add_tumor(self, segmentation_node, center_ras_mm, radius_mm: float, reference_volume=None, mapping=None,
+                  family="whole_head") -> dict:
+        """Add a ball of tumour at a RAS point (clipped to the head/brain): a paint-brush stroke."""
+        return self._edit(segmentation_node, reference_volume, mapping, family,
+                          lambda m, f: tumor_edit.add(m, f, ras_to_lps(center_ras_mm), radius_mm))
+
     def can_undo(self, segmentation_node) -> bool:
         return bool(segmentation_node is not None and self._undo.get(segmentation_node.GetID()))
 

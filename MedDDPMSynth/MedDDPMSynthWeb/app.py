@@ -138,9 +138,13 @@ async def edit(request: web.Request) -> web.Response:
     try:
         body = await request.json()
         operation = str(body.get("op"))
-        value = [float(v) for v in body.get("value", [])] if operation == "shift" else float(body.get("value", 1))
-        session.edit(operation, value)
-    except (MedDDPMError, ValueError, TypeError) as error:
+        if operation == "paint":  # value: the clicked pixel of the picture
+            px, py = (float(v) for v in body["value"][:2])
+            session.paint(px, py, min(max(float(body.get("radius", 5)), 0.5), 50.0))
+        else:
+            value = [float(v) for v in body.get("value", [])] if operation == "shift" else float(body.get("value", 1))
+            session.edit(operation, value)
+    except (MedDDPMError, ValueError, TypeError, KeyError) as error:
         return _error(str(error))
     return web.json_response(session.status())
 

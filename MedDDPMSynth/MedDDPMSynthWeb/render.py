@@ -49,14 +49,35 @@ def _tile(labels2d: np.ndarray, image2d: np.ndarray | None) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def montage(labels_zyx: np.ndarray, image_zyx: np.ndarray | None) -> bytes:
-    """Axial, coronal, sagittal slices through the tumour centre (else the middle) and a maximum projection
-    (the '3-D view': the image's MIP, or the label volume seen from above)."""
+def centre_of(labels_zyx: np.ndarray) -> tuple[int, int, int]:
+    """(z, y, x) where the slices cut: the tumour's centre, else the middle of the grid."""
     tumour = np.argwhere(labels_zyx >= 2)
-    z, y, x = (tumour.mean(0) if len(tumour) else np.array(labels_zyx.shape) / 2).astype(int)
+    return tuple(int(v) for v in (tumour.mean(0) if len(tumour) else np.array(labels_zyx.shape) / 2))
+
+
+def montage(labels_zyx: np.ndarray, image_zyx: np.ndarray | None, centre: tuple[int, int, int]) -> bytes:
+    """Axial, coronal, sagittal slices through ``centre`` and a maximum projection (the '3-D view': the
+    image's MIP, or the label volume seen from the front)."""
+    z, y, x = centre
     cut = [(lambda a: a[z]), (lambda a: a[:, y, :]), (lambda a: a[:, :, x])]
     tiles = [_tile(c(labels_zyx), None if image_zyx is None else c(image_zyx)) for c in cut]
-    projection_labels = labels_zyx.max(axis=1)
-    projection_image = None if image_zyx is None else image_zyx.max(axis=1)
-    tiles.append(_tile(projection_labels, projection_image))
+    tiles.append(_tile(labels_zyx.max(axis=1), None if image_zyx is None else image_zyx.max(axis=1)))
     return _png(np.concatenate(tiles, axis=1))
+
+
+def voxel_at(shape_zyx, centre, px: float, py: float) -> tuple[int, int, int] | None:
+    """The (x, y, z) voxel under picture pixel (px, py) of a slice tile (the inverse of :func:`_tile`'s
+    flip, scale and centring), or None outside the slice or on the projection."""
+    tile = int(px // TILE)
+    if not 0 <= tile < 3:
+        return None
+    nz, ny, nx = shape_zyx
+    z, y, x = centre
+    rows, cols = [(ny, nx), (nz, nx), (nz, ny)][tile]
+    scale = TILE / max(rows, cols)
+    width, height = max(1, round(cols * scale)), max(1, round(rows * scale))
+    col = int((px - tile * TILE - (TILE - width) // 2) / scale)
+    row = rows - 1 - int((py - (TILE - height) // 2) / scale)
+    if not (0 <= col < cols and 0 <= row < rows):
+        return None
+    return [(col, row, z), (col, y, row), (x, col, row)][tile]

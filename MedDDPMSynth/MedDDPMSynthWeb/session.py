@@ -43,6 +43,7 @@ class WebSession:
         self.queue: list[tuple[str, GenerationSettings]] = []
         self.message = ""
         self.error = ""
+        self._cut = None  # (grid shape, slice centre) of the picture last drawn: clicks map through it
         self.version = 0  # bumped when the pictures change, so the page reloads them
 
     # --------------------------------------------------------------------------------- input
@@ -65,7 +66,7 @@ class WebSession:
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation, ""):
             raise MedDDPMError("the mask could not be turned into a segmentation")
         self.logic.name_segments_by_label(segmentation)
-        self.segmentation, self.mask_name, self.volumes = segmentation, name, []
+        self.segmentation, self.mask_name, self.volumes, self._cut = segmentation, name, [], None
         self.message, self.error = f"loaded {name}", ""
         self.version += 1
 
@@ -137,11 +138,14 @@ class WebSession:
             self.logic.shift_tumor(self.segmentation, value)
         elif operation == "scale":
             self.logic.scale_tumor(self.segmentation, value)
+        elif operation == "remove":
+            self.logic.remove_tumor(self.segmentation)
         elif operation == "undo":
             self.logic.undo_tumor_edit(self.segmentation)
         else:
             raise MedDDPMError(f"unknown edit '{operation}'")
         self.message, self.error = f"{operation} done", ""
+        self._cut = None  # the slices follow the tumour after a move
         self.version += 1
 
     # ------------------------------------------------------------------------ pictures, export
@@ -154,7 +158,23 @@ class WebSession:
         image = array_from_node(self.volumes[0]).astype(np.float32) if self.volumes else None
         if image is not None and image.shape != labels.shape:
             image = None  # the mask was replaced by one on another grid; show the mask alone
-        return render.montage(labels, image)
+        if self._cut is None or self._cut[0] != labels.shape:  # keep the cut while painting: clicks stay put
+            self._cut = (labels.shape, render.centre_of(labels))
+        return render.montage(labels, image, self._cut[1])
+
+    def paint(self, px: float, py: float, radius_mm: float) -> None:
+        """A brush stroke on the picture last shown: a tumour ball at the clicked voxel (SceneLogic.add_tumor)."""
+        if self.busy:
+            raise MedDDPMError("a generation is running; wait for it or cancel it before editing")
+        if self.segmentation is None or self._cut is None:
+            raise MedDDPMError("load a mask first")
+        voxel = render.voxel_at(self._cut[0], self._cut[1], px, py)
+        if voxel is None:
+            raise MedDDPMError("click inside the axial, coronal or sagittal slice to paint")
+        _, ijk_to_ras = self.logic.label_array(self.segmentation)
+        self.logic.add_tumor(self.segmentation, (ijk_to_ras @ np.r_[voxel, 1.0])[:3], radius_mm)
+        self.message, self.error = "paint done", ""
+        self.version += 1
 
     def export_zip(self) -> bytes:
         """The existing nnU-Net export (image + label + provenance) of the last result, zipped."""

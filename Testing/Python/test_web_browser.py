@@ -141,6 +141,14 @@ def test_generate_download_reload(server, browser, tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(mask))
     assert sitk.GetArrayFromImage(image).std() > 0
 
+    # paint: a brush stroke on the axial slice (SceneLogic.add_tumor), then undo it
+    page.check("#paintmode")
+    page.click("#view", position={"x": 100, "y": 128})
+    page.wait_for_function("document.getElementById('message').textContent === 'paint done'")
+    page.uncheck("#paintmode")
+    page.click("#undo")
+    page.wait_for_function("document.getElementById('message').textContent === 'undo done'")
+
     # move the tumour 10 mm to the right and re-draw only its neighbourhood (SceneLogic's local re-generation)
     page.click("[data-shift='1,0,0']")
     page.wait_for_function("document.getElementById('message').textContent === 'shift done'")

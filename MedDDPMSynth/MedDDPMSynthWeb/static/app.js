@@ -59,6 +59,13 @@ async function init() {
   $("cancel").onclick = () => call("/api/cancel");
   $("scale").onclick = () => call("/api/edit", { op: "scale", value: +$("factor").value });
   $("undo").onclick = () => call("/api/edit", { op: "undo" });
+  $("remove").onclick = () => call("/api/edit", { op: "remove" });
+  $("view").addEventListener("click", (e) => {
+    if (!$("paintmode").checked) return;
+    const v = $("view");  // picture pixels, whatever size the page shows it at
+    const px = e.offsetX * v.naturalWidth / v.clientWidth, py = e.offsetY * v.naturalHeight / v.clientHeight;
+    call("/api/edit", { op: "paint", value: [px, py], radius: +$("radius").value });
+  });
   for (const b of document.querySelectorAll("[data-shift]")) {
     b.onclick = () => call("/api/edit", { op: "shift", value: b.dataset.shift.split(",").map((v) => v * $("step").value) });
   }
