@@ -92,7 +92,7 @@ def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
 
 
 def test_generate_download_reload(server, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1400, "height": 640}, accept_downloads=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 720}, accept_downloads=True)
     assert page.goto(f"{server}/?token={TOKEN}").status == 200
     page.wait_for_function("document.getElementById('model').options.length > 0")
 
