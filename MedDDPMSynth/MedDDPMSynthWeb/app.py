@@ -23,6 +23,7 @@ from .session import WebSession
 STATIC = Path(__file__).with_name("static")
 TOKEN_COOKIE, SESSION_COOKIE = "medddpm_token", "medddpm_session"
 SAMPLERS = ("ddim", "dpm++", "ddpm")
+MAX_SESSIONS = 16
 
 
 def _given_token(request: web.Request) -> str | None:
@@ -60,6 +61,9 @@ async def index(request: web.Request) -> web.StreamResponse:
     key = request.cookies.get(SESSION_COOKIE)
     response = web.FileResponse(STATIC / "index.html")
     if key not in sessions:
+        idle = [k for k, s in sessions.items() if not s.busy]
+        if len(sessions) >= MAX_SESSIONS and idle:  # each session holds a scene: drop the oldest idle one
+            sessions.pop(idle[0]).close()
         key = secrets.token_urlsafe(16)
         sessions[key] = WebSession(request.app["work_dir"])
         response.set_cookie(SESSION_COOKIE, key, httponly=True, samesite="Strict")
