@@ -28,7 +28,8 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=20, help="moving-average window in log rows")
     args = parser.parse_args()
     with args.log.open() as handle:
-        rows = list(csv.DictReader(handle))
+        # a step logged twice (a run resumed from an earlier checkpoint by an older version): the later row wins
+        rows = sorted({int(r["step"]): r for r in csv.DictReader(handle)}.values(), key=lambda r: int(r["step"]))
     steps = np.array([float(r["step"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
     window = max(1, min(args.window, len(loss)))

@@ -184,6 +184,7 @@ class Trainer:
         # noise and t: one generator per rank on the training device (state saved with the checkpoint)
         self.noise = torch.Generator(self.device).manual_seed(config.seed * 1_000_003 + self.dist.rank + 1)
         self.step, self.samples_seen, self.resumed, self._logs_started = 0, 0, False, False
+        self._seconds_offset = 0.0  # training time logged before a resume
         self.history: list[float] = []
         self._started = time.perf_counter()
 
@@ -290,12 +291,14 @@ class Trainer:
         """Append a row to ``train_log.csv`` and ``train_log.jsonl`` (rank 0); a fresh run starts new files."""
         if self.out_dir is None or not self.dist.main:
             return
-        row = {"step": self.step, "loss": round(loss, 6), "lr": self.config.lr,
-               "seconds": round(time.perf_counter() - self._started, 3),
-               "ema": "copy" if self.step < self.config.ema_start else "average"}
         table, lines = self.out_dir / "train_log.csv", self.out_dir / "train_log.jsonl"
         mode = "a" if self._logs_started or (self.resumed and table.exists()) else "w"
+        if mode == "a" and not self._logs_started:
+            self._seconds_offset = self._trim_logs(table, lines)
         self._logs_started = True
+        row = {"step": self.step, "loss": round(loss, 6), "lr": self.config.lr,
+               "seconds": round(self._seconds_offset + time.perf_counter() - self._started, 3),
+               "ema": "copy" if self.step < self.config.ema_start else "average"}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(table, mode, newline="") as csv_file, open(lines, mode) as json_file:
             writer = csv.DictWriter(csv_file, LOG_FIELDS)
@@ -303,6 +306,20 @@ class Trainer:
                 writer.writeheader()
             writer.writerow(row)
             json_file.write(json.dumps(row) + "\n")
+
+    def _trim_logs(self, table: Path, lines: Path) -> float:
+        """Drop the rows an interrupted run logged after the checkpoint this run resumed from (they are
+        logged again, as the continuation is exact); the training seconds so far."""
+        with open(table, newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if int(r["step"]) < self.step]
+        kept = [line for line in lines.read_text().splitlines() if line and json.loads(line)["step"] < self.step] \
+            if lines.exists() else []
+        with open(table, "w", newline="") as csv_file, open(lines, "w") as json_file:
+            writer = csv.DictWriter(csv_file, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+            json_file.writelines(line + "\n" for line in kept)
+        return float(rows[-1]["seconds"]) if rows else 0.0
 
     # -------------------------------------------------------------------------- save / resume
 

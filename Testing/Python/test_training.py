@@ -4,6 +4,7 @@ bit-identical resume, the ``train`` command line and 2-process DDP on the CPU (a
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 from pathlib import Path
@@ -300,6 +301,13 @@ def test_cli_trains_writes_and_refuses(data_dirs, tmp_path, capsys):
     assert main(_argv(*data_dirs, out, "--resume", "--steps", "5")) == 0
     with open(out / "train_log.csv") as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5]
+    # resuming from an earlier checkpoint drops the rows logged after it (they are logged again)
+    assert main(_argv(*data_dirs, out, "--resume", str(out / "model-3.pt"), "--steps", "6")) == 0
+    with open(out / "train_log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [float(r["seconds"]) for r in rows] == sorted(float(r["seconds"]) for r in rows)  # time goes on
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
     assert main(_argv(*data_dirs, out, "--resume", "--steps", "6", "--channels", "64")) == 2
     assert "drop the conflicting options" in capsys.readouterr().err
     assert main(_argv(tmp_path / "nowhere", data_dirs[1], tmp_path / "run2", "--steps", "1")) == 2
