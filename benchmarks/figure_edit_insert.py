@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--vector", default="-14,-12,0", help="tumour shift in mm (RAS)")
     parser.add_argument("--steps", default="25", help="dpm++ steps of the first image (default 25)")
+    parser.add_argument("--harmonize", default="3", help="RePaint resampling rounds of both edits (default 3)")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ def main() -> int:
     first = next((work / "first").glob("*_s00*.nii.gz"))
     _run("tumor", "shift", "--mask", MASK, "--ras", f"--vector={args.vector}", "-o", work / "moved.nii.gz", "--overwrite")
     _run("generate", "--mask", work / "moved.nii.gz", "--model", args.model, "-o", work / "second", "--keep", first,
-         "--previous-mask", MASK, "--margin", "8", "--seed", "4", "--overwrite", "--quiet")
+         "--previous-mask", MASK, "--margin", "8", "--seed", "4", "--harmonize", args.harmonize, "--overwrite", "--quiet")
     second = next((work / "second").glob("*_s00*.nii.gz"))
 
     # 4. the example tumour drawn onto the real MNI T1 (its own 1 mm grid), inserted by the model
@@ -80,7 +81,7 @@ def main() -> int:
     sitk.WriteImage(sitk.Cast(tumour, sitk.sitkUInt8), str(work / "mni_tumour.nii.gz"))
     sitk.WriteImage(scan, str(work / "mni_t1.nii.gz"))
     _run("insert", "--scan", work / "mni_t1.nii.gz", "--tumor", work / "mni_tumour.nii.gz", "--model", args.model,
-         "-o", work / "inserted", "--seed", "5", "--overwrite", "--quiet")
+         "-o", work / "inserted", "--seed", "5", "--harmonize", args.harmonize, "--overwrite", "--quiet")
     inserted = next(p for p in (work / "inserted").glob("*.nii.gz") if "mask" not in p.name)
 
     mask, moved = sitk.ReadImage(str(MASK)), sitk.ReadImage(str(work / "moved.nii.gz"))
