@@ -163,11 +163,7 @@ class SceneLogic:
                  mapping=None, progress=None, show: bool = True) -> list:
         """Blocking form of start + finish (for scripts): the new volume nodes."""
         job = self.start_generation(segmentation_node, settings, reference_volume, mapping)
-        try:
-            job.wait(progress=progress)
-        except BaseException:
-            job.cancel()
-            raise
+        _wait_or_cancel(job, progress)
         nodes = self.finish_generation(job)
         if show:
             self.show_volumes(nodes)
@@ -321,11 +317,7 @@ class SceneLogic:
     def regenerate(self, segmentation_node, settings=None, reference_volume=None, mapping=None, progress=None):
         """Blocking form of :meth:`start_regeneration`; the updated volume nodes."""
         job = self.start_regeneration(segmentation_node, settings, reference_volume, mapping)
-        try:
-            job.wait(progress=progress)
-        except BaseException:
-            job.cancel()
-            raise
+        _wait_or_cancel(job, progress)
         return self.finish_generation(job)
 
     # ------------------------------------------------------------------------------------ export
@@ -342,3 +334,12 @@ class SceneLogic:
     def _family_of_volumes(self, volume_nodes) -> Family:
         model = volume_nodes[0].GetAttribute(f"{ATTRIBUTE}.model")
         return self.model_family(model) if model else segments.family_of("whole_head")
+
+
+def _wait_or_cancel(job, progress) -> None:
+    """Wait for a background job; any interruption (error, Ctrl-C) kills it so nothing is left running."""
+    try:
+        job.wait(progress=progress)
+    except BaseException:
+        job.cancel()
+        raise
