@@ -126,12 +126,13 @@ def _describe(path: Path, grid_xyz: Sequence[int] | None = None, spacing_mm: Seq
     sha256 = file_sha256(path)
     known = KNOWN_RELEASES.get(sha256, {})
     # an explicit argument wins, then the file's own metadata, then its training run, a known release, the family
+    run = run_config_beside(path)
     if grid_xyz is None:
-        grid_xyz = (_metadata_triple(info.metadata, "grid_xyz", int, path) or run_config_beside(path).get("grid_xyz")
+        grid_xyz = (_metadata_triple(info.metadata, "grid_xyz", int, path) or run.get("grid_xyz")
                     or known.get("grid_xyz") or family.grid_xyz)
     if spacing_mm is None:
         spacing_mm = (_metadata_triple(info.metadata, "spacing_mm", float, path)
-                      or run_config_beside(path).get("spacing_mm") or known.get("spacing_mm") or family.spacing_mm)
+                      or run.get("spacing_mm") or known.get("spacing_mm") or family.spacing_mm)
     entry = {
         "family": family.name,
         "grid_xyz": _check_grid(grid_xyz, config.divisor),
