@@ -1,6 +1,6 @@
 """``medddpm-synth serve``: the Slicer module's workflow in a browser (the MedDDPMSynthWeb package).
 
-The web package (aiohttp, slicer-core) is imported only when the command runs, so the rest of the
+The web package (trame-slicer, slicer-core) is imported only when the command runs, so the rest of the
 command line works without the ``web`` extra.
 """
 

@@ -216,14 +216,24 @@ class SceneLogic:
             display.SetWindowLevel(1.0, 0.5)  # --intensity unit: [0, 1]
 
     def show_volumes(self, nodes, segmentation_node=None) -> None:
-        """Show the first volume as background in every slice view (the segmentation stays on top)."""
+        """Show the first volume as background in every slice view, the segmentation on top of it (tumour
+        filled, the other segments as outlines)."""
         if not nodes:
             return
         for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
             composite = self.scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
             composite.SetBackgroundVolumeID(nodes[0].GetID())
-        if segmentation_node is not None and segmentation_node.GetDisplayNode() is not None:
-            segmentation_node.GetDisplayNode().SetVisibility(True)
+        display = segmentation_node.GetDisplayNode() if segmentation_node is not None else None
+        if display is not None:
+            display.SetVisibility(True)
+            try:
+                tumour = set(self.segment_mapping(segmentation_node).tumour_segments())
+            except MedDDPMError:
+                return
+            for n in range(segmentation_node.GetSegmentation().GetNumberOfSegments()):
+                segment_id = segmentation_node.GetSegmentation().GetNthSegmentID(n)
+                if segment_id not in tumour:  # the head/brain as an outline: its fill would hide the image
+                    display.SetSegmentOpacity2DFill(segment_id, 0.0)
 
     # ------------------------------------------------------------------------------- tumour edits
 

@@ -1,5 +1,6 @@
-"""Browser front of MedDDPMSynth (``medddpm-synth serve``): an aiohttp page over the Slicer scene logic.
+"""Browser front of MedDDPMSynth (``medddpm-synth serve``): a trame-slicer app over the Slicer scene logic.
 
 No algorithm lives here: loading, generation (the background engine process), tumour edits and export
-are calls into :mod:`MedDDPMSynthSlicerLib`; this package only adds HTTP, security and slice pictures.
+are calls into :mod:`MedDDPMSynthSlicerLib`; trame-slicer gives the views and the segment editor, and
+this package adds the Med-DDPM panel, the access token and upload checks.
 """

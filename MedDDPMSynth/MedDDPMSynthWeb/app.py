@@ -1,210 +1,227 @@
-"""The HTTP side of ``medddpm-synth serve``: routes, token middleware, per-browser sessions.
+"""``medddpm-synth serve``: a trame-slicer app over the Slicer module's scene logic.
 
-Handlers parse the request and call :class:`.session.WebSession` (i.e. the Slicer module's SceneLogic);
-the MRML scenes are touched only from the event-loop thread, and the engine runs in its own process.
+trame-slicer gives the MRML scene, the remote-rendered slice and 3-D views and the segment editor;
+:class:`.session.WebSession` (i.e. SceneLogic) does every Med-DDPM step on that same scene. The MRML
+scene is touched only from the server's event loop; the engine runs in its own process. One served
+process is one session (every tab shows the same scene): run one per user.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
 import tempfile
 from pathlib import Path
 
 from aiohttp import web
+from trame.app import TrameApp
+from trame.app.file_upload import ClientFile
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.app.logic import LayoutButtonLogic
+from trame_slicer.app.logic.segmentation import SegmentEditorLogic
+from trame_slicer.core import SlicerApp
+from trame_slicer.rca_view import register_rca_factories
 
 from MedDDPMSynthLib.errors import MedDDPMError
 from MedDDPMSynthSlicerLib import GenerationSettings
 
 from . import security
+from .panel import SAMPLERS, SYNTH_TOOL, SynthUI
 from .session import WebSession
 
-STATIC = Path(__file__).with_name("static")
-TOKEN_COOKIE, SESSION_COOKIE = "medddpm_token", "medddpm_session"
-SAMPLERS = ("ddim", "dpm++", "ddpm")
-MAX_SESSIONS = 16
+TITLE = "MedDDPMSynth"
+POLL_S = 0.3
 
 
-def _given_token(request: web.Request) -> str | None:
-    return (request.query.get("token") or request.headers.get("X-MedDDPM-Token")
-            or request.cookies.get(TOKEN_COOKIE))
+def _eta(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-@web.middleware
-async def token_middleware(request: web.Request, handler):
-    """Every request (page, API, picture, download) must carry the token when one is set."""
-    expected = request.app["token"]
-    if not security.token_ok(_given_token(request), expected):
-        return web.Response(status=403, text="403: wrong or missing access token (open the URL printed by "
-                                             "'medddpm-synth serve', which carries ?token=...)")
-    response = await handler(request)
-    if expected and request.query.get("token"):  # first visit with ?token=: keep it for the page's own calls
-        response.set_cookie(TOKEN_COOKIE, expected, httponly=True, samesite="Strict")
-    return response
+class SynthWebApp(TrameApp):
+    def __init__(self, server=None, *, model: str = "demo", token: str | None = None,
+                 upload_limit: int = security.DEFAULT_UPLOAD_LIMIT, work_dir: str | Path | None = None):
+        super().__init__(server)
+        self.token, self.upload_limit = token, upload_limit
+        self.server.enable_module(trame_slicer_module)
+        self.slicer_app = SlicerApp()
+        register_rca_factories(self.slicer_app.view_manager, self.server)
+        self.layout_logic = LayoutButtonLogic(self.server, self.slicer_app)
+        self.editor_logic = SegmentEditorLogic(self.server, self.slicer_app)
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="medddpm_web_"))
+        self.session = WebSession(self.slicer_app.scene, self.work_dir)
+        self._watcher: asyncio.Task | None = None
+
+        self.ui = SynthUI(self.server, self.layout_logic.layout_manager, TITLE)
+        self.editor_logic.set_ui(self.ui.editor)
+        self.layout_logic.set_ui(self.ui.layout_button)
+        self.ui.upload.on_load_volume.connect(self.on_upload)
+        models = [m["name"] for m in self.session.logic.available_models()]
+        self.state.synth_models = models if model in models else [model, *models]
+        self.state.synth_model = model
+        ctrl = self.server.controller
+        ctrl.synth_generate = lambda: self.request("generate")
+        ctrl.synth_regenerate = lambda: self.request("regenerate")
+        ctrl.synth_cancel = self.cancel
+        ctrl.synth_shift = lambda: self.edit("shift", [float(v or 0) for v in self.state.synth_shift])
+        ctrl.synth_scale = lambda: self.edit("scale", float(self.state.synth_scale or 1))
+        ctrl.synth_remove = lambda: self.edit("remove", None)
+        ctrl.synth_undo = lambda: self.edit("undo", None)
+        ctrl.on_server_bind.add(self._bind_http)
+        self.state.change("synth_model")(self._on_model_changed)
+        self._on_model_changed(model)
+        self.editor_logic.segmentation_editor.segmentation_modified.connect(self._on_painted)
+
+    # ------------------------------------------------------------------------------------ HTTP
+
+    def _bind_http(self, wslink_server) -> None:
+        """Before the server starts: the token check on every request, and the zip download route."""
+        app = wslink_server.app
+        app[security.TOKEN_KEY] = self.token
+        app.middlewares.append(security.token_middleware)
+        app.router.add_get("/download", self._download)
+
+    async def _download(self, _request: web.Request) -> web.Response:
+        try:
+            data = self.session.export_zip()
+        except MedDDPMError as error:
+            return web.Response(status=400, text=f"400: {error}")
+        return web.Response(body=data, content_type="application/zip",
+                            headers={"Content-Disposition": 'attachment; filename="medddpm_synth_pair.zip"'})
+
+    # ---------------------------------------------------------------------------------- upload
+
+    def on_upload(self, files: list[dict]) -> None:
+        with self.state:
+            try:
+                if len(files) != 1:
+                    raise security.UploadRejected("upload one mask file at a time")
+                upload = ClientFile(files[0])
+                security.check_size(max(int(upload.size or 0), len(upload.content or b"")), self.upload_limit)
+                path, image = security.sniff(upload.content or b"", upload.name, self.work_dir)
+            except security.UploadRejected as error:
+                self._show(error=str(error))
+                return
+            try:
+                name = Path(upload.name).name.split(".")[0] or "mask"
+                self.session.load_mask(image, name)
+            except MedDDPMError as error:
+                self._show(error=str(error))
+                return
+            finally:
+                path.unlink(missing_ok=True)
+                path.parent.rmdir()
+            self._show_mask()
+            self._show()
+
+    def _show_mask(self) -> None:
+        """The mask's grey volume in the views and as the segment editor's source, tumour segment active."""
+        session, editor = self.session, self.editor_logic.segmentation_editor
+        self._show_volume(session.reference, reset=True)
+        tumour = session.logic.segment_mapping(session.segmentation).tumour_segments()
+        if tumour:  # the brush paints tumour by default
+            editor.set_active_segment_id(tumour[0])
+        self.ui.viewer.data.is_volume_loaded = True
+
+    def _show_volume(self, volume, reset: bool = False) -> None:
+        """``volume`` behind the segmentation in the slice views (SceneLogic's display), the segments as
+        surfaces in 3-D, the segment editor painting on ``volume``; keeps the active segment."""
+        session, editor = self.session, self.editor_logic.segmentation_editor
+        active = editor.get_active_segment_id() if editor.active_segmentation is not None else ""
+        self.slicer_app.display_manager.show_volume_in_slice_background(volume)
+        editor.set_active_segmentation(session.segmentation, volume)
+        session.logic.show_volumes([volume], session.segmentation)
+        editor.set_surface_representation_enabled(True)  # the 3-D view shows the segments as surfaces
+        display = session.segmentation.GetDisplayNode()
+        for segment_id in editor.get_segment_ids():
+            if segment_id not in session.logic.segment_mapping(session.segmentation).tumour_segments():
+                display.SetSegmentOpacity3D(segment_id, 0.15)  # the head see-through, the tumour inside it
+        if reset:
+            self.slicer_app.display_manager.reset_views()
+        if active and session.segmentation.GetSegmentation().GetSegment(active) is not None:
+            editor.set_active_segment_id(active)
+
+    def _on_painted(self, *_args) -> None:
+        if not self.session.busy:
+            self._show()
+
+    # ------------------------------------------------------------------------------ generation
+
+    def _on_model_changed(self, synth_model, **_kwargs) -> None:
+        """Fewer steps than the model's T (a model trained with T = 10 cannot take 25)."""
+        try:
+            timesteps = self.session.logic.model_timesteps(str(synth_model))
+        except MedDDPMError:
+            return  # an unknown model is reported when Generate is clicked
+        if timesteps and int(self.state.synth_steps or 0) > timesteps:
+            self.state.synth_steps = timesteps
+
+    def _settings(self) -> GenerationSettings:
+        sampler = str(self.state.synth_sampler or "dpm++")
+        if sampler not in SAMPLERS:
+            raise MedDDPMError(f"unknown sampler '{sampler}'; choose {', '.join(SAMPLERS)}")
+        try:
+            steps, samples, seed = (int(self.state[k] or 0) for k in ("synth_steps", "synth_samples", "synth_seed"))
+        except (TypeError, ValueError):
+            raise MedDDPMError("steps, samples and seed must be whole numbers") from None
+        return GenerationSettings(model=str(self.state.synth_model), sampler=sampler, steps=steps or None,
+                                  samples=max(1, min(samples, 8)), seed=seed,
+                                  spacing="uniform" if sampler == "ddim" else "quadratic")
+
+    def request(self, kind: str) -> None:
+        """Queue a generation or local re-generation; a watcher task advances the queue and the progress."""
+        try:
+            self.session.request(kind, self._settings())
+        except MedDDPMError as error:
+            self._show(error=str(error))
+            return
+        self._show()
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        session = self.session
+        while session.busy or session.queue:
+            before = session.volumes
+            session.tick()
+            with self.state:
+                if session.volumes and session.volumes is not before:  # a result arrived: paint on top of it
+                    self._show_volume(session.volumes[0])
+                self._show()
+            await asyncio.sleep(POLL_S)
 
 
-def _session(request: web.Request) -> WebSession:
-    sessions = request.app["sessions"]
-    key = request.cookies.get(SESSION_COOKIE)
-    if key not in sessions:
-        raise web.HTTPBadRequest(text="no session; reload the page")
-    return sessions[key]
+    def cancel(self) -> None:
+        self.session.cancel()
+        self._show()
 
+    def edit(self, operation: str, value) -> None:
+        try:
+            self.session.edit(operation, value)
+        except (MedDDPMError, ValueError, TypeError) as error:
+            self._show(error=str(error))
+            return
+        self._show()
 
-def _error(message: str, status: int = 400) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-async def index(request: web.Request) -> web.StreamResponse:
-    sessions = request.app["sessions"]
-    key = request.cookies.get(SESSION_COOKIE)
-    response = web.FileResponse(STATIC / "index.html")
-    if key not in sessions:
-        idle = [k for k, s in sessions.items() if not s.busy]
-        if len(sessions) >= MAX_SESSIONS and idle:  # each session holds a scene: drop the oldest idle one
-            sessions.pop(idle[0]).close()
-        key = secrets.token_urlsafe(16)
-        sessions[key] = WebSession(request.app["work_dir"])
-        response.set_cookie(SESSION_COOKIE, key, httponly=True, samesite="Strict")
-    return response
-
-
-async def config(request: web.Request) -> web.Response:
-    session = _session(request)
-    names = [m["name"] for m in session.logic.available_models()]
-    return web.json_response({"models": names, "default_model": request.app["model"], "samplers": SAMPLERS,
-                              "upload_limit_mb": request.app["upload_limit"] // (1024 * 1024)})
-
-
-async def status(request: web.Request) -> web.Response:
-    session = _session(request)
-    session.tick()
-    return web.json_response(session.status())
-
-
-async def upload(request: web.Request) -> web.Response:
-    session = _session(request)
-    limit = request.app["upload_limit"]
-    reader = await request.multipart()
-    part = await reader.next()
-    if part is None or part.name != "file":
-        return _error("no file in the upload")
-    name = part.filename or ""
-    try:
-        security.allowed_name(name)  # before reading: a wrong type is refused without storing anything
-        data = bytearray()
-        while chunk := await part.read_chunk(1 << 20):
-            data.extend(chunk)
-            security.check_size(len(data), limit)
-        path, image = security.sniff(bytes(data), name, request.app["work_dir"])
-    except security.UploadRejected as error:
-        return _error(str(error))
-    try:
-        session.load_mask(image, Path(name).name.split(".")[0] or "mask")
-    except MedDDPMError as error:
-        return _error(str(error))
-    finally:
-        path.unlink(missing_ok=True)
-        path.parent.rmdir()
-    return web.json_response(session.status())
-
-
-def _settings(body: dict, default_model: str) -> GenerationSettings:
-    sampler = str(body.get("sampler") or "ddim")
-    if sampler not in SAMPLERS:
-        raise MedDDPMError(f"unknown sampler '{sampler}'")
-    steps = int(body.get("steps") or 0) or None
-    return GenerationSettings(model=str(body.get("model") or default_model), sampler=sampler, steps=steps,
-                              samples=max(1, min(int(body.get("samples") or 1), 8)), seed=int(body.get("seed") or 0),
-                              spacing="uniform" if sampler == "ddim" else "quadratic")
-
-
-async def generate(request: web.Request) -> web.Response:
-    session = _session(request)
-    try:
-        body = await request.json()
-        kind = "regenerate" if request.match_info["kind"] == "regenerate" else "generate"
-        session.request(kind, _settings(body, request.app["model"]))
-    except (MedDDPMError, ValueError, TypeError) as error:
-        return _error(str(error))
-    return web.json_response(session.status())
-
-
-async def cancel(request: web.Request) -> web.Response:
-    session = _session(request)
-    session.cancel()
-    return web.json_response(session.status())
-
-
-async def edit(request: web.Request) -> web.Response:
-    session = _session(request)
-    try:
-        body = await request.json()
-        operation = str(body.get("op"))
-        if operation == "paint":  # value: the clicked pixel of the picture
-            px, py = (float(v) for v in body["value"][:2])
-            session.paint(px, py, min(max(float(body.get("radius", 5)), 0.5), 50.0))
-        else:
-            value = [float(v) for v in body.get("value", [])] if operation == "shift" else float(body.get("value", 1))
-            session.edit(operation, value)
-    except (MedDDPMError, ValueError, TypeError, KeyError) as error:
-        return _error(str(error))
-    return web.json_response(session.status())
-
-
-async def picture(request: web.Request) -> web.Response:
-    session = _session(request)
-    return web.Response(body=session.picture(), content_type="image/png", headers={"Cache-Control": "no-store"})
-
-
-async def download(request: web.Request) -> web.Response:
-    session = _session(request)
-    try:
-        data = session.export_zip()
-    except MedDDPMError as error:
-        return _error(str(error))
-    return web.Response(body=data, content_type="application/zip",
-                        headers={"Content-Disposition": 'attachment; filename="medddpm_synth_pair.zip"'})
-
-
-async def _ticker(app: web.Application):
-    """Advance every session's queue even when no page is polling (a closed tab still finishes)."""
-    async def loop():
-        while True:
-            for session in list(app["sessions"].values()):
-                session.tick()
-            await asyncio.sleep(0.25)
-
-    task = asyncio.create_task(loop())
-    yield
-    task.cancel()
-    for session in app["sessions"].values():
-        session.close()
-
-
-def make_app(token: str | None, model: str = "demo", upload_limit: int = security.DEFAULT_UPLOAD_LIMIT,
-             work_dir: str | Path | None = None) -> web.Application:
-    app = web.Application(middlewares=[token_middleware], client_max_size=upload_limit + (1 << 20))
-    app["token"], app["model"], app["upload_limit"] = token, model, upload_limit
-    app["work_dir"] = Path(work_dir or tempfile.mkdtemp(prefix="medddpm_web_"))
-    app["sessions"] = {}
-    app.cleanup_ctx.append(_ticker)
-    app.router.add_get("/", index)
-    app.router.add_static("/static", STATIC)
-    app.router.add_get("/api/config", config)
-    app.router.add_get("/api/status", status)
-    app.router.add_post("/api/upload", upload)
-    app.router.add_post("/api/{kind:generate|regenerate}", generate)
-    app.router.add_post("/api/cancel", cancel)
-    app.router.add_post("/api/edit", edit)
-    app.router.add_get("/api/view.png", picture)
-    app.router.add_get("/api/download", download)
-    return app
+    def _show(self, error: str | None = None) -> None:
+        """Copy the session's status into the page's state (the panel reads only ``synth_*`` names)."""
+        if error is not None:
+            self.session.error = error
+        status = self.session.status()
+        self.state.update({
+            "synth_mask": status["mask"], "synth_running": status["running"], "synth_kind": status["kind"],
+            "synth_fraction": status["fraction"], "synth_eta": _eta(status["eta"]), "synth_queued": status["queued"],
+            "synth_result": status["result"], "synth_message": status["message"], "synth_error": status["error"],
+            "synth_can_regenerate": status["can_regenerate"],
+        })
+        if not status["running"]:  # counting exports the segmentation: not at every progress tick
+            self.state.synth_tumour_voxels = self.session.tumour_voxels()
+        self.ui.viewer.data.active_tool = self.ui.viewer.data.active_tool or SYNTH_TOOL
 
 
 def serve(host: str, port: int, token: str | None, model: str, upload_limit: int) -> None:
-    app = make_app(token, model, upload_limit)
+    app = SynthWebApp(model=model, token=token, upload_limit=upload_limit)
     query = f"?token={token}" if token else ""
     print(f"MedDDPMSynth web front on http://{host}:{port}/{query}", flush=True)
-    web.run_app(app, host=host, port=port, print=None)
+    app.server.start(host=host, port=port, open_browser=False, show_connection_info=False, disable_logging=True)

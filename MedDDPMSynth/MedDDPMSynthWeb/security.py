@@ -1,4 +1,5 @@
-"""Access token and upload checks for the browser front (safe by default: loopback, token elsewhere)."""
+"""Access token (checked on every request) and upload checks for the browser front: safe by default,
+loopback only, and a token required when serving beyond it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import tempfile
 from pathlib import Path
 
 import SimpleITK as sitk
+from aiohttp import web
 
 TOKEN_ENV = "MEDDDPMSYNTH_TOKEN"
+TOKEN_COOKIE = "medddpm_token"
+TOKEN_KEY = web.AppKey("medddpm_token", object)  # the expected token (None: open, loopback only)
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 DEFAULT_UPLOAD_LIMIT = 512 * 1024 * 1024
 
@@ -81,3 +85,22 @@ def sniff(data: bytes, filename: str, folder: str | Path | None = None) -> tuple
         workdir.rmdir()
         raise UploadRejected("the file is not a 3-D single-channel image")
     return path, image
+
+
+def _given_token(request: web.Request) -> str | None:
+    return (request.query.get("token") or request.headers.get("X-MedDDPM-Token")
+            or request.cookies.get(TOKEN_COOKIE))
+
+
+@web.middleware
+async def token_middleware(request: web.Request, handler):
+    """Every request (page, scripts, websocket, download) must carry the token when one is set."""
+    expected = request.app[TOKEN_KEY]
+    if not token_ok(_given_token(request), expected):
+        return web.Response(status=403, text="403: wrong or missing access token (open the URL printed by "
+                                             "'medddpm-synth serve', which carries ?token=...)")
+    response = await handler(request)
+    if expected and request.query.get("token") and not response.prepared:
+        # first visit with ?token=: keep it for the page's own requests (scripts, websocket, download)
+        response.set_cookie(TOKEN_COOKIE, expected, httponly=True, samesite="Strict")
+    return response

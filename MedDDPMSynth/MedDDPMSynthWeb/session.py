@@ -1,7 +1,8 @@
-"""One browser session: its own MRML scene, the Slicer module's SceneLogic, and a generation queue.
+"""The served session: the Slicer module's SceneLogic on the trame-slicer app's MRML scene, and a queue.
 
-Every action is a SceneLogic call; this class only keeps per-session state (the segmentation, the last
-volumes, the running job and the jobs waiting behind it) so one generation runs at a time per session.
+Every action is a SceneLogic call; this class only keeps the session's state (the uploaded mask as a
+segmentation and a grey reference volume, the last result, the running job and the jobs waiting behind
+it) so one generation runs at a time. The app's views and segment editor show and edit the same nodes.
 """
 
 from __future__ import annotations
@@ -18,24 +19,16 @@ import slicer
 
 from MedDDPMSynthLib.errors import MedDDPMError
 from MedDDPMSynthSlicerLib import GenerationSettings, SceneLogic
-from MedDDPMSynthSlicerLib.scene_io import array_from_node, ras_matrix_of, update_node_from_array
-
-from . import render
-
-
-def new_scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)  # as in the application
-    scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode", "Red")
-    return scene
+from MedDDPMSynthSlicerLib.scene_io import ras_matrix_of, update_node_from_array
 
 
 class WebSession:
-    def __init__(self, work_dir: Path):
+    def __init__(self, scene, work_dir: Path):
         self.work_dir = Path(tempfile.mkdtemp(prefix="session_", dir=work_dir))
-        self.scene = new_scene()
+        self.scene = scene
         self.logic = SceneLogic(self.scene, temp_dir=self.work_dir)
         self.segmentation = None
+        self.reference = None  # the mask's labels as a grey volume: slice geometry and the editor's source
         self.mask_name = ""
         self.volumes: list = []
         self.job = None
@@ -43,32 +36,47 @@ class WebSession:
         self.queue: list[tuple[str, GenerationSettings]] = []
         self.message = ""
         self.error = ""
-        self._cut = None  # (grid shape, slice centre) of the picture last drawn: clicks map through it
-        self.version = 0  # bumped when the pictures change, so the page reloads them
 
     # --------------------------------------------------------------------------------- input
 
     def load_mask(self, image: sitk.Image, name: str) -> None:
-        """A label image as a segmentation node (one segment per label, named by the official labels)."""
+        """A label image as a segmentation node (one segment per label, named by the official labels);
+        the previous mask and results leave the scene only once the new mask has been read."""
         if self.busy:
             raise MedDDPMError("a generation is running; cancel it before loading another mask")
         labels = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkUInt8)) if image.GetPixelID() != sitk.sitkUInt8 \
             else sitk.GetArrayFromImage(image)
         if not labels.any():
             raise MedDDPMError("the mask is empty (all zero); upload a label mask with head and tumour labels")
-        self.scene.Clear(0)
-        self.scene = new_scene()
-        self.logic = SceneLogic(self.scene, temp_dir=self.work_dir)
         labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} labels")
-        update_node_from_array(labelmap, labels, ras_matrix_of(image))
-        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation, ""):
-            raise MedDDPMError("the mask could not be turned into a segmentation")
+        try:
+            update_node_from_array(labelmap, labels, ras_matrix_of(image))
+            segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+            segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation, ""):
+                self.scene.RemoveNode(segmentation)
+                raise MedDDPMError("the mask could not be turned into a segmentation")
+        finally:
+            self.scene.RemoveNode(labelmap)
         self.logic.name_segments_by_label(segmentation)
-        self.segmentation, self.mask_name, self.volumes, self._cut = segmentation, name, [], None
+        reference = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{name} (mask)")
+        update_node_from_array(reference, labels.astype(np.float32), ras_matrix_of(image))
+        reference.CreateDefaultDisplayNodes()
+        self._remove_nodes([self.segmentation, self.reference, *self.volumes])
+        self.segmentation, self.reference, self.mask_name, self.volumes = segmentation, reference, name, []
         self.message, self.error = f"loaded {name}", ""
-        self.version += 1
+
+    def _remove_nodes(self, nodes) -> None:
+        for node in nodes:
+            if node is not None and self.scene.IsNodePresent(node):
+                self.scene.RemoveNode(node)
+
+    def tumour_voxels(self) -> int:
+        """Voxels labelled tumour now (what the next Generate uses), shown in the page after each edit."""
+        if self.segmentation is None:
+            return 0
+        labels, _ = self.logic.label_array(self.segmentation)
+        return int((labels == 2).sum())
 
     # ---------------------------------------------------------------------------- generation
 
@@ -97,19 +105,18 @@ class WebSession:
                 self.job, self.job_kind = start(self.segmentation, settings), kind
                 self.message, self.error = f"{kind} running", ""
             except MedDDPMError as error:
-                self.error = str(error)
+                self.message, self.error = f"{kind} not started", str(error)
 
     def _finish(self) -> None:
         job, self.job = self.job, None
         try:
             nodes = self.logic.finish_generation(job)
         except MedDDPMError as error:
-            self.error = str(error)
+            self.message, self.error = f"{self.job_kind} failed", str(error)
             return
+        self._remove_nodes([v for v in self.volumes if v not in nodes])  # a local re-generation updates in place
         self.volumes = nodes
-        self.logic.show_volumes(nodes, self.segmentation)
         self.message, self.error = f"{self.job_kind} finished: {nodes[0].GetName()}", ""
-        self.version += 1
 
     def cancel(self) -> None:
         """Cancel the running job and drop the queue; the scene stays as it was."""
@@ -124,7 +131,7 @@ class WebSession:
         return {"mask": self.mask_name, "running": job is not None, "kind": self.job_kind if job else "",
                 "fraction": job.fraction() if job else 0.0, "eta": job.eta_seconds() if job else None,
                 "queued": len(self.queue), "result": bool(self.volumes), "message": self.message,
-                "error": self.error, "version": self.version,
+                "error": self.error,
                 "can_regenerate": self.segmentation is not None and self.logic.can_regenerate(self.segmentation)}
 
     # -------------------------------------------------------------------------------- edits
@@ -145,36 +152,8 @@ class WebSession:
         else:
             raise MedDDPMError(f"unknown edit '{operation}'")
         self.message, self.error = f"{operation} done", ""
-        self._cut = None  # the slices follow the tumour after a move
-        self.version += 1
 
-    # ------------------------------------------------------------------------ pictures, export
-
-    def picture(self) -> bytes:
-        """Axial, coronal and sagittal slices through the tumour and a projection, as one PNG."""
-        if self.segmentation is None:
-            return render.blank_png()
-        labels, _ = self.logic.label_array(self.segmentation)
-        image = array_from_node(self.volumes[0]).astype(np.float32) if self.volumes else None
-        if image is not None and image.shape != labels.shape:
-            image = None  # the mask was replaced by one on another grid; show the mask alone
-        if self._cut is None or self._cut[0] != labels.shape:  # keep the cut while painting: clicks stay put
-            self._cut = (labels.shape, render.centre_of(labels))
-        return render.montage(labels, image, self._cut[1])
-
-    def paint(self, px: float, py: float, radius_mm: float) -> None:
-        """A brush stroke on the picture last shown: a tumour ball at the clicked voxel (SceneLogic.add_tumor)."""
-        if self.busy:
-            raise MedDDPMError("a generation is running; wait for it or cancel it before editing")
-        if self.segmentation is None or self._cut is None:
-            raise MedDDPMError("load a mask first")
-        voxel = render.voxel_at(self._cut[0], self._cut[1], px, py)
-        if voxel is None:
-            raise MedDDPMError("click inside the axial, coronal or sagittal slice to paint")
-        _, ijk_to_ras = self.logic.label_array(self.segmentation)
-        self.logic.add_tumor(self.segmentation, (ijk_to_ras @ np.r_[voxel, 1.0])[:3], radius_mm)
-        self.message, self.error = "paint done", ""
-        self.version += 1
+    # -------------------------------------------------------------------------------- export
 
     def export_zip(self) -> bytes:
         """The existing nnU-Net export (image + label + provenance) of the last result, zipped."""

@@ -1,0 +1,141 @@
+"""The page: trame-slicer's viewer layout, slice/3-D views and segment editor, plus the Med-DDPM panel.
+
+Widgets only; every callback is a controller method set by :mod:`.app`. State names start with
+``synth_`` so they never collide with trame-slicer's own state.
+"""
+
+from __future__ import annotations
+
+from trame.widgets import html
+from trame.widgets import vuetify3 as v
+from trame_server.utils.typed_state import TypedState
+from trame_slicer.app.ui import (
+    ControlButton,
+    LayoutButton,
+    LoadVolumeButton,
+    LoadVolumeItemsState,
+    SegmentEditorToolbarUI,
+    SegmentEditorUI,
+    SegmentEditorUndoRedoUI,
+    ViewerLayout,
+)
+
+SYNTH_TOOL, EDITOR_TOOL = "SynthPanel", SegmentEditorUI.__name__
+SAMPLERS = ("dpm++", "ddim", "ddpm")
+
+#: the panel's state and its values before anything is loaded
+DEFAULTS = {
+    "synth_mask": "", "synth_message": "upload a mask (.nii.gz, .nii, .nrrd, .mha) to begin", "synth_error": "",
+    "synth_running": False, "synth_kind": "", "synth_fraction": 0.0, "synth_eta": "", "synth_queued": 0,
+    "synth_result": False, "synth_can_regenerate": False, "synth_tumour_voxels": 0,
+    "synth_models": [], "synth_model": "demo", "synth_sampler": "dpm++", "synth_steps": 25, "synth_samples": 1,
+    "synth_seed": 0, "synth_shift": [0.0, 0.0, 0.0], "synth_scale": 1.2,
+}
+
+
+class SynthUI:
+    """Builds the page on ``server``; ``ctrl`` callbacks: synth_generate, synth_regenerate, synth_cancel,
+    synth_shift, synth_scale, synth_remove, synth_undo. ``upload.on_load_volume`` emits the uploaded files."""
+
+    def __init__(self, server, layout_manager, title: str):
+        self.server = server
+        server.state.update(DEFAULTS)
+        ctrl = server.controller
+        with ViewerLayout(server, is_drawer_visible=True) as self.layout:
+            self.viewer = self.layout.typed_state
+            self.viewer.data.active_tool = SYNTH_TOOL
+            self.layout.title.set_text(title)
+            self.layout.state.trame__title = title
+            with self.layout.appbar, v.Template(v_slot_prepend=True):
+                upload_state = TypedState(server.state, LoadVolumeItemsState, namespace="synth_upload")
+                self.upload = LoadVolumeButton(name="Upload a mask", load_directory=False, icon="mdi-file-upload",
+                                               typed_state=upload_state, classes="synth-upload")
+            with self.layout.drawer:
+                with html.Div(v_if=(f"{self.viewer.name.active_tool} === '{SYNTH_TOOL}'",), classes="pa-3"):
+                    self._synth_panel(ctrl)
+                self.editor = SegmentEditorUI(v_if=(f"{self.viewer.name.active_tool} === '{EDITOR_TOOL}'",))
+            with self.layout.toolbar:
+                self._tool_button("mdi-creation", "Med-DDPM generation", SYNTH_TOOL)
+                self._tool_button("mdi-brush", "Segment editor (paint / erase the tumour)", EDITOR_TOOL)
+                self.layout_button = LayoutButton(classes="mt-1")
+                SegmentEditorToolbarUI(editor_ui=self.editor)
+            with self.layout.undo_redo:
+                SegmentEditorUndoRedoUI(editor_ui=self.editor, v_if=(f"{self.viewer.name.active_tool} === "
+                                                                     f"'{EDITOR_TOOL}'",))
+            with self.layout.content:
+                layout_manager.initialize_layout_grid(self.layout)
+
+    def _tool_button(self, icon: str, name: str, tool: str):
+        viewer = self.viewer
+
+        def toggle():
+            visible = not viewer.data.is_drawer_visible or viewer.data.active_tool != tool
+            viewer.data.is_drawer_visible, viewer.data.active_tool = visible, tool if visible else None
+
+        ControlButton(icon=icon, name=name, click=toggle, classes="mt-1",
+                      active=(f"{viewer.name.active_tool} === '{tool}'",),
+                      disabled=(f"!{viewer.name.is_volume_loaded}",) if tool == EDITOR_TOOL else False)
+
+    @staticmethod
+    def _synth_panel(ctrl) -> None:
+        idle = "synth_running || !synth_mask"
+        html.Div("Med-DDPM synthesis", classes="text-h6 mb-2")
+        html.Div("{{ synth_mask ? 'Mask: ' + synth_mask + ' (' + synth_tumour_voxels + ' tumour voxels)' : "
+                 "'No mask loaded' }}", classes="text-body-2 mb-2 synth-mask")
+        v.VSelect(label="Model", v_model=("synth_model",), items=("synth_models",), density="compact",
+                  hide_details=True, classes="mb-2")
+        with v.VRow(dense=True):
+            with v.VCol(cols=6):
+                v.VSelect(label="Sampler", v_model=("synth_sampler",), items=("synth_samplers", list(SAMPLERS)),
+                          density="compact", hide_details=True)
+            with v.VCol(cols=6):
+                v.VTextField(label="Steps (0: model's T)", v_model_number=("synth_steps",), type="number",
+                             density="compact", hide_details=True)
+            with v.VCol(cols=6):
+                v.VTextField(label="Samples", v_model_number=("synth_samples",), type="number", min=1, max=8,
+                             density="compact", hide_details=True)
+            with v.VCol(cols=6):
+                v.VTextField(label="Seed", v_model_number=("synth_seed",), type="number", density="compact",
+                             hide_details=True)
+        with v.VRow(dense=True, classes="mt-2"):
+            with v.VCol(cols=6):
+                v.VBtn("Generate", click=ctrl.synth_generate, color="primary", block=True,
+                       disabled=("!synth_mask",), classes="synth-generate")
+            with v.VCol(cols=6):
+                v.VBtn("Cancel", click=ctrl.synth_cancel, block=True, disabled=("!synth_running",),
+                       classes="synth-cancel")
+        v.VProgressLinear(model_value=("synth_fraction * 100",), height=18, color="green", classes="mt-3 synth-progress",
+                          striped=("synth_running",))
+        html.Div("{{ synth_running ? synth_kind + ' ' + Math.round(synth_fraction * 100) + '%' + "
+                 "(synth_eta ? ', ' + synth_eta + ' left' : '') : '' }}"
+                 "{{ synth_queued ? ' (' + synth_queued + ' queued)' : '' }}", classes="text-caption synth-status")
+        html.Div("{{ synth_message }}", classes="text-body-2 mt-1 synth-message")
+        v.VAlert(text=("synth_error",), v_if=("synth_error",), type="error", density="compact", classes="mt-2 synth-error")
+
+        v.VDivider(classes="my-3")
+        html.Div("Tumour (then re-generate only around it)", classes="text-subtitle-2 mb-1")
+        with v.VRow(dense=True):
+            for axis, label in enumerate(("R mm", "A mm", "S mm")):
+                with v.VCol(cols=4):
+                    v.VTextField(label=label, v_model_number=(f"synth_shift[{axis}]",), type="number",
+                                 density="compact", hide_details=True)
+        with v.VRow(dense=True):
+            with v.VCol(cols=6):
+                v.VBtn("Shift", click=ctrl.synth_shift, block=True, disabled=(idle,), classes="synth-shift")
+            with v.VCol(cols=6):
+                v.VTextField(label="Scale factor", v_model_number=("synth_scale",), type="number", step=0.1,
+                             density="compact", hide_details=True)
+            with v.VCol(cols=6):
+                v.VBtn("Scale", click=ctrl.synth_scale, block=True, disabled=(idle,))
+            with v.VCol(cols=6):
+                v.VBtn("Remove", click=ctrl.synth_remove, block=True, disabled=(idle,))
+            with v.VCol(cols=6):
+                v.VBtn("Undo edit", click=ctrl.synth_undo, block=True, disabled=(idle,))
+            with v.VCol(cols=6):
+                v.VBtn("Regenerate locally", click=ctrl.synth_regenerate, block=True,
+                       disabled=("synth_running || !synth_can_regenerate",), classes="synth-regenerate")
+
+        v.VDivider(classes="my-3")
+        v.VBtn("Download image + mask (zip)", href="download", target="_blank", block=True, prepend_icon="mdi-download",
+               disabled=("!synth_result || synth_running",), classes="synth-download",
+               raw_attrs=['download="medddpm_synth_pair.zip"'])
