@@ -56,7 +56,7 @@ class SynthUI:
                 self.editor = SegmentEditorUI(v_if=(f"{self.viewer.name.active_tool} === '{EDITOR_TOOL}'",))
             with self.layout.toolbar:
                 self._tool_button("mdi-creation", "Med-DDPM generation", SYNTH_TOOL)
-                self._tool_button("mdi-brush", "Segment editor (paint / erase the tumour)", EDITOR_TOOL)
+                self._tool_button("mdi-layers-edit", "Segment editor (paint / erase the tumour)", EDITOR_TOOL)
                 self.layout_button = LayoutButton(classes="mt-1")
                 SegmentEditorToolbarUI(editor_ui=self.editor)
             with self.layout.undo_redo:
@@ -90,7 +90,7 @@ class SynthUI:
                           density="compact", hide_details=True)
             with v.VCol(cols=6):
                 v.VTextField(label="Steps (0: model's T)", v_model_number=("synth_steps",), type="number",
-                             density="compact", hide_details=True)
+                             density="compact", hide_details=True, classes="synth-steps")
             with v.VCol(cols=6):
                 v.VTextField(label="Samples", v_model_number=("synth_samples",), type="number", min=1, max=8,
                              density="compact", hide_details=True)
@@ -118,7 +118,7 @@ class SynthUI:
             for axis, label in enumerate(("R mm", "A mm", "S mm")):
                 with v.VCol(cols=4):
                     v.VTextField(label=label, v_model_number=(f"synth_shift[{axis}]",), type="number",
-                                 density="compact", hide_details=True)
+                                 density="compact", hide_details=True, classes=f"synth-shift-{axis}")
         with v.VRow(dense=True):
             with v.VCol(cols=6):
                 v.VBtn("Shift", click=ctrl.synth_shift, block=True, disabled=(idle,), classes="synth-shift")

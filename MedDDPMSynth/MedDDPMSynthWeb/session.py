@@ -36,6 +36,7 @@ class WebSession:
         self.queue: list[tuple[str, GenerationSettings]] = []
         self.message = ""
         self.error = ""
+        self.done = False  # the last job finished and its result is in the scene
 
     # --------------------------------------------------------------------------------- input
 
@@ -64,6 +65,7 @@ class WebSession:
         reference.CreateDefaultDisplayNodes()
         self._remove_nodes([self.segmentation, self.reference, *self.volumes])
         self.segmentation, self.reference, self.mask_name, self.volumes = segmentation, reference, name, []
+        self.done = False
         self.message, self.error = f"loaded {name}", ""
 
     def _remove_nodes(self, nodes) -> None:
@@ -89,6 +91,7 @@ class WebSession:
         if self.segmentation is None:
             raise MedDDPMError("load a mask first")
         self.queue.append((kind, settings))
+        self.done = False
         self.tick()
 
     def tick(self) -> None:
@@ -115,7 +118,7 @@ class WebSession:
             self.message, self.error = f"{self.job_kind} failed", str(error)
             return
         self._remove_nodes([v for v in self.volumes if v not in nodes])  # a local re-generation updates in place
-        self.volumes = nodes
+        self.volumes, self.done = nodes, True
         self.message, self.error = f"{self.job_kind} finished: {nodes[0].GetName()}", ""
 
     def cancel(self) -> None:
@@ -129,7 +132,7 @@ class WebSession:
     def status(self) -> dict:
         job = self.job
         return {"mask": self.mask_name, "running": job is not None, "kind": self.job_kind if job else "",
-                "fraction": job.fraction() if job else 0.0, "eta": job.eta_seconds() if job else None,
+                "fraction": job.fraction() if job else float(self.done), "eta": job.eta_seconds() if job else None,
                 "queued": len(self.queue), "result": bool(self.volumes), "message": self.message,
                 "error": self.error,
                 "can_regenerate": self.segmentation is not None and self.logic.can_regenerate(self.segmentation)}

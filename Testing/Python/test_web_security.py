@@ -55,24 +55,34 @@ def test_upload_checks(tmp_path):
     assert [p.name for p in (tmp_path / "up").iterdir()] == [path.parent.name]  # rejected uploads left nothing
 
 
-def test_every_route_needs_the_token(tmp_path):
+def test_token_middleware_guards_every_route():
+    """The middleware the served app installs (trame's aiohttp server), on a real aiohttp test server."""
+    from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from MedDDPMSynthWeb.app import make_app
+    async def hello(_request):
+        return web.Response(text="page")
+
+    app = web.Application(middlewares=[security.token_middleware])
+    app[security.TOKEN_KEY] = "right-token"
+    app.router.add_get("/", hello)
+    app.router.add_get("/download", hello)
 
     async def scenario():
-        client = TestClient(TestServer(make_app("right-token", work_dir=tmp_path)))
+        client = TestClient(TestServer(app))
         await client.start_server()
         try:
-            for method, url in (("GET", "/"), ("GET", "/api/status"), ("GET", "/static/app.js"),
-                                ("POST", "/api/generate"), ("GET", "/api/download"), ("POST", "/api/upload")):
-                for query in ("", "?token=wrong-token"):
-                    response = await client.request(method, url + query)
-                    assert response.status == 403, (method, url, query)
+            for url in ("/", "/download", "/nothing-here"):
+                for query in ("", "?token=wrong-token", "?token="):
+                    response = await client.get(url + query)
+                    assert response.status == 403, (url, query)
+                    assert "access token" in await response.text()
             response = await client.get("/?token=right-token")
-            assert response.status == 200 and "MedDDPM Synth" in await response.text()
-            response = await client.get("/api/status", headers={"X-MedDDPM-Token": "right-token"})
-            assert response.status == 200  # the session cookie came with the page
+            assert response.status == 200 and response.cookies[security.TOKEN_COOKIE].value == "right-token"
+            response = await client.get("/download")  # the cookie from the first visit now carries the token
+            assert response.status == 200
+            response = await client.get("/download", headers={"X-MedDDPM-Token": "right-token"}, cookies={})
+            assert response.status == 200
         finally:
             await client.close()
 
@@ -83,7 +93,7 @@ def test_serve_without_the_web_extra_says_how_to_install():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['aiohttp'] = None\n"  # as if the web extra were not installed
+    code = ("import sys; sys.modules['trame_slicer'] = None\n"  # as if the web extra were not installed
             "from MedDDPMSynthLib.cli import main; sys.exit(main(['serve']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -1,5 +1,6 @@
-"""The browser front's session without HTTP: a mask upload becomes a segmentation on its own MRML scene,
-clicks on the slice picture map to the right voxel, and the brush/erase/undo go through SceneLogic."""
+"""The browser front's session without a browser, on a real MRML scene: a mask upload becomes a
+segmentation and a grey reference volume; a bad upload leaves the scene as it was; a new mask replaces
+the old nodes; tumour edits and undo go through SceneLogic; export before any result is refused."""
 
 from __future__ import annotations
 
@@ -7,57 +8,61 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pytest.importorskip("PIL", reason="the web extra is not installed")
-import slicer_scene_helpers  # noqa: F401,E402  (puts the Slicer-side packages on sys.path for source checkouts)
+pytest.importorskip("trame_slicer", reason="the web extra is not installed")
+from slicer_scene_helpers import new_scene  # noqa: E402  (also puts the Slicer-side packages on sys.path)
 from conftest import REPO  # noqa: E402
-from MedDDPMSynthWeb import render  # noqa: E402
+from MedDDPMSynthLib.errors import MedDDPMError  # noqa: E402
 from MedDDPMSynthWeb.session import WebSession  # noqa: E402
 
-
-def _pixel(shape_zyx, tile: int, voxel_xyz) -> tuple[float, float]:
-    """The centre pixel of a voxel in a slice tile (the forward form of render._tile's layout)."""
-    nz, ny, nx = shape_zyx
-    x, y, z = voxel_xyz
-    rows, cols = [(ny, nx), (nz, nx), (nz, ny)][tile]
-    col, row = [(x, y), (x, z), (y, z)][tile]
-    scale = render.TILE / max(rows, cols)
-    width, height = round(cols * scale), round(rows * scale)
-    return (tile * render.TILE + (render.TILE - width) // 2 + (col + 0.5) * scale,
-            (render.TILE - height) // 2 + (rows - 1 - row + 0.5) * scale)
+MASK = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
 
 
-@pytest.mark.parametrize("tile", [0, 1, 2])
-def test_click_maps_to_the_voxel(tile):
-    shape, centre = (30, 40, 50), (12, 21, 33)  # (z, y, x)
-    voxel = [(7, 30, 12), (7, 21, 25), (33, 5, 25)][tile]  # in the cut of that tile
-    assert render.voxel_at(shape, centre, *_pixel(shape, tile, voxel)) == voxel
-    assert render.voxel_at(shape, centre, 3 * render.TILE + 10, 100) is None  # the projection
-    assert render.voxel_at(shape, centre, tile * render.TILE + 1, 1) is None  # the margin of a tile
+def _node_ids(scene, cls: str) -> list[str]:
+    return [scene.GetNthNodeByClass(n, cls).GetID() for n in range(scene.GetNumberOfNodesByClass(cls))]
 
 
-def test_load_paint_erase_undo(tmp_path):
-    mask = sitk.ReadImage(str(REPO / "Resources" / "Examples" / "demo_mask.nii.gz"))
-    session = WebSession(tmp_path)
+def test_load_replace_edit_undo(tmp_path):
+    mask = sitk.ReadImage(str(MASK))
+    scene = new_scene()
+    session = WebSession(scene, tmp_path)
+    with pytest.raises(MedDDPMError, match="generate a result first"):
+        session.export_zip()
     session.load_mask(mask, "demo_mask")
-    labels, _ = session.logic.label_array(session.segmentation)
+    labels, ijk_to_ras = session.logic.label_array(session.segmentation)
     np.testing.assert_array_equal(labels, sitk.GetArrayFromImage(mask))  # the upload's grid and labels
-    assert session.picture()[:4] == b"\x89PNG"
+    assert session.tumour_voxels() == int((labels == 2).sum()) > 0
+    reference = session.reference
+    assert reference.GetImageData().GetDimensions() == mask.GetSize()
+    segmentations = _node_ids(scene, "vtkMRMLSegmentationNode")
+    assert not _node_ids(scene, "vtkMRMLLabelMapVolumeNode")  # the import's temporary labelmap is gone
 
-    shape, (z, y, x) = session._cut
-    head = np.argwhere(labels[z] == 1)
-    far = head[np.argmax(np.abs(head - [y, x]).sum(1))]  # a head voxel on the axial cut, far from the tumour
-    target = (int(far[1]), int(far[0]), z)
-    before = int((labels == 2).sum())
-    session.paint(*_pixel(shape, 0, target), radius_mm=4.0)
-    painted, _ = session.logic.label_array(session.segmentation)
-    assert painted[z, target[1], target[0]] == 2 and (painted == 2).sum() > before
-    assert ((painted > 0) == (labels > 0)).all()  # the brush stays inside the head
+    # an empty mask is refused and the scene keeps the loaded one
+    empty = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(mask)
+    with pytest.raises(MedDDPMError, match="empty"):
+        session.load_mask(empty, "empty")
+    assert _node_ids(scene, "vtkMRMLSegmentationNode") == segmentations and session.reference is reference
 
-    session.edit("remove", None)
-    erased, _ = session.logic.label_array(session.segmentation)
-    assert not (erased == 2).any() and ((erased > 0) == (labels > 0)).all()
+    # move the tumour 7 mm to the right (RAS), undo; remove it, undo
+    before = session.tumour_voxels()
+    centre = ijk_to_ras[:3, :3] @ np.argwhere(labels == 2)[:, ::-1].mean(0)
+    session.edit("shift", [7.0, 0.0, 0.0])
+    moved, _ = session.logic.label_array(session.segmentation)
+    moved_centre = ijk_to_ras[:3, :3] @ np.argwhere(moved == 2)[:, ::-1].mean(0)
+    assert moved_centre[0] - centre[0] == pytest.approx(7.0, abs=2.0)
+    assert abs(session.tumour_voxels() - before) < 0.1 * before
     session.edit("undo", None)
+    session.edit("remove", None)
+    assert session.tumour_voxels() == 0
     session.edit("undo", None)
     restored, _ = session.logic.label_array(session.segmentation)
     np.testing.assert_array_equal(restored, labels)
+    with pytest.raises(MedDDPMError, match="unknown edit"):
+        session.edit("explode", None)
+
+    # a new mask replaces the old segmentation and reference volume (no pile-up in the scene)
+    session.load_mask(mask, "again")
+    assert len(_node_ids(scene, "vtkMRMLSegmentationNode")) == 1 and not scene.IsNodePresent(reference)
+    assert session.mask_name == "again" and session.status()["mask"] == "again"
     session.close()
+    assert not session.work_dir.exists()
