@@ -9,6 +9,7 @@ process is one session (every tab shows the same scene): run one per user.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class SynthWebApp(TrameApp):
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_logic = LayoutButtonLogic(self.server, self.slicer_app)
         self.editor_logic = SegmentEditorLogic(self.server, self.slicer_app)
+        self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="medddpm_web_"))
         self.session = WebSession(self.slicer_app.scene, self.work_dir)
         self._watcher: asyncio.Task | None = None
@@ -64,11 +66,10 @@ class SynthWebApp(TrameApp):
         ctrl.synth_generate = lambda: self.request("generate")
         ctrl.synth_regenerate = lambda: self.request("regenerate")
         ctrl.synth_cancel = self.cancel
-        ctrl.synth_shift = lambda: self.edit("shift", [float(v or 0) for v in self.state.synth_shift])
-        ctrl.synth_scale = lambda: self.edit("scale", float(self.state.synth_scale or 1))
-        ctrl.synth_remove = lambda: self.edit("remove", None)
-        ctrl.synth_undo = lambda: self.edit("undo", None)
+        for operation in ("shift", "scale", "remove", "undo"):
+            ctrl[f"synth_{operation}"] = lambda operation=operation: self.edit(operation)
         ctrl.on_server_bind.add(self._bind_http)
+        ctrl.on_server_exited.add(self._close)
         self.state.change("synth_model")(self._on_model_changed)
         self._on_model_changed(model)
         self.editor_logic.segmentation_editor.segmentation_modified.connect(self._on_painted)
@@ -196,13 +197,26 @@ class SynthWebApp(TrameApp):
         self.session.cancel()
         self._show()
 
-    def edit(self, operation: str, value) -> None:
+    def edit(self, operation: str) -> None:
+        """A tumour edit with the panel's values: shift by (R, A, S) mm, scale by a factor, remove, undo."""
         try:
+            if operation == "shift":
+                value = [float(v or 0) for v in self.state.synth_shift]
+            elif operation == "scale":
+                value = float(self.state.synth_scale or 1)
+            else:
+                value = None
             self.session.edit(operation, value)
         except (MedDDPMError, ValueError, TypeError) as error:
-            self._show(error=str(error))
+            self._show(error=f"{operation}: {error}")
             return
         self._show()
+
+    def _close(self, **_kwargs) -> None:
+        """Server stopped: stop a running job and delete the uploads and results kept on disk."""
+        self.session.close()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _show(self, error: str | None = None) -> None:
         """Copy the session's status into the page's state (the panel reads only ``synth_*`` names)."""
