@@ -66,3 +66,51 @@ def test_load_replace_edit_undo(tmp_path):
     assert session.mask_name == "again" and session.status()["mask"] == "again"
     session.close()
     assert not session.work_dir.exists()
+
+
+def _stroke(view, start: tuple[float, float], moves: int = 5) -> None:
+    """A left-button drag on a view's render window: the events the browser's pointer becomes."""
+    interactor = view.render_window().GetInteractor()
+    width, height = view.render_window().GetSize()
+    x, y = int(width * start[0]), int(height * start[1])
+    interactor.SetEventPosition(x, y)
+    interactor.InvokeEvent("MouseMoveEvent")
+    interactor.InvokeEvent("LeftButtonPressEvent")
+    for k in range(moves):
+        interactor.SetEventPosition(x + 3 * k, y + 2 * k)
+        interactor.InvokeEvent("MouseMoveEvent")
+    interactor.InvokeEvent("LeftButtonReleaseEvent")
+
+
+def test_paint_and_erase_in_the_served_app(tmp_path):
+    """The served app's wiring: after an upload the segment editor edits the tumour segment on the mask's
+    grid, so trame-slicer's Paint and Erase on the axial view change what the next Generate uses."""
+    from trame.app import get_server
+    from trame_slicer.segmentation import SegmentationEffectErase, SegmentationEffectPaint
+
+    from MedDDPMSynthWeb.app import SynthWebApp
+
+    app = SynthWebApp(get_server("paint_test", client_type="vue3"), work_dir=tmp_path)
+    mask = sitk.ReadImage(str(MASK))
+    app.session.load_mask(mask, "demo_mask")
+    app._show_mask()
+    before, _ = app.session.logic.label_array(app.session.segmentation)
+    editor = app.editor_logic.segmentation_editor
+    assert editor.get_active_segment_id() in app.session.logic.segment_mapping(
+        app.session.segmentation).tumour_segments()
+
+    view = app.slicer_app.view_manager.get_slice_views()[0]
+    view.render_window().SetSize(400, 600)
+    view.render()
+    editor.set_active_effect_type(SegmentationEffectPaint)
+    _stroke(view, (0.6, 0.4))
+    painted, _ = app.session.logic.label_array(app.session.segmentation)
+    assert (painted == 2).sum() > (before == 2).sum()
+    assert app.state.synth_tumour_voxels == int((painted == 2).sum())  # the page's count follows the brush
+    assert ((painted == 2) & (before == 1)).any()  # the brush painted tumour over brain
+
+    editor.set_active_effect_type(SegmentationEffectErase)
+    _stroke(view, (0.6, 0.4))
+    erased, _ = app.session.logic.label_array(app.session.segmentation)
+    assert (erased == 2).sum() < (painted == 2).sum()
+    app._close()
