@@ -135,11 +135,12 @@ def composite(new: sitk.Image, previous: sitk.Image, region: sitk.Image) -> sitk
 def seam_score(image: sitk.Image, region: sitk.Image, band: int = 3) -> dict:
     """Mean gradient magnitude on the region's boundary and in ``band``-voxel bands just inside and just
     outside it; a visible seam shows as a boundary value well above both bands."""
-    gradient = sitk.GetArrayViewFromImage(sitk.GradientMagnitude(sitk.Cast(image, sitk.sitkFloat32)))
+    # copies, not views: a view of a temporary image reads freed memory once the image is collected
+    gradient = sitk.GetArrayFromImage(sitk.GradientMagnitude(sitk.Cast(image, sitk.sitkFloat32)))
 
     def grown(radius: int) -> np.ndarray:
         op = sitk.BinaryDilate if radius > 0 else sitk.BinaryErode
-        return sitk.GetArrayViewFromImage(op(region, [abs(radius)] * 3) if radius else region) > 0
+        return sitk.GetArrayFromImage(op(region, [abs(radius)] * 3) if radius else region) > 0
 
     boundary = grown(1) & ~grown(-1)
     inside = grown(-1) & ~grown(-1 - band)
