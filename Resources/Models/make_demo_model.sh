@@ -2,11 +2,12 @@
 # How the bundled demo model and its card's figures and numbers were made: every step is a medddpm-synth
 # command (plus the loss-curve plot). Run from the repository root with the package installed
 # (pip install -e ".[test]"); WORK holds the data and the training run.
-#   STEPS=3000 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh          # all of it
+#   STEPS=6000 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh          # all of it
+#   RESUME=1 STEPS=9000 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh # train on from the last checkpoint
 #   SKIP_TRAINING=1 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh     # export + card only
 set -euo pipefail
 WORK=${WORK:-demo-work}
-STEPS=${STEPS:-3000}
+STEPS=${STEPS:-6000}
 GRID=48,64,48
 SPACING=3.5,3.5,3.5
 OUT=Resources/Models
