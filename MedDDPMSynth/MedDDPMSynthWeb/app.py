@@ -130,13 +130,13 @@ class SynthWebApp(TrameApp):
         surfaces in 3-D, the segment editor painting on ``volume``; keeps the active segment."""
         session, editor = self.session, self.editor_logic.segmentation_editor
         active = editor.get_active_segment_id() if editor.active_segmentation is not None else ""
-        self.slicer_app.display_manager.show_volume_in_slice_background(volume)
         editor.set_active_segmentation(session.segmentation, volume)
-        session.logic.show_volumes([volume], session.segmentation)
+        session.logic.show_volumes([volume], session.segmentation)  # every slice view's background
         editor.set_surface_representation_enabled(True)  # the 3-D view shows the segments as surfaces
         display = session.segmentation.GetDisplayNode()
+        tumour = session.logic.segment_mapping(session.segmentation).tumour_segments()
         for segment_id in editor.get_segment_ids():
-            if segment_id not in session.logic.segment_mapping(session.segmentation).tumour_segments():
+            if segment_id not in tumour:
                 display.SetSegmentOpacity3D(segment_id, 0.15)  # the head see-through, the tumour inside it
         if reset:
             self.slicer_app.display_manager.reset_views()
