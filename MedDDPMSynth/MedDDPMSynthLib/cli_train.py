@@ -19,7 +19,7 @@ from .errors import CheckpointError, GenerationCancelled, InputError, OutputErro
 from .families import FAMILIES, family_for_channels
 from .labels import LabelMapping
 from .train_data import PairedVolumeDataset
-from .training import ARCHITECTURE, PRECISIONS, TrainConfig, Trainer, read_train_state
+from .training import ARCHITECTURE, PRECISIONS, WEIGHTINGS, TrainConfig, Trainer, read_train_state
 
 EPILOG = """examples:
   # whole-head: masks/case1.nii.gz + images/case1.nii.gz, ...
@@ -41,7 +41,7 @@ CONFIG_OPTIONS = {
     "mult": "channel_mult", "res_blocks": "num_res_blocks", "attention": "attention_ds", "timesteps": "timesteps",
     "steps": "steps", "batch": "batch_size", "accum": "grad_accum", "lr": "lr", "ema_start": "ema_start",
     "ema_every": "ema_every", "ema_decay": "ema_decay", "save_every": "save_every", "log_every": "log_every",
-    "precision": "precision", "seed": "seed", "loss": "loss", "workers": "num_workers",
+    "precision": "precision", "seed": "seed", "loss": "loss", "weighting": "weighting", "workers": "num_workers",
 }
 
 
@@ -84,6 +84,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     opt.add_argument("--accum", type=int, help="gradient accumulation batches per step (default 2)")
     opt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-5)")
     opt.add_argument("--loss", choices=("l1", "l2"), help="l1 (default, official) or l2")
+    opt.add_argument("--weighting", choices=WEIGHTINGS,
+                     help="loss weight per noise level: uniform (default, official) or truncated-snr (stresses high noise, "
+                          "where the image must come from the mask)")
     opt.add_argument("--ema-start", type=int, help="step from which the EMA averages (before: copies; default 2000)")
     opt.add_argument("--ema-every", type=int, help="EMA update interval in steps (default 10)")
     opt.add_argument("--ema-decay", type=float, help="EMA decay (default 0.995)")

@@ -2,6 +2,9 @@
 
 Objective: x0 in [-1, 1], t ~ U{0..T-1} per sample, eps ~ N(0, I), loss = L1 (or MSE) between eps and the
 network's prediction for q_sample(x0, t, eps) with the condition; divided by the accumulation count.
+``weighting="truncated-snr"`` (not official; off by default) multiplies each sample's loss by
+max(1, 1/SNR_t) in x0 terms (Salimans & Ho 2022), capped at ``MAX_WEIGHT``: at high noise an eps error
+costs as much as the x0 error it causes, so the network learns to read the condition where x_t says little.
 Adam (torch defaults but lr); EMA on parameters only, every ``ema_every`` optimiser steps, a plain copy
 of the model before ``ema_start``. Checkpoints are the official ``{step, model, ema}`` dict; everything
 else needed to continue exactly (optimiser, scaler, RNG states, data position, config) goes in a
@@ -43,6 +46,9 @@ from .train_data import EpochOrder, setup_distributed
 from .unet import UNetConfig
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+WEIGHTINGS = ("uniform", "truncated-snr")
+#: largest loss weight of truncated-snr (for l1; squared for l2): reached from t ~ 0.96 T on the cosine schedule
+MAX_WEIGHT = 20.0
 #: config fields that fix the weights' shapes: a resumed run must keep them
 ARCHITECTURE = ("family", "model_channels", "channel_mult", "num_res_blocks", "attention_ds", "timesteps")
 SIDECAR_SUFFIX = ".train-state.pt"
@@ -74,6 +80,7 @@ class TrainConfig:
     precision: str = "fp32"
     seed: int = 0
     loss: str = "l1"
+    weighting: str = "uniform"
     num_workers: int = 0
 
     def __post_init__(self):
@@ -94,7 +101,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """InputError for any value training cannot run with, saying which option to change."""
-        for name, value, allowed in (("precision", self.precision, PRECISIONS), ("loss", self.loss, LOSSES)):
+        for name, value, allowed in (("precision", self.precision, PRECISIONS), ("loss", self.loss, LOSSES),
+                                     ("weighting", self.weighting, WEIGHTINGS)):
             if value not in allowed:
                 raise InputError(f"unknown {name} '{value}'; use one of {', '.join(allowed)}")
         counts = (self.batch_size, self.grad_accum, self.ema_every, self.steps, self.save_every, self.log_every, self.timesteps)
@@ -124,13 +132,25 @@ class TrainConfig:
 class _Objective(nn.Module):
     """The loss as ``forward``, since DistributedDataParallel synchronises gradients through forward."""
 
-    def __init__(self, diffusion: GaussianDiffusion, loss: str):
+    def __init__(self, diffusion: GaussianDiffusion, loss: str, weighting: str = "uniform"):
         super().__init__()
         self.diffusion, self.loss_fn = diffusion, LOSSES[loss]
+        self.weights = None if weighting == "uniform" else loss_weights(diffusion.alphas_cumprod, loss)
 
     def forward(self, x0, cond, t, noise):
         eps = self.diffusion.predict_eps(self.diffusion.q_sample(x0, t, noise), cond, t)
-        return self.loss_fn(eps.float(), noise)
+        if self.weights is None:
+            return self.loss_fn(eps.float(), noise)
+        per_sample = self.loss_fn(eps.float(), noise, reduction="none").flatten(1).mean(1)
+        return (per_sample * self.weights.to(per_sample.device)[t]).mean()
+
+
+def loss_weights(alphas_cumprod: torch.Tensor, loss: str) -> torch.Tensor:
+    """Truncated-SNR weights per timestep: max(1, 1/SNR) for l2, its square root for l1 (whose error
+    scales linearly), capped at MAX_WEIGHT (1/SNR is ~1e7 at the last cosine step)."""
+    snr = alphas_cumprod.double() / (1.0 - alphas_cumprod.double())
+    weights = (1.0 / snr).clamp(1.0, MAX_WEIGHT ** 2)
+    return (weights.sqrt() if loss == "l1" else weights).float()
 
 
 # ------------------------------------------------------------------------------------- RNG states
@@ -175,7 +195,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = GaussianDiffusion(config.unet(), config.timesteps).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.net: nn.Module = _Objective(self.model, config.loss)
+        self.net: nn.Module = _Objective(self.model, config.loss, config.weighting)
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)

@@ -18,7 +18,7 @@ from MedDDPMSynthLib import BRATS, WHOLE_HEAD, load_model
 from MedDDPMSynthLib.cli import main
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.train_data import PairedVolumeDataset, normalise_per_slice, normalise_per_volume
-from MedDDPMSynthLib.training import TrainConfig, Trainer, sidecar_path
+from MedDDPMSynthLib.training import MAX_WEIGHT, TrainConfig, Trainer, _Objective, loss_weights, sidecar_path
 
 GRID, SPACING = (16, 16, 16), (3.0, 3.0, 3.0)
 LPS = (1, 0, 0, 0, 1, 0, 0, 0, 1)
@@ -222,6 +222,31 @@ def test_a_few_steps_lower_the_loss(dataset):
     assert len(losses) == 30 and trainer.step == 30 and trainer.history == losses
     first, last = np.mean(losses[:6]), np.mean(losses[-6:])  # about 0.73 -> 0.30
     assert last < 0.8 * first, (first, last)
+
+
+def test_truncated_snr_weighting_scales_each_sample_by_its_noise_level(dataset):
+    diffusion = Trainer(_config(), dataset, quiet=True).model
+    abar = diffusion.alphas_cumprod.double()
+    snr = abar / (1 - abar)
+    weights = loss_weights(diffusion.alphas_cumprod, "l1")
+    assert torch.all(weights[1:] >= weights[:-1]) and weights[0] == 1 and weights[-1] == MAX_WEIGHT
+    middle = (snr < 1) & (snr > MAX_WEIGHT ** -2)  # neither floor nor cap: the x0-error scale 1/sqrt(SNR)
+    assert middle.any()
+    torch.testing.assert_close(weights[middle].double(), snr[middle].rsqrt(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(loss_weights(diffusion.alphas_cumprod, "l2"), weights ** 2)
+
+    image, cond = (v[None].expand(2, *v.shape).contiguous() for v in dataset[0])
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
+    uniform, weighted = _Objective(diffusion, "l1"), _Objective(diffusion, "l1", "truncated-snr")
+    with torch.no_grad():
+        for t in (0, 12, diffusion.num_timesteps - 1):
+            batch_t = torch.tensor([t, t])
+            torch.testing.assert_close(weighted(image, cond, batch_t, noise), uniform(image, cond, batch_t, noise) * weights[t])
+        mixed = torch.tensor([0, diffusion.num_timesteps - 1])  # per sample, not per batch
+        per_sample = [uniform(image[i:i + 1], cond[i:i + 1], mixed[i:i + 1], noise[i:i + 1]) for i in range(2)]
+        torch.testing.assert_close(weighted(image, cond, mixed, noise), (per_sample[0] * weights[0] + per_sample[1] * MAX_WEIGHT) / 2)
+    with pytest.raises(InputError, match="unknown weighting 'snr'"):
+        _config(weighting="snr").check()
 
 
 def test_ema_copies_then_averages_parameters(dataset):
