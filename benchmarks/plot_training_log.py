@@ -3,6 +3,8 @@
 
 Draws the logged loss (grey) and a moving average (black) on a log-scaled y axis with Pillow (a
 development tool: ``pip install pillow``). Prints one JSON line with the first/last smoothed loss.
+Several logs (a run, then a fine-tuning run started from its checkpoint) are drawn end to end, with a
+blue line where each later one starts (its loss may be weighted differently).
 
   python benchmarks/plot_training_log.py run/train_log.csv -o Resources/Models/demo_model_loss.png
 """
@@ -23,13 +25,19 @@ WIDTH, HEIGHT, MARGIN = 720, 360, 56
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("log", type=Path, help="train_log.csv of a run")
+    parser.add_argument("logs", type=Path, nargs="+", help="train_log.csv of a run (then of runs continuing it)")
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--window", type=int, default=20, help="moving-average window in log rows")
     args = parser.parse_args()
-    with args.log.open() as handle:
-        # a step logged twice (a run resumed from an earlier checkpoint by an older version): the later row wins
-        rows = sorted({int(r["step"]): r for r in csv.DictReader(handle)}.values(), key=lambda r: int(r["step"]))
+    by_step, starts = {}, []
+    for log in args.logs:
+        with log.open() as handle:
+            # a step logged twice (a resumed run, or a later log continuing it): the later row wins
+            rows = list(csv.DictReader(handle))
+        if rows and by_step:
+            starts.append(min(int(r["step"]) for r in rows))
+        by_step.update({int(r["step"]): r for r in rows})
+    rows = sorted(by_step.values(), key=lambda r: int(r["step"]))
     steps = np.array([float(r["step"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
     window = max(1, min(args.window, len(loss)))
@@ -58,12 +66,16 @@ def main() -> int:
         draw.text((x - 12, HEIGHT - MARGIN + 6), f"{s:.0f}", fill="black")
     draw.line([xy(s, v) for s, v in zip(steps, loss)], fill=(170, 170, 170), width=1)
     draw.line([xy(s, v) for s, v in zip(smooth_steps, smooth)], fill="black", width=2)
-    draw.text((MARGIN, 18), f"training loss (L1 on noise), log scale; moving average of {window} log rows",
+    for start in starts:
+        x, _ = xy(start, 10 ** low)
+        draw.line([x, MARGIN, x, HEIGHT - MARGIN], fill=(40, 90, 220), width=2)
+        draw.text((x + 4, MARGIN + 4), f"from {start}: next run", fill=(40, 90, 220))
+    draw.text((MARGIN, 18), f"training loss (L1 on noise, as each run weights it), log scale; moving average of {window} rows",
               fill="black")
     draw.text((WIDTH // 2 - 30, HEIGHT - 22), "optimiser step", fill="black")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.output)
-    print(json.dumps({"rows": len(rows), "first_step": int(steps[0]), "last_step": int(steps[-1]),
+    print(json.dumps({"rows": len(rows), "run_starts": starts, "first_step": int(steps[0]), "last_step": int(steps[-1]),
                       "smoothed_loss_first": round(float(smooth[0]), 4), "smoothed_loss_last": round(float(smooth[-1]), 4)}))
     return 0
 
