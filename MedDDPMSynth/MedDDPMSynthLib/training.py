@@ -2,9 +2,12 @@
 
 Objective: x0 in [-1, 1], t ~ U{0..T-1} per sample, eps ~ N(0, I), loss = L1 (or MSE) between eps and the
 network's prediction for q_sample(x0, t, eps) with the condition; divided by the accumulation count.
-``weighting="truncated-snr"`` (not official; off by default) multiplies each sample's loss by
-max(1, 1/SNR_t) in x0 terms (Salimans & Ho 2022), capped at ``MAX_WEIGHT``: at high noise an eps error
-costs as much as the x0 error it causes, so the network learns to read the condition where x_t says little.
+``weighting="truncated-snr"`` (not official; off by default) weights each noise level by max(1, 1/SNR_t)
+in x0 terms (Salimans & Ho 2022), capped at ``MAX_WEIGHT``: at high noise an eps error costs as much as the
+x0 error it causes, so the network learns to read the condition where x_t says little. The weighting is
+importance-sampled (t drawn with probability proportional to its weight, the loss scaled by the mean
+weight): the same expected objective as multiplying the loss, but the rare top noise levels, where the
+condition alone decides the image, come up in a quarter of the steps instead of a fiftieth.
 Adam (torch defaults but lr); EMA on parameters only, every ``ema_every`` optimiser steps, a plain copy
 of the model before ``ema_start``. Checkpoints are the official ``{step, model, ema}`` dict; everything
 else needed to continue exactly (optimiser, scaler, RNG states, data position, config) goes in a
@@ -132,17 +135,13 @@ class TrainConfig:
 class _Objective(nn.Module):
     """The loss as ``forward``, since DistributedDataParallel synchronises gradients through forward."""
 
-    def __init__(self, diffusion: GaussianDiffusion, loss: str, weighting: str = "uniform"):
+    def __init__(self, diffusion: GaussianDiffusion, loss: str, scale: float = 1.0):
         super().__init__()
-        self.diffusion, self.loss_fn = diffusion, LOSSES[loss]
-        self.weights = None if weighting == "uniform" else loss_weights(diffusion.alphas_cumprod, loss)
+        self.diffusion, self.loss_fn, self.scale = diffusion, LOSSES[loss], scale
 
     def forward(self, x0, cond, t, noise):
         eps = self.diffusion.predict_eps(self.diffusion.q_sample(x0, t, noise), cond, t)
-        if self.weights is None:
-            return self.loss_fn(eps.float(), noise)
-        per_sample = self.loss_fn(eps.float(), noise, reduction="none").flatten(1).mean(1)
-        return (per_sample * self.weights.to(per_sample.device)[t]).mean()
+        return self.loss_fn(eps.float(), noise) * self.scale
 
 
 def loss_weights(alphas_cumprod: torch.Tensor, loss: str) -> torch.Tensor:
@@ -195,7 +194,10 @@ class Trainer:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = GaussianDiffusion(config.unet(), config.timesteps).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.net: nn.Module = _Objective(self.model, config.loss, config.weighting)
+        # t ~ U{0..T-1}, or (truncated-snr) drawn in proportion to its weight with the loss scaled by the mean weight
+        self.t_weights = None if config.weighting == "uniform" else loss_weights(self.model.alphas_cumprod, config.loss)
+        scale = 1.0 if self.t_weights is None else float(self.t_weights.mean())
+        self.net: nn.Module = _Objective(self.model, config.loss, scale)
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
@@ -223,7 +225,7 @@ class Trainer:
             image, cond = next(batches)
             self.samples_seen += image.shape[0]
             image, cond = image.to(self.device, non_blocking=True), cond.to(self.device, non_blocking=True)
-            t = torch.randint(0, cfg.timesteps, (image.shape[0],), generator=self.noise, device=self.device)
+            t = self.draw_timesteps(image.shape[0])
             noise = torch.randn(image.shape, generator=self.noise, device=self.device)
             last = micro == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.net.no_sync()
@@ -237,6 +239,12 @@ class Trainer:
         self.step += 1
         self.update_ema()
         return self._mean_over_ranks(total)
+
+    def draw_timesteps(self, count: int) -> torch.Tensor:
+        if self.t_weights is None:
+            return torch.randint(0, self.config.timesteps, (count,), generator=self.noise, device=self.device)
+        probabilities = self.t_weights.to(self.device)
+        return torch.multinomial(probabilities, count, replacement=True, generator=self.noise)
 
     def _mean_over_ranks(self, total: torch.Tensor) -> float:
         if self.dist.world > 1:
