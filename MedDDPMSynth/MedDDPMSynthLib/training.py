@@ -411,6 +411,8 @@ class Trainer:
         if int(state["step"]) != self.step:
             raise CheckpointError(f"{sidecar_path(path)} is for step {state['step']}, not {self.step}; resume from a complete pair")
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved state carries the old rate: --lr on resume wins
+            group["lr"] = self.config.lr
         self.scaler.load_state_dict(state["scaler"])
         self.samples_seen = int(state["samples_seen"])
         return self._restore_rng(state["rng"], int(state.get("world_size", 1)))

@@ -304,6 +304,15 @@ def test_resume_is_bit_identical(dataset, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert resumed.history == straight.history[3:]
 
+    # a new learning rate on resume is used, not the one inside the saved optimiser state
+    slower = Trainer(_config(steps=6, grad_accum=2, ema_start=4, ema_every=2, lr=1e-5), dataset, quiet=True)
+    slower.resume(tmp_path / "model-3.pt")
+    assert [g["lr"] for g in slower.optimizer.param_groups] == [1e-5]
+    before = [p.detach().clone() for p in slower.model.parameters()]
+    slower.train(until=4)
+    largest = max(float((p.detach() - b).abs().max()) for p, b in zip(slower.model.parameters(), before))
+    assert 0 < largest <= 1.01e-5  # Adam moves a weight by at most about lr per step
+
 
 # --------------------------------------------------------------------------------------------- CLI
 
