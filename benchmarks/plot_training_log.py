@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("logs", type=Path, nargs="+", help="train_log.csv of a run (then of runs continuing it)")
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--window", type=int, default=20, help="moving-average window in log rows")
+    parser.add_argument("--until", type=Path, metavar="CKPT", help="draw only the steps up to this checkpoint's step")
     args = parser.parse_args()
     by_step, starts = {}, []
     for log in args.logs:
@@ -37,6 +38,12 @@ def main() -> int:
         if rows and by_step:
             starts.append(min(int(r["step"]) for r in rows))
         by_step.update({int(r["step"]): r for r in rows})
+    if args.until is not None:
+        import torch  # only for this option
+
+        last = int(torch.load(args.until, map_location="cpu", weights_only=True)["step"])
+        by_step = {step: row for step, row in by_step.items() if step <= last}
+        starts = [s for s in starts if s <= last]
     rows = sorted(by_step.values(), key=lambda r: int(r["step"]))
     steps = np.array([float(r["step"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])

@@ -8,10 +8,12 @@
 #   WORK=/tmp/demo bash Resources/Models/make_demo_model.sh                         # all of it
 #   RESUME=1 TUNE_STEPS=12000 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh # phase 2 on from its last checkpoint
 #   SKIP_TRAINING=1 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh         # export + card only
+#   ... MODEL=/tmp/demo/run2/model-7500.pt ...   export that checkpoint instead of run2's last
 set -euo pipefail
 WORK=${WORK:-demo-work}
 STEPS=${STEPS:-6000}
 TUNE_STEPS=${TUNE_STEPS:-9000}
+MODEL=${MODEL:-$WORK/run2/model-last.pt}
 GRID=48,64,48
 SPACING=3.5,3.5,3.5
 OUT=Resources/Models
@@ -31,7 +33,7 @@ if [ -z "${SKIP_TRAINING:-}" ]; then
     --resume "$([ -n "${RESUME:-}" ] && echo "$WORK/run2/model-last.pt" || echo "$WORK/run/model-$STEPS.pt")"
 fi
 
-medddpm-synth models export "$WORK/run2/model-last.pt" -o "$OUT/demo_model.safetensors" --dtype fp16 --overwrite
+medddpm-synth models export "$MODEL" -o "$OUT/demo_model.safetensors" --dtype fp16 --overwrite
 
 # held-out cases (another seed than the training data): two samples each, then the card's metrics and montage
 medddpm-synth demo-data -o "$WORK/heldout" --cases 6 --seed 7 --grid $GRID --spacing $SPACING --quiet
@@ -45,9 +47,10 @@ for mask in "$WORK"/heldout/masks/case_*.nii.gz; do
 done
 medddpm-synth evaluate --generated "$WORK/generated" --reference "$WORK/heldout/images" --masks "$WORK/heldout/masks" \
   -o "$OUT/demo_model_eval.json" --montage "$OUT/demo_model_montage.png" --overwrite
-python benchmarks/plot_training_log.py "$WORK/run/train_log.csv" "$WORK/run2/train_log.csv" -o "$OUT/demo_model_loss.png"
+# every run in WORK in name order (run, run2, run3...: a later one wins where steps overlap), up to the model
+python benchmarks/plot_training_log.py "$WORK"/run*/train_log.csv --until "$MODEL" -o "$OUT/demo_model_loss.png"
 # the card's machine-readable facts (checked by Testing/Python/test_demo_model.py)
-MEDDDPMSYNTH_DEMO_MODEL= python - "$OUT/demo_model.json" "$WORK/run2/model-last.pt" <<'PY'
+MEDDDPMSYNTH_DEMO_MODEL= python - "$OUT/demo_model.json" "$MODEL" <<'PY'
 import json, sys
 import torch
 from MedDDPMSynthLib.models import demo_entry
