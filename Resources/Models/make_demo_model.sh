@@ -12,7 +12,7 @@
 set -euo pipefail
 WORK=${WORK:-demo-work}
 STEPS=${STEPS:-6000}
-TUNE_STEPS=${TUNE_STEPS:-9000}
+TUNE_STEPS=${TUNE_STEPS:-6250}
 MODEL=${MODEL:-$WORK/run2/model-last.pt}
 GRID=48,64,48
 SPACING=3.5,3.5,3.5

@@ -54,5 +54,5 @@ def test_it_draws_a_brain_with_the_tumour_where_the_mask_says(bundled, tmp_path)
     contrast = tumour_contrast(image, labels, tumour_labels=(2,), tissue_label=1, shell_mm=6.0)
     print("tumour contrast", contrast)
     # the tumour differs from the brain around it (Cohen's d -0.35 for this seed at 3000 steps, -0.55 at
-    # 6000; raise the bound as the demo model trains longer)
-    assert abs(contrast["cohens_d"]) > 0.3
+    # 6000, -0.67 for the fine-tuned file that ships; raise the bound as the demo model improves)
+    assert abs(contrast["cohens_d"]) > 0.5
