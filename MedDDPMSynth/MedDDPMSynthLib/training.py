@@ -243,8 +243,7 @@ class Trainer:
     def draw_timesteps(self, count: int) -> torch.Tensor:
         if self.t_weights is None:
             return torch.randint(0, self.config.timesteps, (count,), generator=self.noise, device=self.device)
-        probabilities = self.t_weights.to(self.device)
-        return torch.multinomial(probabilities, count, replacement=True, generator=self.noise)
+        return torch.multinomial(self.t_weights, count, replacement=True, generator=self.noise)
 
     def _mean_over_ranks(self, total: torch.Tensor) -> float:
         if self.dist.world > 1:
