@@ -1,36 +1,40 @@
 #!/usr/bin/env bash
 # How the bundled demo model and its card's figures and numbers were made: every step is a medddpm-synth
-# command (plus the loss-curve plot). Run from the repository root with the package installed
-# (pip install -e ".[test]"); WORK holds the data and the training runs.
-# Two phases: STEPS optimiser steps with the official objective (run/), then fine-tuning from that
-# checkpoint to step TUNE_STEPS with truncated-SNR loss weighting (run2/), which taught the network to take
-# the background and tissue levels from the mask instead of from the noisy image (see the model card).
-#   WORK=/tmp/demo bash Resources/Models/make_demo_model.sh                         # all of it
-#   RESUME=1 TUNE_STEPS=12000 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh # phase 2 on from its last checkpoint
-#   SKIP_TRAINING=1 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh         # export + card only
-#   ... MODEL=/tmp/demo/run2/model-7500.pt ...   export that checkpoint instead of run2's last
+# command (plus the loss-curve and realism scripts). Run from the repository root with the package installed
+# (pip install -e ".[test,bench]"); WORK holds the data and the training runs.
+#
+# Phases 1-2 (history, this script at commit c9c076f, demo-data generator version 1): 6000 steps of the
+# official objective (eps prediction, per-slice normalisation, uniform L1), then 250 steps of truncated-SNR
+# fine-tuning: the eps model shipped until then, whose samples had a grey background, stripes along z and
+# dark tumours (see the model card). Phase 3 (this script): fine-tune that network into a v-predicting model
+# on robust whole-volume intensities, with demo-data generator version 2 (mostly bright enhancing tumours).
+#   WORK=/tmp/demo bash Resources/Models/make_demo_model.sh                  # phase 3, export, card numbers
+#   RESUME=1 STEPS=2000 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh # phase 3 on from its last checkpoint
+#   SKIP_TRAINING=1 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh  # export + card only
+#   ... MODEL=/tmp/demo/run3/model-900.pt ...   export that checkpoint instead of run3's last
 set -euo pipefail
 WORK=${WORK:-demo-work}
-STEPS=${STEPS:-6000}
-TUNE_STEPS=${TUNE_STEPS:-6250}
-MODEL=${MODEL:-$WORK/run2/model-last.pt}
+STEPS=${STEPS:-1500}
+MODEL=${MODEL:-$WORK/run3/model-last.pt}
+INIT=${INIT:-$WORK/phase2-model-6250.safetensors}
 GRID=48,64,48
 SPACING=3.5,3.5,3.5
 OUT=Resources/Models
 
 if [ -z "${SKIP_TRAINING:-}" ]; then
   if [ -z "${RESUME:-}" ]; then
-    medddpm-synth demo-data -o "$WORK/data" --cases 500 --seed 2026 --grid $GRID --spacing $SPACING
-    # one OpenMP thread: steady on a shared 2-core machine (two threads thrash when another process runs)
-    OMP_NUM_THREADS=1 medddpm-synth train --masks "$WORK/data/masks" --images "$WORK/data/images" -o "$WORK/run" \
-      --grid $GRID --spacing $SPACING --channels 32 --mult 1,2,2,4 --res-blocks 1 --attention 8 --timesteps 250 \
-      --steps "$STEPS" --batch 1 --accum 1 --lr 1e-4 --ema-start 1000 --ema-every 1 --ema-decay 0.998 \
-      --precision bf16 --seed 0 --save-every 250 --log-every 10 --device cpu
+    # the phase-2 network as it shipped (its EMA weights, fp16) is where phase 3 starts
+    [ -f "$INIT" ] || { mkdir -p "$WORK" && git show c9c076f:Resources/Models/demo_model.safetensors > "$INIT"; }
+    medddpm-synth demo-data -o "$WORK/data" --cases 400 --seed 2026 --grid $GRID --spacing $SPACING --quiet
   fi
-  # phase 2 keeps phase 1's settings (read from its checkpoint's sidecar) but the loss weighting
-  OMP_NUM_THREADS=1 medddpm-synth train --masks "$WORK/data/masks" --images "$WORK/data/images" -o "$WORK/run2" \
-    --steps "$TUNE_STEPS" --weighting truncated-snr --save-every 250 --log-every 10 --device cpu \
-    --resume "$([ -n "${RESUME:-}" ] && echo "$WORK/run2/model-last.pt" || echo "$WORK/run/model-$STEPS.pt")"
+  # one OpenMP thread: steady on a shared 2-core machine (two threads thrash when another process runs).
+  # v prediction with MSE: the network predicts the image where the noisy input says nothing (background,
+  # brightness); robust-volume: one intensity scale per volume (no per-slice stripes); cosine LR to a tenth.
+  OMP_NUM_THREADS=1 medddpm-synth train --masks "$WORK/data/masks" --images "$WORK/data/images" -o "$WORK/run3" \
+    --grid $GRID --spacing $SPACING --prediction v --normalisation robust-volume --loss l2 \
+    --steps "$STEPS" --batch 1 --accum 1 --lr 1e-4 --lr-schedule cosine --ema-start 200 --ema-every 1 --ema-decay 0.998 \
+    --precision bf16 --seed 1 --save-every 100 --log-every 10 --device cpu --quiet \
+    --resume "$([ -n "${RESUME:-}" ] && echo "$WORK/run3/model-last.pt" || echo "$INIT")"
 fi
 
 medddpm-synth models export "$MODEL" -o "$OUT/demo_model.safetensors" --dtype fp16 --overwrite
@@ -47,17 +51,22 @@ for mask in "$WORK"/heldout/masks/case_*.nii.gz; do
 done
 medddpm-synth evaluate --generated "$WORK/generated" --reference "$WORK/heldout/images" --masks "$WORK/heldout/masks" \
   -o "$OUT/demo_model_eval.json" --montage "$OUT/demo_model_montage.png" --overwrite
-# every run in WORK in name order (run, run2, run3...: a later one wins where steps overlap), up to the model
-python benchmarks/plot_training_log.py "$WORK"/run*/train_log.csv --until "$MODEL" -o "$OUT/demo_model_loss.png"
+# phase 3's loss curve (phases 1-2 are in the history of this file)
+python benchmarks/plot_training_log.py "$WORK/run3/train_log.csv" --until "$MODEL" -o "$OUT/demo_model_loss.png"
+# realism on held-out cases (seed 7) against TorchIO's label->image baseline: the card's table
+MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/bench_realism.py --model demo --cases 6 --samples 2 --work "$WORK/realism" \
+  --sampler dpm++:25 --sampler ddpm > benchmarks/results_realism_cpu.jsonl
 # the card's machine-readable facts (checked by Testing/Python/test_demo_model.py)
 MEDDDPMSYNTH_DEMO_MODEL= python - "$OUT/demo_model.json" "$MODEL" <<'PY'
 import json, sys
 import torch
 from MedDDPMSynthLib.models import demo_entry
 entry = demo_entry()
-keep = ("file", "family", "grid_xyz", "spacing_mm", "timesteps", "config", "sha256", "size_bytes", "container", "step")
+keep = ("file", "family", "grid_xyz", "spacing_mm", "timesteps", "prediction", "normalisation", "config", "sha256",
+        "size_bytes", "container", "step")
 card = {k: entry[k] for k in keep}
-card["steps_trained"] = int(torch.load(sys.argv[2], map_location="cpu", weights_only=True)["step"])
+# phases 1-2: 6250 steps (eps); phase 3 counts its own steps from 0
+card["steps_trained"] = 6250 + int(torch.load(sys.argv[2], map_location="cpu", weights_only=True)["step"])
 card["labels"] = {"0": "background", "1": "brain (the whole-head family's head label)", "2": "tumour"}
 open(sys.argv[1], "w").write(json.dumps(card, indent=2) + "\n")
 PY
