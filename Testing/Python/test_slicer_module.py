@@ -18,6 +18,8 @@ from slicer_scene_helpers import MODULE_DIR, REPO, add_segmentation, matrix, new
 import MedDDPMSynthSlicerLib
 from MedDDPMSynthSlicerLib import SceneLogic
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 
 class _Base:
     def __init__(self, *args, **kwargs):
@@ -60,7 +62,7 @@ def test_module_file_imports_and_describes_the_module(module):
     assert info.parent.title == "MedDDPM Synth" and info.parent.categories == ["Image Synthesis"]
     assert "Conditional Diffusion Models for Semantic 3D Brain MRI Synthesis" in info.parent.acknowledgementText
     assert ("startupCompleted()", loaded.registerSampleData) in app.connected
-    example = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
+    example = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
     import hashlib
 
     assert hashlib.sha256(example.read_bytes()).hexdigest() == loaded.EXAMPLE_MASK_SHA256

@@ -18,6 +18,8 @@ from test_slicer_logic import model_home  # noqa: F401  (fixture: the tiny model
 
 from MedDDPMSynthSlicerLib import SceneLogic
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 
 class Signal:
     def __init__(self):

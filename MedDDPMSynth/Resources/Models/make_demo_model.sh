@@ -5,9 +5,9 @@
 # Two phases: STEPS optimiser steps with the official objective (run/), then fine-tuning from that
 # checkpoint to step TUNE_STEPS with truncated-SNR loss weighting (run2/), which taught the network to take
 # the background and tissue levels from the mask instead of from the noisy image (see the model card).
-#   WORK=/tmp/demo bash Resources/Models/make_demo_model.sh                         # all of it
-#   RESUME=1 TUNE_STEPS=12000 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh # phase 2 on from its last checkpoint
-#   SKIP_TRAINING=1 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh         # export + card only
+#   WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh                         # all of it
+#   RESUME=1 TUNE_STEPS=12000 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh # phase 2 on from its last checkpoint
+#   SKIP_TRAINING=1 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh         # export + card only
 #   ... MODEL=/tmp/demo/run2/model-7500.pt ...   export that checkpoint instead of run2's last
 set -euo pipefail
 WORK=${WORK:-demo-work}
@@ -16,7 +16,7 @@ TUNE_STEPS=${TUNE_STEPS:-6250}
 MODEL=${MODEL:-$WORK/run2/model-last.pt}
 GRID=48,64,48
 SPACING=3.5,3.5,3.5
-OUT=Resources/Models
+OUT=MedDDPMSynth/Resources/Models
 
 if [ -z "${SKIP_TRAINING:-}" ]; then
   if [ -z "${RESUME:-}" ]; then
