@@ -93,8 +93,10 @@ def test_cmake_lists_every_slicer_file_and_resource():
     present = {p.name for p in (MODULE_DIR / "MedDDPMSynthSlicerLib").glob("*.py")}
     assert listed == present
     assert "${MODULE_NAME}Lib/*.py" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
-    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
+                     "Resources/Models/demo_model.safetensors", "Resources/Examples/demo_mask.nii.gz"):
         assert resource in text and (MODULE_DIR / resource.replace("${MODULE_NAME}", "MedDDPMSynth")).is_file()
+    assert "../" not in text  # CTK copies a "../" resource outside qt-scripted-modules, which is not installed
     top = (REPO / "CMakeLists.txt").read_text()
     assert 'set(EXTENSION_CATEGORY "Image Synthesis")' in top and 'set(EXTENSION_DEPENDS "PyTorch")' in top
     s4ext = dict(line.split(" ", 1) for line in (REPO / "MedDDPMSynth.s4ext").read_text().splitlines()
