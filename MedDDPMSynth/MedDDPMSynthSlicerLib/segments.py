@@ -83,6 +83,20 @@ def _segments(segmentation_node) -> list[tuple[str, str]]:
             for n in range(segmentation.GetNumberOfSegments())]
 
 
+def segment_ids(segmentation_node) -> list[str]:
+    return [segment_id for segment_id, _ in _segments(segmentation_node)]
+
+
+def check_untransformed(*nodes) -> None:
+    """Refuse inputs under a parent transform: the label map would be taken in the node's own coordinates
+    while Slicer shows it transformed, so results and edits would not overlay what the user sees."""
+    for node in nodes:
+        transform = node.GetParentTransformNode() if node is not None else None
+        if transform is not None:
+            raise InputError(f"'{node.GetName()}' is under the transform '{transform.GetName()}'; harden the transform "
+                             "(Data module: right-click the node, 'Harden transform') or remove it, then try again")
+
+
 def auto_mapping(segmentation_node, family: Family | str) -> SegmentMapping:
     """Mapping from segment names; every segment must name a tissue of the family."""
     family = family_of(family)
@@ -165,6 +179,7 @@ def _export(scene, segmentation_node, segment_ids: list[str], reference):
     """(array (Z, Y, X), IJK->RAS, dimensions): segment n gets value n + 1, later ones on top."""
     from slicer import vtkSegmentation, vtkSlicerSegmentationsModuleLogic
 
+    check_untransformed(segmentation_node, reference)
     ids = vtk.vtkStringArray()
     for segment_id in segment_ids:
         ids.InsertNextValue(segment_id)
