@@ -25,10 +25,10 @@ REQUIREMENTS = {
 
 #: torch for the engine: >= 2.0 for F.scaled_dot_product_attention (unet.py); < 2.13 because a fresh
 #: torch 2.13 install breaks Slicer (Slicer/light-the-torch#176: its PEP 639 license files). The engine's
-#: CI runs 2.13 (pyproject.toml), so an already-installed newer torch is used, with a note.
+#: CI runs 2.13 (pyproject.toml), so an already-installed torch at or above the upper bound is used as it is;
+#: one below the lower bound, or one that does not import, is refused with a message (torch_problem).
 TORCH_REQUIREMENT = ">=2.0,<2.13"
 TORCH_MINIMUM = (2, 0)
-TORCH_BELOW = (2, 13)
 #: what an installer can raise: pip's CalledProcessError (slicer.util._executePythonModule), PyTorchUtils'
 #: RuntimeError / OSError (no network, disk full)
 INSTALL_ERRORS = (subprocess.CalledProcessError, RuntimeError, OSError)
@@ -49,36 +49,29 @@ def _version_tuple(text: str) -> tuple[int, int]:
     return tuple(numbers + [0] * (2 - len(numbers)))  # type: ignore[return-value]
 
 
-def torch_version() -> str | None:
+def torch_version(name: str = "torch") -> str | None:
     """The installed torch's version, read from its metadata (without importing it); None if absent."""
     try:
-        return importlib.metadata.version("torch")
+        return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def torch_problem() -> str | None:
+def torch_problem(name: str = "torch") -> str | None:
     """Why the installed torch cannot run the engine (too old, or it does not import); None when it can
-    or when torch is simply not installed (:func:`ensure_dependencies` installs it then)."""
-    if importlib.util.find_spec("torch") is None:
+    or when torch is simply not installed (:func:`ensure_dependencies` installs it then). ``name``: the
+    import name, for tests."""
+    if importlib.util.find_spec(name) is None:
         return None
-    version = torch_version() or "(unknown version)"
-    if torch_version() and _version_tuple(version) < TORCH_MINIMUM:
+    version = torch_version(name) or "(unknown version)"
+    if torch_version(name) and _version_tuple(version) < TORCH_MINIMUM:
         return (f"PyTorch {version} is installed, but MedDDPM Synth needs torch{TORCH_REQUIREMENT}; update it in "
                 "the 'PyTorch Util' module (or uninstall it there) and restart Slicer")
     try:
-        importlib.import_module("torch")
+        importlib.import_module(name)
     except Exception as error:  # e.g. Windows "OSError: [WinError 126] ... c10.dll": a broken install
         return (f"PyTorch {version} is installed but cannot be imported ({type(error).__name__}: {error}); "
                 "reinstall it in the 'PyTorch Util' module and restart Slicer")
-    return None
-
-
-def torch_note() -> str | None:
-    """A note when the installed torch is newer than the range this module installs (it is still used)."""
-    version = torch_version()
-    if version and _version_tuple(version) >= TORCH_BELOW:
-        return f"PyTorch {version} is newer than the range this module installs (torch{TORCH_REQUIREMENT})"
     return None
 
 
@@ -107,6 +100,8 @@ def ensure_dependencies(ask: bool = True) -> None:
         requirements = [REQUIREMENTS[name] for name in missing if name in REQUIREMENTS]
         if requirements:
             _pip(slicer, requirements)
+    except DependencyError:
+        raise
     except INSTALL_ERRORS as error:  # a user's problem (network, disk, proxy), not a bug: no traceback
         raise DependencyError(f"installing {', '.join(missing)} failed ({type(error).__name__}: {error}); check the "
                               "network connection and the Python console, then restart Slicer and try again") from error

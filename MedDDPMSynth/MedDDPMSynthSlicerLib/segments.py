@@ -185,6 +185,7 @@ def _export(scene, segmentation_node, segment_ids: list[str], reference):
         ids.InsertNextValue(segment_id)
     with scene_guard(scene):
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MedDDPMSynth_temp__")
+        labelmap.SetHideFromEditors(True)  # short-lived: never offered in a node selector
         ok = vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
             segmentation_node, ids, labelmap, reference, vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
         if not ok or labelmap.GetImageData() is None:
@@ -239,6 +240,7 @@ def _import(scene, segmentation_node, labels_zyx: np.ndarray, matrix: np.ndarray
 
     with scene_guard(scene):
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MedDDPMSynth_temp__")
+        labelmap.SetHideFromEditors(True)  # short-lived: never offered in a node selector
         update_node_from_array(labelmap, labels_zyx, matrix)
         if not vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, ids):
             raise InputError(f"could not write the edited tumour into '{segmentation_node.GetName()}'; "
