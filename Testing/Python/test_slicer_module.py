@@ -130,6 +130,9 @@ def test_ui_has_every_widget_the_widget_code_uses():
     bound = {p.find("string").text for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
     fields = set(re.findall(r"^    (\w+): ", (MODULE_DIR / "MedDDPMSynthSlicerLib" / "parameters.py").read_text(), re.M))
     assert bound <= fields and {"segmentation", "samples", "seed", "preset", "scaleFactor"} <= bound
+    export = next(w for w in tree.iter("widget") if w.get("name") == "exportVolumesComboBox")
+    shown = {p.get("name"): p.find("bool").text for p in export.findall("property") if p.find("bool") is not None}
+    assert shown["showChildNodeTypes"] == "false"  # no label maps (vtkMRMLLabelMapVolumeNode is a scalar volume)
     for widget in tree.iter("widget"):
         if widget.get("class") == "QPushButton":
             assert any(p.get("name") == "toolTip" for p in widget.findall("property")), widget.get("name")
