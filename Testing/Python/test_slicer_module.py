@@ -111,6 +111,10 @@ def test_cmake_lists_every_slicer_file_and_resource():
     assert s4ext["category"] == entry["category"] == "Image Synthesis"
     assert s4ext["depends"] == "PyTorch" and entry["build_dependencies"] == ["PyTorch"]
     assert s4ext["scmurl"] == entry["scm_url"]
+    # every file URL of the metadata (icon, screenshot) names a file of this repository
+    urls = re.findall(r"https://raw\.githubusercontent\.com/\S+?/main/([^\s\"]+)", top + s4ext["iconurl"]
+                      + " " + s4ext["screenshoturls"])
+    assert len(urls) == 4 and all((REPO / path).is_file() for path in urls), urls
 
 
 def test_icon_is_a_128_pixel_png():
