@@ -305,3 +305,35 @@ def test_a_new_result_replaces_the_earlier_one_in_the_export_list(panel):
     panel.ui.exportButton.click()
     assert panel.errors == []
     assert sorted(p.name for p in (panel.tmp / "ds" / "imagesTr").iterdir()) == [f"{second[0].GetName().replace(' ', '_')}_0000.nii.gz"]
+
+
+def test_install_question_comes_before_the_wait_cursor_and_the_model_list_follows(panel, monkeypatch):
+    """The first Generate creates the scene logic (that may ask to install torch): no wait cursor over the
+    question, and the selector then lists the real models instead of the placeholder."""
+    cursor = []
+    monkeypatch.setattr(slicer.app, "setOverrideCursor", lambda c: cursor.append(c))
+    monkeypatch.setattr(slicer.app, "restoreOverrideCursor", lambda: cursor.pop())
+    real = panel.logic
+
+    class FirstUse:  # the module logic before the dependencies exist
+        ready = False
+        notReadyReason = "missing: torch"
+
+        @property
+        def sceneLogic(self):
+            if not self.ready:  # the first use: ensure_dependencies may show its question here
+                assert cursor == [], "the install question would sit under a wait cursor"
+                self.ready = True
+            return real
+
+    panel.controller.moduleLogic = FirstUse()
+    panel.params.model = "tiny16"
+    panel.controller.refreshModels()
+    assert [d for _, d in panel.ui.modelComboBox.items] == ["tiny16"]  # the placeholder: the saved choice
+    segmentation, _ = add_segmentation(panel.scene, standard_head(), matrix("LPS"), {1: "head", 2: "tumour"})
+    panel.params.segmentation = segmentation
+    panel.controller.refreshSegments()
+    panel.ui.generateButton.click()
+    run_timer(panel)
+    assert panel.errors == [] and cursor == []
+    assert [d for _, d in panel.ui.modelComboBox.items] == ["demo", "tiny16"]
