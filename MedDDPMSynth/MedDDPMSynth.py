@@ -298,6 +298,13 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.assertGreater(before, nodeCount)
 
+        self.delayDisplay("Export (before any edit: image and label from the same mask)")
+        with tempfile.TemporaryDirectory() as folder:
+            files = logic.export_training_pair(volumes, segmentation, folder, case_id="selftest")
+            self.assertEqual(len(files), 4)
+            reloaded = slicer.util.loadVolume(os.path.join(folder, "imagesTr", "selftest_0000.nii.gz"))
+            self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(_ijkToRas(reloaded)), ijkToRas, atol=1e-4))
+
         self.delayDisplay("Tumour shift with undo, local re-generation")
         logic.shift_tumor(segmentation, [6.0, 0.0, 0.0])
         self.assertFalse(np.array_equal(logic.label_array(segmentation)[0], labels))
@@ -307,13 +314,6 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
             self.assertEqual(slicer.util.arrayFromVolume(volumes[0]).shape, before.shape)
         self.assertTrue(logic.undo_tumor_edit(segmentation))
         self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], labels))
-
-        self.delayDisplay("Export")
-        with tempfile.TemporaryDirectory() as folder:
-            files = logic.export_training_pair(volumes, segmentation, folder, case_id="selftest")
-            self.assertEqual(len(files), 4)
-            reloaded = slicer.util.loadVolume(os.path.join(folder, "imagesTr", "selftest_0000.nii.gz"))
-            self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(_ijkToRas(reloaded)), ijkToRas, atol=1e-4))
         self.delayDisplay("Test passed")
 
 
