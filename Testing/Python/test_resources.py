@@ -60,7 +60,7 @@ def test_missing_bundled_file_names_where_it_was_expected():
 def wheel(tmp_path_factory):
     """The pip wheel built from the checkout (as ``pip install .`` builds it), unpacked."""
     folder = tmp_path_factory.mktemp("wheel")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                            "-w", str(folder), str(REPO)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     [path] = folder.glob("medddpm_synth-*.whl")
