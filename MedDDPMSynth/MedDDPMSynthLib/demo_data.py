@@ -88,7 +88,7 @@ def load_template(template_dir=None) -> Template:
 
 
 def brain_mask(tissue: sitk.Image) -> sitk.Image:
-    """(GM + WM) > 0.5, largest component, closed (~3 mm), holes filled: the Resources/Examples recipe."""
+    """(GM + WM) > 0.5, largest component, closed (~3 mm), holes filled: the MedDDPMSynth/Resources/Examples recipe."""
     components = sitk.RelabelComponent(sitk.ConnectedComponent(tissue > 0.5), sortByObjectSize=True)
     radius = max(1, round(3.0 / min(tissue.GetSpacing())))
     closed = sitk.BinaryMorphologicalClosing(components == 1, [radius] * 3, sitk.sitkBall)

@@ -44,13 +44,15 @@ from .checkpoint import (
 )
 from .errors import CheckpointError, InputError, MedDDPMError, OutputError
 from .families import family_for_channels
+from .resources import demo_model_file
 
 DEMO_NAME = "demo"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,16}")
 
 _REPO = Path(__file__).resolve().parents[2]
-BUNDLED_DEMO = _REPO / "Resources" / "Models" / "demo_model.safetensors"
+#: source tree, installed Slicer extension or pip wheel: see MedDDPMSynthLib.resources
+BUNDLED_DEMO = demo_model_file()
 TEST_DEMO = _REPO / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt"
 BUNDLED_NOTE = "bundled demo model"
 #: names another file to use as "demo" (the test suite points it at the tiny random model, for speed)

@@ -8,9 +8,9 @@
 # fine-tuning: the eps model shipped until then, whose samples had a grey background, stripes along z and
 # dark tumours (see the model card). Phase 3 (this script): fine-tune that network into a v-predicting model
 # on robust whole-volume intensities, with demo-data generator version 2 (mostly bright enhancing tumours).
-#   WORK=/tmp/demo bash Resources/Models/make_demo_model.sh                  # phase 3, export, card numbers
-#   RESUME=1 STEPS=2000 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh # phase 3 on from its last checkpoint
-#   SKIP_TRAINING=1 WORK=/tmp/demo bash Resources/Models/make_demo_model.sh  # export + card only
+#   WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh                  # phase 3, export, card numbers
+#   RESUME=1 STEPS=2000 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh # phase 3 on from its last checkpoint
+#   SKIP_TRAINING=1 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh  # export + card only
 #   ... MODEL=/tmp/demo/run3/model-900.pt ...   export that checkpoint instead of run3's last
 set -euo pipefail
 WORK=${WORK:-demo-work}
@@ -19,7 +19,7 @@ MODEL=${MODEL:-$WORK/run3/model-last.pt}
 INIT=${INIT:-$WORK/phase2-model-6250.safetensors}
 GRID=48,64,48
 SPACING=3.5,3.5,3.5
-OUT=Resources/Models
+OUT=MedDDPMSynth/Resources/Models
 
 if [ -z "${SKIP_TRAINING:-}" ]; then
   if [ -z "${RESUME:-}" ]; then
