@@ -37,6 +37,7 @@ from .catalogue import (  # noqa: F401 (part of this module's interface)
     _write_catalogue,
     catalogue_path,
     data_home,
+    file_shared,
     models_dir,
 )
 from .checkpoint import (
@@ -402,6 +403,8 @@ def remove(name: str) -> dict:
     # catalogue first: an interruption leaves an unlisted file, never an entry without its file
     _write_catalogue([e for e in entries if e is not entry])
     path = models_dir() / entry["file"]
+    if file_shared(entries, entry):  # another model's file too: keep it
+        return {**entry, "file_kept": True}
     try:
         _unlink_quietly(path)
     except OSError as exc:

@@ -140,16 +140,20 @@ def tumour_labels(model: SynthesisModel) -> list[int]:
 
 
 def prepare_labels(request: GenerateRequest, model: SynthesisModel) -> tuple[sitk.Image, np.ndarray, GridMapping, list[str]]:
-    """Read and check the mask; return it in official labels, its model-grid array and the mapping."""
-    official = read_official(request, model)
-    return (official, *labels_on_model_grid(request, model, official))
+    """Read and check the mask; return it in official labels, its model-grid array, the mapping and the
+    warnings (anatomy findings that are not refused, then geometry)."""
+    anatomy: list[str] = []
+    official = read_official(request, model, anatomy)
+    labels, mapping, warnings = labels_on_model_grid(request, model, official)
+    return official, labels, mapping, anatomy + warnings
 
 
-def read_official(request: GenerateRequest, model: SynthesisModel) -> sitk.Image:
-    """The mask file of ``request`` in the family's official labels (checked)."""
+def read_official(request: GenerateRequest, model: SynthesisModel, warnings: list[str] | None = None) -> sitk.Image:
+    """The mask file of ``request`` in the family's official labels (checked). Anatomy findings that
+    are not refused (see :func:`labels.to_official`) go to ``warnings`` when a list is given."""
     mask = read_mask(request.mask)
     mapping_labels = LabelMapping.parse(request.labels, model.family) if request.labels else None
-    return to_official(mask, model.family, mapping_labels)
+    return to_official(mask, model.family, mapping_labels, warnings, official=request.geometry == "official")
 
 
 def labels_on_model_grid(
@@ -160,10 +164,11 @@ def labels_on_model_grid(
     labels = mapping.labels_to_model(official)
     tumour = tumour_labels(model)
     if np.isin(sitk.GetArrayViewFromImage(official), tumour).any() and not np.isin(labels, tumour).any():
-        raise InputError(
-            f"the tumour is smaller than one model voxel ({model.spacing_mm[0]} mm) and vanished on the model grid; "
-            "paint a larger tumour"
-        )
+        vanished = (f"the tumour is smaller than one model voxel ({model.spacing_mm[0]} mm) and vanished on the "
+                    "model grid; paint a larger tumour")
+        if request.geometry != "official":
+            raise InputError(vanished)
+        warnings = [*warnings, f"{vanished} (generated anyway: the official script's resize does not check it)"]
     return labels, mapping, warnings
 
 
@@ -177,7 +182,7 @@ def generate_files(
     """Generate ``request.samples`` images for a mask file and write them (all or nothing)."""
     _check_request(request)
     plan = plan_outputs(request, model.family.modalities)
-    check_destinations(plan.all(), request.overwrite)
+    check_destinations(plan.all(), request.overwrite, inputs=[request.mask, request.keep, request.previous_mask])
     if request.keep is not None and any(p.resolve() == Path(request.keep).resolve() for p in plan.all()):
         raise InputError("the output would overwrite the previous image given with --keep; choose another output")
     official, labels, mapping, warnings = prepare_labels(request, model)
