@@ -156,3 +156,13 @@ def test_removing_one_of_two_models_differing_in_case_keeps_the_other(home, tmp_
     code, out, stderr = run_cli(["models", "remove", "copy"], capsys)
     assert code == 0 and "kept" in out, stderr
     assert (home / "models" / data["models"][0]["file"]).is_file()
+
+
+@pytest.mark.parametrize("vector", ["1e308,0,0", "0,-1e308,1e308", "5000,0,0"])
+def test_an_absurd_shift_is_refused_not_a_silent_tumour_removal(tmp_path, capsys, vector):
+    mask = write_mask(tmp_path / "mask.nii.gz")
+    before = snapshot(tmp_path)
+    code, _, stderr = run_cli(["tumor", "shift", "--mask", mask, f"--vector={vector}", "-o", tmp_path / "s.nii.gz"],
+                              capsys)
+    _refused(code, stderr, "longer than the mask is across", "give a shift of a few mm")
+    assert snapshot(tmp_path) == before
