@@ -146,22 +146,15 @@ def to_official(mask: sitk.Image, family: Family, mapping: LabelMapping | None =
 def _anatomy_findings(official: sitk.Image, family: Family) -> tuple[list[str], bool]:
     """What is wrong with the anatomy (a head/brain must exist and every tumour component must touch
     it), one message each, and whether the only finding is a stray fragment small enough to warn about."""
-    tissue_name = family.condition_names[-1] if family is BRATS else family.condition_names[0]
-    tissue_label = family.condition_labels[family.condition_names.index(tissue_name)]
-    tissue = official == tissue_label
-    tumour = (official != 0) & (official != tissue_label)
+    tissue_name, tissue_label = _tissue_of(family)
     stats = sitk.StatisticsImageFilter()
-    stats.Execute(tissue)
+    stats.Execute(official == tissue_label)
     if stats.GetSum() == 0:
         return [
             f"the mask has no {tissue_name} voxels (label {tissue_label} after mapping); paint the "
             f"{tissue_name} around the tumour or map its label with --labels {tissue_name}=VALUE"
         ], False
-    components = sitk.ConnectedComponent(tumour, True)
-    touching = sitk.BinaryDilate(tissue, [1, 1, 1], sitk.sitkBox)
-    shape = sitk.LabelIntensityStatisticsImageFilter()
-    shape.Execute(components, sitk.Cast(touching, sitk.sitkUInt8))
-    outside = [c for c in shape.GetLabels() if shape.GetMaximum(c) == 0]
+    _, outside, shape = _detached_components(official, family)
     if not outside:
         return [], False
     voxels = sum(int(shape.GetNumberOfPixels(c)) for c in outside)
@@ -169,3 +162,28 @@ def _anatomy_findings(official: sitk.Image, family: Family) -> tuple[list[str], 
         f"{len(outside)} tumour region(s) ({voxels} voxels) lie outside the {tissue_name}, not touching "
         f"it; move the tumour inside the {tissue_name} or erase the stray voxels"
     ], voxels <= STRAY_TUMOUR_VOXELS
+
+
+def _tissue_of(family: Family) -> tuple[str, int]:
+    """The non-tumour tissue of a family (whole-head: head, BraTS: brain) and its official label."""
+    name = family.condition_names[-1] if family is BRATS else family.condition_names[0]
+    return name, family.condition_labels[family.condition_names.index(name)]
+
+
+def _detached_components(official: sitk.Image, family: Family):
+    """(tumour components image, ids of those not touching the tissue, their statistics filter)."""
+    _, tissue_label = _tissue_of(family)
+    tumour = (official != 0) & (official != tissue_label)
+    components = sitk.ConnectedComponent(tumour, True)
+    touching = sitk.BinaryDilate(official == tissue_label, [1, 1, 1], sitk.sitkBox)
+    shape = sitk.LabelIntensityStatisticsImageFilter()
+    shape.Execute(components, sitk.Cast(touching, sitk.sitkUInt8))
+    return components, [c for c in shape.GetLabels() if shape.GetMaximum(c) == 0], shape
+
+
+def detached_tumour(official: sitk.Image, family: Family) -> np.ndarray:
+    """Boolean (Z, Y, X) array of the tumour voxels in regions that do not touch the head/brain (the
+    stray fragments :func:`to_official` accepted with a warning); all False for a clean mask."""
+    components, outside, _ = _detached_components(official, family)
+    return np.isin(sitk.GetArrayViewFromImage(components), outside) if outside else \
+        np.zeros(sitk.GetArrayViewFromImage(official).shape, bool)

@@ -21,7 +21,7 @@ from .api import SynthesisModel
 from .checkpoint import file_sha256
 from .errors import InputError
 from .geometry import CANONICAL_DIRECTIONS, GridMapping, plan_official, plan_physical, read_mask
-from .labels import LabelMapping, to_official
+from .labels import LabelMapping, detached_tumour, to_official
 from .outputs import (
     StagedOutput,
     check_destinations,
@@ -117,9 +117,10 @@ def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: si
     if request.geometry == "official":
         return plan_official(official, grid), []
     direction = CANONICAL_DIRECTIONS.get(model.family.name, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    mapping = plan_physical(official, grid, model.spacing_mm, direction)
+    planning = _without_stray_tumour(official, model)  # a brush slip far from the head must not move the grid
+    mapping = plan_physical(planning, grid, model.spacing_mm, direction)
     tumour = tumour_labels(model)
-    outside = mapping.outside_voxels(official, tumour)
+    outside = mapping.outside_voxels(planning, tumour)
     if outside:
         fov = [round(g * s) for g, s in zip(grid, model.spacing_mm)]
         raise InputError(
@@ -127,11 +128,26 @@ def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: si
             "head; move the tumour nearer the head's centre or crop the mask to the head"
         )
     warnings = []
+    lost = mapping.outside_voxels(official, tumour) - outside
+    if lost:
+        warnings.append(f"{lost} stray tumour voxel(s) lie outside the model's field of view and are not generated")
     if mapping.cropped_fraction > 0:
         warnings.append(
             f"{100 * mapping.cropped_fraction:.1f}% of the head lies outside the model's field of view and is cut off"
         )
     return mapping, warnings
+
+
+def _without_stray_tumour(official: sitk.Image, model: SynthesisModel) -> sitk.Image:
+    """``official`` with the detached tumour fragments (accepted with a warning) set to background."""
+    stray = detached_tumour(official, model.family)
+    if not stray.any():
+        return official
+    array = sitk.GetArrayFromImage(official)
+    array[stray] = 0
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(official)
+    return image
 
 
 def tumour_labels(model: SynthesisModel) -> list[int]:

@@ -155,3 +155,21 @@ def test_physical_generate_still_refuses_a_detached_tumour(tmp_path, capsys):
     assert message_lines(stderr) == ["error: 1 tumour region(s) (9 voxels) lie outside the head, not touching it; "
                                      "move the tumour inside the head or erase the stray voxels"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stray_voxel_far_from_the_head_does_not_move_the_model_grid(tmp_path, capsys):
+    """The grid is centred on the head's bounding box; a slip in the mask's corner must not drag it
+    off the head (here it would also cut the head, the grid being 96 mm deep for a 96 mm head)."""
+    clean = head_labels()
+    slip = clean.copy()
+    slip[0, 0, 0] = 2
+    grids = {}
+    for name, labels in (("clean", clean), ("slip", slip)):
+        mask = write_mask(tmp_path / f"{name}.nii.gz", labels)
+        code, _, stderr = run_cli(["generate", "--mask", mask, "--model", "demo", "-o", tmp_path / name,
+                                   "--device", "cpu", "--quiet"], capsys)
+        assert code == 0, stderr
+        provenance = json.loads((tmp_path / name / "provenance.json").read_text())
+        grids[name] = (provenance["geometry"]["model_grid"], provenance["warnings"])
+    assert grids["slip"][0] == grids["clean"][0] and grids["clean"][1] == []
+    assert any("(1 voxels) lie outside the head" in w for w in grids["slip"][1])
