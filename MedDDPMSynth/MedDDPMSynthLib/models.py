@@ -44,6 +44,7 @@ from .checkpoint import (
     file_sha256, infer_config, load_checkpoint, read_state_dict, run_config_beside, save_safetensors,
 )
 from .errors import CheckpointError, InputError, MedDDPMError, OutputError
+from .outputs import check_destinations
 from .families import family_for_channels
 
 DEMO_NAME = "demo"
@@ -262,8 +263,8 @@ def export_model(
         raise InputError(f"unknown dtype '{dtype}'; use one of {', '.join(EXPORT_DTYPES)}")
     if destination.suffix != ".safetensors":
         raise InputError(f"{destination} must end in .safetensors")
-    if destination.exists() and not overwrite:
-        raise OutputError(f"{destination} exists; choose another name or add --overwrite")
+    # the shared check: an existing file (or dangling link) needs --overwrite, the source is never replaced
+    check_destinations([destination], overwrite, inputs=[source])
     state, info = read_state_dict(source)
     config, _ = infer_config(state, source)
     run_config = run_config_beside(source)

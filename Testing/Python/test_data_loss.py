@@ -166,3 +166,14 @@ def test_an_absurd_shift_is_refused_not_a_silent_tumour_removal(tmp_path, capsys
                               capsys)
     _refused(code, stderr, "longer than the mask is across", "give a shift of a few mm")
     assert snapshot(tmp_path) == before
+
+
+def test_models_export_never_overwrites_its_source(tmp_path, capsys):
+    first = tmp_path / "tiny.safetensors"
+    code, _, stderr = run_cli(["models", "export", TINY_CKPT, "-o", first, "--grid", "32,32,16", "--spacing", "6,6,6"],
+                              capsys)
+    assert code == 0, stderr
+    before = snapshot(tmp_path)
+    code, _, stderr = run_cli(["models", "export", first, "-o", first, "--overwrite", "--dtype", "fp32"], capsys)
+    _refused(code, stderr, "is the input", "choose another output")
+    assert snapshot(tmp_path) == before
