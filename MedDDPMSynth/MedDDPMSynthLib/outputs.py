@@ -48,6 +48,9 @@ def check_destinations(paths: Iterable[Path], overwrite: bool, inputs: Iterable[
     for folder in {p.parent for p in paths}:
         probe = folder
         while not probe.exists():
+            if probe.is_symlink():  # a link to a missing folder: creating the folder would fail (or follow it)
+                raise OutputError(f"{probe} is a link to {os.readlink(probe)}, which does not exist; create that "
+                                  "folder or choose another output")
             probe = probe.parent
         if not probe.is_dir():
             raise OutputError(f"cannot create folder {folder}: {probe} is a file; choose another output")

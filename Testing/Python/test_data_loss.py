@@ -177,3 +177,16 @@ def test_models_export_never_overwrites_its_source(tmp_path, capsys):
     code, _, stderr = run_cli(["models", "export", first, "-o", first, "--overwrite", "--dtype", "fp32"], capsys)
     _refused(code, stderr, "is the input", "choose another output")
     assert snapshot(tmp_path) == before
+
+
+def test_an_output_folder_that_is_a_dangling_symlink_is_refused_before_any_work(tmp_path, capsys):
+    mask = write_mask(tmp_path / "mask.nii.gz")
+    folder = tmp_path / "results"
+    folder.symlink_to(tmp_path / "missing" / "deeper")
+    mask_bytes = mask.read_bytes()
+    code, _, stderr = run_cli(["generate", "--mask", mask, "--model", "demo", "-o", folder, "--device", "cpu"],
+                              capsys)
+    _refused(code, stderr, "does not exist", "choose another output")
+    assert "generating:" not in stderr  # refused before sampling, not after
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz", "results"] and folder.is_symlink()
+    assert mask.read_bytes() == mask_bytes
