@@ -21,6 +21,8 @@ from MedDDPMSynthLib import BRATS, WHOLE_HEAD, UNetConfig, load_model
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.labels import STRAY_TUMOUR_VOXELS, to_official
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 OUTSIDE = "lie outside the"
 
 

@@ -16,6 +16,8 @@ import pytest
 from cli_helpers import TINY_CKPT, message_lines, run_cli, snapshot, write_mask
 
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 @pytest.fixture()
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDDDPMSYNTH_HOME", str(tmp_path / "home"))
