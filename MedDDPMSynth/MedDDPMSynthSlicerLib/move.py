@@ -132,6 +132,7 @@ class MoveMixin:
         matrix[:3, 3] += ijk_to_ras[:3, :3] @ low[::-1]
         node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(name))
         node.SetHideFromEditors(True)  # a helper of the move: never offered as the input segmentation
+        node.CreateDefaultDisplayNodes()  # before any segment: views observing the scene expect one
         with scene_guard(self.scene):  # new segments come from a labelmap import (one per label value)
             labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MedDDPMSynth_temp__")
             update_node_from_array(labelmap, tumour[low[0]:high[0], low[1]:high[1], low[2]:high[2]], matrix)
