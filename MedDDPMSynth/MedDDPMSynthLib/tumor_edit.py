@@ -317,21 +317,27 @@ def affine_preview(label_map: sitk.Image, family, matrix, translation_mm=(0.0, 0
                    component: int | None = None, pivot_mm=None):
     """:func:`affine` on the part of the grid it can change: (cropped new map, record).
 
-    The crop covers the tumour and where it lands (all of it inside the grid), plus one voxel, so the
+    The crop covers the tumour and where it lands (all of it inside the grid), plus two voxels, so the
     crop of the full result and its clipping count are the same while a small tumour on a 256^3 grid costs
     a small fraction of the full edit: for previews while the user drags.
     """
     scheme = _scheme(family)
     m, t = _affine_params(matrix, translation_mm)
-    depth = _depth_of(_labels_of(label_map, scheme), scheme)
-    moving = _select(depth, label_map, component)
-    tumour = depth > 0
-    pivot = np.array(_centroid_mm(moving, label_map)) if pivot_mm is None else _vector(pivot_mm, "the pivot point")
-    low, high = _target_box(moving, label_map, _affine(m, pivot, t))
-    idx = np.argwhere(tumour)[:, ::-1]
+    is_tumour = np.zeros(256, bool)
+    is_tumour[list(scheme.depth_labels)] = True
+    tumour = is_tumour[sitk.GetArrayFromImage(label_map)]  # a lookup, not a full-grid label check: cheap
+    if not tumour.any():
+        raise InputError("the map has no tumour voxels to edit; add a tumour first")
+    bounds = [np.flatnonzero(tumour.any(axis=tuple(a for a in range(3) if a != axis))) for axis in (2, 1, 0)]
+    first = np.array([b[0] for b in bounds])  # (x, y, z) box of all tumour voxels
+    last = np.array([b[-1] for b in bounds]) + 1
+    source = label_map[int(first[0]):int(last[0]), int(first[1]):int(last[1]), int(first[2]):int(last[2])]
+    moving = _select(_depth_of(_labels_of(source, scheme), scheme), source, component)
+    pivot = np.array(_centroid_mm(moving, source)) if pivot_mm is None else _vector(pivot_mm, "the pivot point")
+    low, high = _target_box(moving, source, _affine(m, pivot, t))
     grid = np.array(label_map.GetSize())
-    low = np.clip(np.minimum(low, idx.min(0)) - 2, 0, grid)
-    high = np.clip(np.maximum(high, idx.max(0)) + 3, 0, grid)
+    low = np.clip(np.minimum(low + first, first) - 2, 0, grid)
+    high = np.clip(np.maximum(high + first, last - 1) + 3, 0, grid)
     crop = label_map[int(low[0]):int(high[0]), int(low[1]):int(high[1]), int(low[2]):int(high[2])]
     return affine(crop, family, m, t, component, pivot_mm)
 
