@@ -153,3 +153,32 @@ def test_preview_of_a_small_tumour_on_a_large_grid_computes_only_around_it():
                                           index[0]:index[0] + crop.GetSize()[0]]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(crop), region)
     assert (sitk.GetArrayFromImage(full) == 2).sum() == (region == 2).sum()
+
+
+def test_brats_layers_move_together_and_equal_the_engine_rotation():
+    """BraTS: the three tumour segments are copied, previewed and moved as one nested tumour; Apply equals
+    rotate_tumor with the same angles, layer by layer."""
+    scene = new_scene()
+    labels = standard_head(tumour_radius_mm=20.0)
+    centre = np.argwhere(labels == 2).mean(0) + [0.3, -0.2, 0.1]  # not on the grid: no ties in the layers
+    distance = np.linalg.norm((np.indices(labels.shape).transpose(1, 2, 3, 0) - centre) * 4.0, axis=-1)
+    brats = np.where(labels > 0, 4, 0)
+    brats[labels == 2] = 2
+    brats[(labels == 2) & (distance <= 12)] = 3
+    brats[(labels == 2) & (distance <= 6)] = 1
+    segmentation, reference = add_segmentation(scene, brats, matrix("RAS"), {4: "brain", 2: "oedema", 3: "ET",
+                                                                          1: "necrotic"})
+    logic = SceneLogic(scene)
+    original, _ = logic.label_array(segmentation, family="brats")
+    transform = logic.begin_move(segmentation, family="brats")
+    landing = logic._moves()[segmentation.GetID()]["landing"]
+    assert sorted(landing.GetSegmentation().GetNthSegment(n).GetName() for n in range(3)) == ["ET", "necrotic", "oedema"]
+    set_matrix(transform, _rotation_about(transform.GetCenterOfTransformation(), (0, 1, 0), 35.0))
+    assert logic.preview_move(segmentation)["family"] == "brats"
+    logic.apply_move(segmentation)
+    moved, _ = logic.label_array(segmentation, family="brats")
+    assert logic.undo_tumor_edit(segmentation)
+    np.testing.assert_array_equal(logic.label_array(segmentation, family="brats")[0], original)
+    logic.rotate_tumor(segmentation, [0, 35, 0], family="brats")
+    np.testing.assert_array_equal(logic.label_array(segmentation, family="brats")[0], moved)
+    assert {1, 2, 3} <= set(np.unique(moved).tolist()) and not (moved == original).all()
