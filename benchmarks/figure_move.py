@@ -13,6 +13,7 @@ previewed, and applied. Three axial panels through where the tumour lands:
 Prints one JSON line (voxel counts, clipping, timings of begin / preview / apply).
 
   python benchmarks/figure_move.py -o docs/images/move_tumour.png
+  python benchmarks/figure_move.py --time-grid 256   # timings only: a ball head on a 256^3 1 mm grid
 """
 
 from __future__ import annotations
@@ -76,13 +77,44 @@ def panel(head, fill=None, lines=(), ijk_to_ras=np.eye(4)) -> np.ndarray:
     return rgb
 
 
+def time_grid(size: int) -> dict:
+    """begin / five previews of a growing drag / apply on a ball head (radius 0.39 size) with a 15 mm
+    tumour, 1 mm voxels: what a drag costs on a large grid."""
+    z, y, x = np.ogrid[:size, :size, :size]
+    c = size / 2
+    labels = np.zeros((size, size, size), np.uint8)
+    labels[(x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2 < (0.39 * size) ** 2] = 1
+    labels[(x - c - 0.09 * size) ** 2 + (y - c + 0.03 * size) ** 2 + (z - c - 0.05 * size) ** 2 < 15 ** 2] = 2
+    scene = slicer.vtkMRMLScene()
+    slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    segmentation, _ = load(scene, sitk.GetImageFromArray(labels))
+    logic = SceneLogic(scene)
+    started = time.perf_counter()
+    logic.begin_move(segmentation)
+    result = {"grid": size, "tumour_voxels": int((labels == 2).sum()), "begin_s": time.perf_counter() - started}
+    previews = []
+    for k in range(1, 6):
+        logic.set_move(segmentation, translation_ras=(3.0 * k, 2.0 * k, 0.0), scale=1 + 0.05 * k)
+        started = time.perf_counter()
+        logic.preview_move(segmentation)
+        previews.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    logic.apply_move(segmentation)
+    result.update(preview_s=[round(p, 3) for p in previews], apply_s=time.perf_counter() - started)
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path, default=REPO / "docs" / "images" / "move_tumour.png")
     parser.add_argument("--translation", default="35,-20,0", help="RAS mm of the move (default pushes it out)")
     parser.add_argument("--scale", type=float, default=1.25)
     parser.add_argument("--zoom", type=int, default=3)
+    parser.add_argument("--time-grid", type=int, default=0, help="only time a move on an N^3 synthetic head")
     args = parser.parse_args()
+    if args.time_grid:
+        print(json.dumps(time_grid(args.time_grid)))
+        return 0
     translation = [float(v) for v in args.translation.split(",")]
 
     scene = slicer.vtkMRMLScene()
