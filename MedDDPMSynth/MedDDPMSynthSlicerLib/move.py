@@ -59,10 +59,17 @@ class MoveMixin:
 
     def _moves(self) -> dict:
         moves = self.__dict__.setdefault("_move_state", {})
-        for key in [k for k, m in moves.items() if self.scene.GetNodeByID(k) is not m["segmentation"]
-                    or self.scene.GetNodeByID(m["transform_id"]) is not m["transform"]]:
-            del moves[key]  # the scene was closed or the nodes removed: nothing left to clean up
+        for key in [k for k, m in moves.items() if not all(self.scene.GetNodeByID(i) is n for i, n in (
+                (k, m["segmentation"]), (m["transform_id"], m["transform"]), (m["landing_id"], m["landing"])))]:
+            self._remove_move_nodes(moves.pop(key))  # the scene was closed or a node of the move removed
         return moves
+
+    def _remove_move_nodes(self, move) -> None:
+        """Remove the nodes the move added that are still in the scene (by object: a closed scene reuses
+        IDs for other nodes)."""
+        for node_id, node in reversed(move["nodes"]):
+            if self.scene.GetNodeByID(node_id) is node and not node.GetSingletonTag():
+                self.scene.RemoveNode(node)
 
     def _move(self, segmentation_node) -> dict:
         move = self._moves().get(segmentation_node.GetID()) if segmentation_node is not None else None
@@ -117,7 +124,8 @@ class MoveMixin:
             "segmentation": segmentation_node, "transform": transform, "transform_id": transform.GetID(),
             "landing": landing, "landing_ids": landing_ids, "values": values,
             "export": export, "family": family, "reference": reference_volume, "mapping": export.mapping,
-            "component": component, "centre_ras": centre_ras, "nodes": sorted(node_ids(self.scene) - before),
+            "component": component, "centre_ras": centre_ras, "landing_id": landing.GetID(),
+            "nodes": [(i, self.scene.GetNodeByID(i)) for i in sorted(node_ids(self.scene) - before)],
             "last": None}
         return transform
 
@@ -230,9 +238,5 @@ class MoveMixin:
         """End the move without an edit: every node it added leaves the scene; the segmentation was never
         changed."""
         move = self._moves().pop(segmentation_node.GetID(), None) if segmentation_node is not None else None
-        if move is None:
-            return
-        for node_id in reversed(move["nodes"]):
-            node = self.scene.GetNodeByID(node_id)
-            if node is not None and not node.GetSingletonTag():
-                self.scene.RemoveNode(node)
+        if move is not None:
+            self._remove_move_nodes(move)

@@ -297,6 +297,11 @@ class WidgetController:
     def onApplyMove(self) -> None:
         if self.moving is None:
             return
+        if not self.moduleLogic.sceneLogic.is_moving(self.moving[0]):  # its nodes were deleted meanwhile
+            self.endMove()
+            self.setStatus("The move's transform or preview was deleted; click 'Move tumour' again.")
+            self.updateButtons()
+            return
         with self.userErrors():
             record = self.moduleLogic.sceneLogic.apply_move(self.moving[0])
             self.endMove()

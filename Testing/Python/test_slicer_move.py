@@ -182,3 +182,17 @@ def test_brats_layers_move_together_and_equal_the_engine_rotation():
     logic.rotate_tumor(segmentation, [0, 35, 0], family="brats")
     np.testing.assert_array_equal(logic.label_array(segmentation, family="brats")[0], moved)
     assert {1, 2, 3} <= set(np.unique(moved).tolist()) and not (moved == original).all()
+
+
+def test_deleting_a_node_of_the_move_ends_it_cleanly():
+    """A user deleting the move's transform (Data module) ends the move: its other nodes leave the scene,
+    the segmentation is unchanged, and Apply says there is no move."""
+    scene, logic, segmentation, _ = _setup("LPS")
+    original, _ = logic.label_array(segmentation)
+    nodes = node_ids(scene)
+    transform = logic.begin_move(segmentation)
+    scene.RemoveNode(transform)
+    assert not logic.is_moving(segmentation) and node_ids(scene) == nodes
+    with pytest.raises(InputError, match="no tumour move in progress"):
+        logic.preview_move(segmentation)
+    np.testing.assert_array_equal(logic.label_array(segmentation)[0], original)
