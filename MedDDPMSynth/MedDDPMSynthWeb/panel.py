@@ -36,7 +36,8 @@ DEFAULTS = {
 
 class SynthUI:
     """Builds the page on ``server``; ``ctrl`` callbacks: synth_generate, synth_regenerate, synth_cancel,
-    synth_shift, synth_scale, synth_remove, synth_undo, synth_move_begin, synth_move_apply, synth_move_cancel. ``upload.on_load_volume`` emits the uploaded files."""
+    synth_shift, synth_scale, synth_remove, synth_undo, synth_move_begin, synth_move_apply, synth_move_cancel.
+    ``upload.on_load_volume`` emits the uploaded files."""
 
     def __init__(self, server, layout_manager, title: str):
         self.server = server

@@ -172,7 +172,8 @@ def test_brats_layers_move_together_and_equal_the_engine_rotation():
     original, _ = logic.label_array(segmentation, family="brats")
     transform = logic.begin_move(segmentation, family="brats")
     landing = logic._moves()[segmentation.GetID()]["landing"]
-    assert sorted(landing.GetSegmentation().GetNthSegment(n).GetName() for n in range(3)) == ["ET", "necrotic", "oedema"]
+    names = sorted(landing.GetSegmentation().GetNthSegment(n).GetName() for n in range(3))
+    assert names == ["ET", "necrotic", "oedema"]
     set_matrix(transform, _rotation_about(transform.GetCenterOfTransformation(), (0, 1, 0), 35.0))
     assert logic.preview_move(segmentation)["family"] == "brats"
     logic.apply_move(segmentation)
