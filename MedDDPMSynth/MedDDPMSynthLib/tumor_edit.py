@@ -242,8 +242,19 @@ def _vector(values, what: str) -> np.ndarray:
 def shift(label_map: sitk.Image, family, vector_mm, component: int | None = None):
     """Translate the tumour (or one component) by ``vector_mm`` (physical x, y, z in mm)."""
     v = _vector(vector_mm, "the shift vector")
+    _check_shift_length(v, label_map, _scheme(family).tissue_name)
     return _edit(label_map, family, component, "shift", {"vector_mm": v.tolist()},
                  lambda c: _affine(np.eye(3), c, v))
+
+
+def _check_shift_length(vector_mm: np.ndarray, label_map: sitk.Image, tissue_name: str) -> None:
+    """A shift longer than the mask's own diagonal moves every voxel off the mask; refused by name, before
+    the arithmetic (at 1e308 mm the index box overflows and the tumour would silently disappear)."""
+    diagonal = float(np.linalg.norm(np.array(label_map.GetSize()) * np.array(label_map.GetSpacing())))
+    length = float(np.hypot(np.hypot(vector_mm[0], vector_mm[1]), vector_mm[2]))  # no overflow at 1e308
+    if not length <= diagonal:  # also catches an overflow of the norm to inf
+        raise InputError(f"shift: the shift of {length:.4g} mm is longer than the mask is across ({diagonal:.0f} mm): "
+                         f"the whole tumour would lie outside the {tissue_name}; give a shift of a few mm to a few cm")
 
 
 def scale(label_map: sitk.Image, family, factor, component: int | None = None):
@@ -289,6 +300,15 @@ def _affine_params(matrix, translation_mm):
     return m, _vector(translation_mm, "the translation")
 
 
+def _about_centroid(m, t, pivot, c, label_map, family) -> np.ndarray:
+    """The translation of x -> M (x - p) + p + t rewritten about c (tiny values: 0); refused when longer
+    than the mask is across, as :func:`shift` refuses it."""
+    t_c = t if pivot is None else t + (m - np.eye(3)) @ (c - pivot)
+    t_c = np.where(np.abs(t_c) < 1e-6, 0.0, t_c)
+    _check_shift_length(t_c, label_map, _scheme(family).tissue_name)
+    return t_c
+
+
 def affine(label_map: sitk.Image, family, matrix, translation_mm=(0.0, 0.0, 0.0), component: int | None = None,
            pivot_mm=None):
     """Any physical affine of the tumour: x -> M (x - p) + p + t (LPS mm), p = ``pivot_mm`` or the centroid.
@@ -305,8 +325,7 @@ def affine(label_map: sitk.Image, family, matrix, translation_mm=(0.0, 0.0, 0.0)
               "pivot_mm": None if pivot is None else pivot.tolist()}
 
     def forward(c):
-        t_c = t if pivot is None else t + (m - np.eye(3)) @ (c - pivot)
-        t_c = np.where(np.abs(t_c) < 1e-6, 0.0, t_c)
+        t_c = _about_centroid(m, t, pivot, c, label_map, family)
         params["translation_about_centroid_mm"] = t_c.tolist()
         return _affine(m, c, t_c)
 
@@ -333,8 +352,9 @@ def affine_preview(label_map: sitk.Image, family, matrix, translation_mm=(0.0, 0
     last = np.array([b[-1] for b in bounds]) + 1
     source = label_map[int(first[0]):int(last[0]), int(first[1]):int(last[1]), int(first[2]):int(last[2])]
     moving = _select(_depth_of(_labels_of(source, scheme), scheme), source, component)
-    pivot = np.array(_centroid_mm(moving, source)) if pivot_mm is None else _vector(pivot_mm, "the pivot point")
-    low, high = _target_box(moving, source, _affine(m, pivot, t))
+    c = np.array(_centroid_mm(moving, source))
+    pivot = None if pivot_mm is None else _vector(pivot_mm, "the pivot point")
+    low, high = _target_box(moving, source, _affine(m, c, _about_centroid(m, t, pivot, c, label_map, family)))
     grid = np.array(label_map.GetSize())
     low = np.clip(np.minimum(low + first, first) - 2, 0, grid)
     high = np.clip(np.maximum(high + first, last - 1) + 3, 0, grid)

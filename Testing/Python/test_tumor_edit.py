@@ -348,3 +348,12 @@ def test_affine_refuses_a_flattening_or_malformed_matrix():
         te.affine(label_map, "whole_head", np.eye(4))
     with pytest.raises(InputError, match="translation must be three finite numbers"):
         te.affine_preview(label_map, "whole_head", np.eye(3), [1.0, np.nan, 0.0])
+
+
+def test_affine_refuses_an_absurd_translation_as_shift_does():
+    label_map = _map("whole_head")
+    for edit in (te.affine, te.affine_preview):
+        with pytest.raises(InputError, match="longer than the mask is across"):
+            edit(label_map, "whole_head", np.eye(3), [1e308, 0.0, 0.0])
+        with pytest.raises(InputError, match="longer than the mask is across"):  # also about another pivot
+            edit(label_map, "whole_head", np.eye(3) * 2.0, [0.0, 0.0, 0.0], pivot_mm=(1e6, 0.0, 0.0))
