@@ -40,24 +40,9 @@ import SimpleITK as sitk
 
 from MedDDPMSynthLib import SamplerSettings
 from MedDDPMSynthLib.demo_data import build_dataset
-from MedDDPMSynthLib.evaluation import mmd, ms_ssim, normalise, tumour_contrast
+from MedDDPMSynthLib.evaluation import mmd, ms_ssim, normalise, stripe_index, tumour_contrast
 from MedDDPMSynthLib.models import load_named_model
 from MedDDPMSynthLib.normalisation import fit_intensity
-
-MIN_SLICE_VOXELS = 20
-
-
-def stripe_index(image: np.ndarray, brain: np.ndarray) -> float:
-    """var of slice-to-slice changes of the in-brain slice mean along z over that along x and y (arrays X, Y, Z)."""
-    def jumps(axis: int) -> float:
-        others = tuple(a for a in range(3) if a != axis)
-        counts = brain.sum(axis=others)
-        sums = np.where(brain, image, 0).sum(axis=others)
-        means = sums[counts >= MIN_SLICE_VOXELS] / counts[counts >= MIN_SLICE_VOXELS]
-        return float(np.var(np.diff(means)))
-
-    return jumps(2) / max(0.5 * (jumps(0) + jumps(1)), 1e-12)
-
 
 def _read_xyz(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).transpose(2, 1, 0)

@@ -211,3 +211,15 @@ def test_cli_bad_folder_gives_one_error_and_writes_nothing(folders, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert not (root / "out").exists()
+
+
+def test_stripe_index_sees_per_slice_scales_and_not_smooth_anatomy():
+    from MedDDPMSynthLib.evaluation import stripe_index
+
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij")
+    brain = x**2 + y**2 + z**2 <= 0.9
+    smooth = np.cos(3 * x) + np.sin(2 * y) + np.cos(2.5 * z)  # anatomy-like: slow along every axis
+    striped = smooth * np.random.default_rng(0).uniform(0.8, 1.2, 32)[None, None, :]  # a scale per axial slice
+    assert 0.3 < stripe_index(smooth, brain) < 3
+    assert stripe_index(striped, brain) > 5 * stripe_index(smooth, brain)
+    assert stripe_index(striped.transpose(2, 1, 0), brain) < stripe_index(striped, brain)  # only z counts
