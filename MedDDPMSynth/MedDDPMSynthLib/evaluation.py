@@ -197,6 +197,10 @@ def _read(path: Path, shape=None) -> np.ndarray:
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path} is not a scalar 3-D volume; evaluate compares 3-D images")
     array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # NaN would turn every metric into noise
+        bad = int(array.size - np.isfinite(array).sum())
+        raise InputError(f"{path} has {bad:,} NaN or infinite voxels of {array.size:,}; metrics need finite images: "
+                         "regenerate it, or move it out of the folder")
     if shape is not None and array.shape != shape:
         raise InputError(f"{path} has size {image.GetSize()}, unlike the other files of its case; "
                          "compare images on the same grid")
