@@ -84,7 +84,7 @@ def _foreign_globals(path: Path) -> list[str] | None:
 def _refused_globals(exc: Exception) -> list[str]:
     """The globals torch's weights-only unpickler refused, as named in its message: it also refuses
     names that merely start with 'torch' (e.g. ``torch.x.system``), which the list above lets through."""
-    return sorted(set(re.findall(r"unsupported GLOBAL ([\w.]+)", str(exc), flags=re.IGNORECASE)))
+    return sorted(set(re.findall(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(exc), flags=re.IGNORECASE)))
 
 
 def _read_file(path: Path) -> tuple[object, str, dict[str, str]]:

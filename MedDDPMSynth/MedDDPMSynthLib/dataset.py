@@ -174,6 +174,7 @@ def build_dataset(
     layout = Layout(Path(request.output), request.format, model.family)
     settings = _settings(request, model, model_sha)
     check_output(layout, settings)
+    read_manifest(layout)  # a damaged manifest is refused before anything (even the log) is written
     groups = _grouped(mine)
     for mask, _ in groups:  # every mask of this process is checked before anything is written
         mask_request = _mask_request(request, mask)

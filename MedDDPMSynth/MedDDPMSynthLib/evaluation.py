@@ -27,6 +27,7 @@ import SimpleITK as sitk
 import torch
 
 from .errors import InputError
+from .mask_io import _check_nifti_data
 from .outputs import image_extension, preview_png, split_image_name
 
 MS_SSIM_KERNEL, MS_SSIM_SIGMA = 7, 1.5
@@ -190,6 +191,7 @@ def find_cases(generated_dir, reference_dir=None, masks_dir=None) -> tuple[list[
 
 
 def _read(path: Path, shape=None) -> np.ndarray:
+    _check_nifti_data(Path(path), "image")  # ITK reads NIfTI NaN as 0: an all-NaN image would score as black
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import io
 import zlib
 from pathlib import Path
 
@@ -81,8 +82,14 @@ def _check_nifti_spacing(path: Path) -> None:
         return
     import nibabel
 
-    try:
-        pixdim = [float(v) for v in nibabel.load(str(path)).header["pixdim"][1:4]]
+    try:  # the raw header: nibabel.load repairs a zero pixdim to 1 as well
+        with open(path, "rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as stream:
+            raw = stream.read(540)
+        kind = nibabel.Nifti2Header if int.from_bytes(raw[:4], "little") in (540, 0x1C020000) else nibabel.Nifti1Header
+        header = kind.from_fileobj(io.BytesIO(raw), check=False)
+        pixdim = [float(v) for v in header["pixdim"][1:4]]
     except Exception:  # not parseable by nibabel: SimpleITK reports what it makes of the file
         return
     _check_spacing(path, pixdim)
@@ -162,7 +169,8 @@ def _check_not_single_slice(path: Path, image: sitk.Image) -> None:
 def _finite_advice(role: str) -> str:
     if role == "mask":
         return "give an integer label map"
-    return f"give a {role} with finite intensities (e.g. replace NaN by 0 in it)"
+    article = "an" if role[:1] in "aeiou" else "a"
+    return f"give {article} {role} with finite intensities (e.g. replace NaN by 0 in it)"
 
 
 def _check_finite(path: Path, image: sitk.Image, role: str = "mask") -> None:

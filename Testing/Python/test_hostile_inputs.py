@@ -1,0 +1,514 @@
+"""The second bad-input table: hostile, odd-but-valid and faulty inputs to every command (issue 20).
+
+Rows are grouped by what used to go wrong: unbounded work (hangs), silent bad output, tracebacks and
+unclear messages. Each row builds real files in ``tmp_path`` (checkpoints, masks, catalogues, dataset
+folders), runs the real command line in this process and checks the contract of
+``test_bad_inputs.py``: the documented exit code, exactly one ``error:`` line naming the problem and
+the fix, no traceback, and no file created or changed (bytes and mtimes). ``generate``'s own table is
+``test_bad_inputs.py``; faults during writing (signals, full disks, two writers) are in
+``test_fault_injection.py``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import struct
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from cli_helpers import TINY_CKPT, head_labels, image_from_xyz, message_lines, run_cli, write_mask
+from cli_helpers import snapshot as _snapshot
+
+FAST = ["--sampler", "ddim", "--steps", "2", "--quiet", "--device", "cpu"]
+
+
+def snapshot(root: Path) -> dict:
+    """cli_helpers.snapshot, but a FIFO or a symlink loop is recorded by name (reading it would block or fail)."""
+    odd = {p for p in root.rglob("*") if p.is_symlink() and not p.exists() or p.exists() and not p.is_symlink()
+           and not (p.is_file() or p.is_dir())}
+    aside = root.parent / f"{root.name}-aside"  # outside root while the rest is read
+    aside.mkdir(exist_ok=True)
+    hidden = {p: p.rename(aside / str(p.relative_to(root)).replace(os.sep, "__")) for p in odd}
+    try:
+        return {**_snapshot(root), **{str(p.relative_to(root)): ("special", None, None) for p in odd}}
+    finally:
+        for original, aside in hidden.items():
+            aside.rename(original)
+
+
+@dataclass
+class Env:
+    dir: Path
+    mask: Path  # a valid whole-head mask (1 head, 2 tumour), 40x40x30 at 4 mm
+    monkeypatch: pytest.MonkeyPatch
+
+    def gen(self, *extra, mask=None, model="tiny16", out=None) -> list:
+        return ["generate", "--mask", mask or self.mask, "--model", model, "-o", out or self.dir / "out", *FAST, *extra]
+
+    def masks_folder(self) -> Path:
+        folder = self.dir / "masks"
+        write_mask(folder / "case0.nii.gz", head_labels(size=(20, 20, 16), spacing=(8, 8, 8), tumour_radius_mm=20),
+                   spacing=(8.0, 8.0, 8.0))
+        return folder
+
+    def checkpoint(self, name: str, change: Callable[[dict], None]) -> Path:
+        """The tiny official checkpoint with its weights changed by ``change(ema_state)``."""
+        raw = torch.load(TINY_CKPT, map_location="cpu", weights_only=True)
+        change(raw["ema"])
+        path = self.dir / name
+        torch.save(raw, path)
+        return path
+
+    def safetensors(self, name: str, metadata: dict, change: Callable[[dict], None] | None = None) -> Path:
+        from MedDDPMSynthLib.checkpoint import read_state_dict, save_safetensors
+
+        path = self.dir / name
+        state = read_state_dict(TINY_CKPT)[0]
+        if change is not None:
+            change(state)
+        save_safetensors(path, state, metadata)
+        return path
+
+    def nifti_with_pixdim(self, name: str, pixdim) -> Path:
+        """A valid mask whose NIfTI-1 header bytes say ``pixdim`` (nibabel.save would repair 0 to 1)."""
+        path = self.mask_file(name)
+        data = bytearray(gzip.decompress(path.read_bytes()))
+        data[80:92] = struct.pack("<3f", *pixdim)  # pixdim[1..3]: float32 at byte 76 + 4
+        path.write_bytes(gzip.compress(bytes(data)))
+        return path
+
+    def mask_file(self, name: str, labels=None) -> Path:
+        return write_mask(self.dir / name, head_labels() if labels is None else labels)
+
+
+@dataclass
+class Row:
+    build: Callable[[Env], list]
+    phrase: str
+    fix: str
+    code: int = 2
+    usage: bool = False
+
+
+CASES: dict[str, Row] = {}
+
+
+def case(name: str, phrase: str, fix: str, code: int = 2, usage: bool = False):
+    def register(build):
+        assert name not in CASES
+        CASES[name] = Row(build, phrase, fix, code, usage)
+        return build
+
+    return register
+
+
+# ------------------------------------------------------------------------ unbounded work (hangs)
+
+
+@case("tumor-shift-grid-of-billions", "512,192,024,000 edited masks, more than the 2,000", "use a larger step")
+def _(t: Env):
+    return ["tumor", "shift", "--mask", t.mask, "--grid-step", "0.01", "--extent", "40", "-o", t.dir / "shifts"]
+
+
+@case("tumor-scale-sweep-of-a-million", "1,000,000 scaled masks, more than the 2,000", "smaller COUNT", usage=True)
+def _(t: Env):
+    return ["tumor", "scale", "--mask", t.mask, "--sweep", "2.0:0.5:1000000", "-o", t.dir / "scales"]
+
+
+@case("dataset-shift-step-tiny", "8,012,006,000 edited masks", "use a larger --shift-step")
+def _(t: Env):
+    return ["dataset", "--masks", t.masks_folder(), "--model", "tiny16", "-o", t.dir / "ds", "--edits", "shift-grid",
+            "--shift-step", "0.01", "--quiet"]  # extent 10 mm: (2 * 1000 + 1)^3 - 1 variants per mask
+
+
+@case("grid-8-gib", "8,589,934,592 voxels", "give a smaller grid")
+def _(t: Env):
+    return t.gen("--grid", "2048,2048,2048")
+
+
+@case("model-grid-metadata-huge", "1,073,741,824 voxels", "give a smaller grid")
+def _(t: Env):
+    return t.gen(model=t.safetensors("huge.safetensors", {"grid_xyz": "1024,1024,1024", "spacing_mm": "1,1,1"}))
+
+
+@case("mask-is-a-fifo", "not a regular file", "give a")
+def _(t: Env):
+    fifo = t.dir / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    return t.gen(mask=fifo)
+
+
+# ---------------------------------------------------------------------------- silent bad output
+
+
+@case("mask-spacing-nan", "voxel spacing (nan, 4.0, 4.0)", "positive number of mm")
+def _(t: Env):
+    return t.gen(mask=t.nifti_with_pixdim("nan_spacing.nii.gz", [np.nan, 4, 4]))
+
+
+@case("mask-spacing-zero", "voxel spacing (0.0, 0.0, 4.0)", "positive number of mm")
+def _(t: Env):
+    return t.gen(mask=t.nifti_with_pixdim("zero_spacing.nii.gz", [0, 0, 4]))
+
+
+@case("weights-int8", "non-float weights", "use the original checkpoint")
+def _(t: Env):
+    def to_int8(state):
+        for key in [k for k in state if k.startswith("denoise_fn.")][:4]:
+            state[key] = state[key].to(torch.int8)
+    return t.gen("--grid", "16,16,16", model=t.checkpoint("int8.pt", to_int8))
+
+
+@case("weights-complex", "non-float weights", "use the original checkpoint")
+def _(t: Env):
+    def to_complex(state):
+        key = next(k for k in state if k.startswith("denoise_fn."))
+        state[key] = state[key].to(torch.complex64)
+    return t.gen("--grid", "16,16,16", model=t.checkpoint("complex.pt", to_complex))
+
+
+@case("schedule-negated", "no valid diffusion schedule", "use the original checkpoint")
+def _(t: Env):
+    def negate(state):
+        for key in ("betas", "alphas_cumprod"):
+            state[key] = -state[key]
+    return t.gen("--grid", "16,16,16", model=t.checkpoint("negated.pt", negate))
+
+
+@case("weights-huge", "produced NaN or infinite values", "use the original checkpoint")
+def _(t: Env):
+    def blow_up(state):
+        for key in [k for k in state if k.startswith("denoise_fn.") and k.endswith("weight")]:
+            state[key] *= 1e30  # finite, so loaded; the activations overflow
+    return t.gen(model=t.safetensors("huge.safetensors", {"grid_xyz": "16,16,16", "spacing_mm": "12,12,12"}, blow_up))
+
+
+@case("weights-constant-output", "produced a constant image", "use the original checkpoint")
+def _(t: Env):
+    def saturate(state):
+        state["denoise_fn.out.2.weight"].zero_()  # eps = 1e30 everywhere: x0 clipped to -1 in every voxel
+        state["denoise_fn.out.2.bias"].fill_(1e30)
+    return t.gen(model=t.safetensors("flat.safetensors", {"grid_xyz": "16,16,16", "spacing_mm": "12,12,12"}, saturate))
+
+
+@case("stored-model-replaced", "has changed or is damaged since it was imported", "import the original again")
+def _(t: Env):
+    from MedDDPMSynthLib.models import import_model, models_dir
+
+    entry = import_model(TINY_CKPT, name="mine", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
+    assert run_cli(t.gen(model="mine", out=t.dir / "first"), t.capsys)[0] == 0  # verified once (cached)
+    stored = models_dir() / entry["file"]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: the cache must notice the rewrite, not the size
+    stat = stored.stat()
+    stored.write_bytes(bytes(data))
+    os.utime(stored, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
+    return t.gen(model="mine")
+
+
+@case("evaluate-all-nan-image", "contains NaN or infinite values", "give an image with finite intensities")
+def _(t: Env):
+    for folder in ("gen", "ref"):
+        (t.dir / folder).mkdir()
+    nan = image_from_xyz(np.full((32, 32, 32), np.nan, np.float32))
+    sitk.WriteImage(nan, str(t.dir / "gen" / "case_s00_t1c.nii.gz"))
+    sitk.WriteImage(image_from_xyz(np.random.default_rng(0).random((32, 32, 32), np.float32)),
+                    str(t.dir / "ref" / "case.nii.gz"))
+    return ["evaluate", "--generated", t.dir / "gen", "--reference", t.dir / "ref", "-o", t.dir / "report.json"]
+
+
+# ---------------------------------------------------------------------- tracebacks -> one line
+
+
+@case("seed-2-to-the-64", "seed 18446744073709551616 is out of range", "give a seed from 0 to", usage=True)
+def _(t: Env):
+    return t.gen("--seed", str(2**64))
+
+
+@case("margin-1e308", "--margin 1e+308 mm is more than 100 mm", "give --margin 100 or less")
+def _(t: Env):
+    return t.gen("--margin", "1e308")
+
+
+@case("mask-symlink-loop", "points to itself", "give the real file")
+def _(t: Env):
+    loop = t.dir / "loop.nii.gz"
+    os.symlink(loop.name, loop)
+    return t.gen(mask=loop)
+
+
+@case("output-name-too-long", "more than the 255 this file system allows", "choose a shorter output name")
+def _(t: Env):
+    return t.gen(out=t.dir / ("x" * 300 + ".nii.gz"))
+
+
+def _dataset_then(t: Env, damage: Callable[[Path], None]) -> list:
+    args = ["dataset", "--masks", t.masks_folder(), "--model", "tiny16", "-o", t.dir / "ds", *FAST[:4], "--quiet"]
+    assert run_cli(args, t.capsys)[0] == 0
+    damage(t.dir / "ds" / "manifest.csv")
+    return args
+
+
+@case("manifest-not-utf8", "manifest.csv is damaged (not UTF-8 text)", "delete it and run the same command again")
+def _(t: Env):
+    return _dataset_then(t, lambda p: p.write_bytes(b"\xff\xfe\x00case\x80\x81\n"))
+
+
+@case("manifest-without-columns", "manifest.csv is damaged (no column case, files)", "delete it")
+def _(t: Env):
+    return _dataset_then(t, lambda p: p.write_text("foo,bar\n1,2\n"))
+
+
+@case("catalogue-grid-null", "has grid_xyz None, not three positive numbers", "repair it by hand")
+def _(t: Env):
+    return _catalogue_with(t, None)
+
+
+@case("catalogue-grid-string", "has grid_xyz '128', not three positive numbers", "repair it by hand")
+def _(t: Env):
+    return _catalogue_with(t, "128")
+
+
+def _catalogue_with(t: Env, grid) -> list:
+    from MedDDPMSynthLib.models import catalogue_path, import_model
+
+    import_model(TINY_CKPT, name="mine", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
+    data = json.loads(catalogue_path().read_text())
+    data["models"][-1]["grid_xyz"] = grid
+    catalogue_path().write_text(json.dumps(data))
+    return t.gen(model="mine")
+
+
+@case("safetensors-zero-spacing", "invalid 'spacing_mm' metadata ('0,0,0')", "--spacing A,B,C")
+def _(t: Env):
+    return t.gen(model=t.safetensors("zero.safetensors", {"grid_xyz": "16,16,16", "spacing_mm": "0,0,0"}))
+
+
+@case("safetensors-malformed-grid", "invalid 'grid_xyz' metadata ('16,sixteen')", "--grid")
+def _(t: Env):
+    return t.gen(model=t.safetensors("bad.safetensors", {"grid_xyz": "16,sixteen", "spacing_mm": "1,1,1"}))
+
+
+# ------------------------------------------------------------------------------ unclear messages
+
+
+@case("label-uint64", "label value 9223372036854775813, larger than any label map uses", "small label values")
+def _(t: Env):
+    labels = head_labels().astype(np.uint64)
+    labels[0, 0, 0] = 2**63 + 5  # as int64 this wraps to a negative number
+    return t.gen(mask=t.mask_file("u64.nrrd", labels))
+
+
+@case("label-1e20", "label value 1e+20, larger than any label map uses", "small label values")
+def _(t: Env):
+    labels = head_labels().astype(np.float64)
+    labels[0, 0, 0] = 1e20
+    return t.gen(mask=t.mask_file("big.nrrd", labels))
+
+
+@case("labels-advice-covers-the-bad-value", "label values [7]", "--labels head=1,tumor=2,background=7")
+def _(t: Env):
+    labels = head_labels()
+    labels[0, 0, 0] = 7
+    return t.gen("--labels", "head=1,tumor=2", mask=t.mask_file("seven.nii.gz", labels))
+
+
+@case("output-png-is-not-a-folder", "'.png' is not an image format", ".nii.gz, .nii, .nrrd, .mha")
+def _(t: Env):
+    return t.gen(out=t.dir / "synth.png")
+
+
+@case("margin-nan", "argument --margin: 'nan' is not a finite number", "give a finite value", usage=True)
+def _(t: Env):
+    return t.gen("--margin", "nan")
+
+
+@case("tumor-vector-inf", "argument --vector: '1,inf,0' is not a finite number", "finite value", usage=True)
+def _(t: Env):
+    return ["tumor", "shift", "--mask", t.mask, "--vector=1,inf,0", "-o", t.dir / "moved.nii.gz"]
+
+
+@case("pickle-torch-prefixed-global", "would run code", "holds only tensors")
+def _(t: Env):
+    evil = t.dir / "evil.pt"
+    # protocol 2: GLOBAL 'torch._C._nn system_evil', called with ('hi',): a name torch's allow-list refuses
+    evil.write_bytes(b"\x80\x02ctorch._C._nn\nsystem_evil\nq\x00X\x02\x00\x00\x00hiq\x01\x85q\x02Rq\x03.")
+    return t.gen(model=evil)
+
+
+@case("insert-scan-with-nan", "contains NaN or infinite values", "give a scan with finite intensities")
+def _(t: Env):
+    scan = np.where(head_labels() > 0, 100.0, 0.0).astype(np.float32)
+    scan[5, 5, 5] = np.nan
+    sitk.WriteImage(image_from_xyz(scan, origin=(-80, -80, -60)), str(t.dir / "scan.nrrd"))
+    tumour = (head_labels() == 2).astype(np.uint8)
+    write_mask(t.dir / "tumour.nii.gz", tumour)
+    return ["insert", "--scan", t.dir / "scan.nrrd", "--tumor", t.dir / "tumour.nii.gz", "--model", "tiny16",
+            "-o", t.dir / "ins", "--device", "cpu", "--quiet"]
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+@pytest.fixture(scope="module")
+def tiny_home(tmp_path_factory):
+    """A catalogue with the tiny model as 'tiny16' (16^3 at 12 mm: a sample takes a fraction of a second)."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDDDPMSYNTH_HOME", str(home))
+        from MedDDPMSynthLib.models import import_model
+
+        import_model(TINY_CKPT, name="tiny16", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
+    return home
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_input_is_refused_cleanly(name, tiny_home, tmp_path, monkeypatch, capsys):
+    row = CASES[name]
+    home = tmp_path / "home"
+    home.mkdir()
+    for item in tiny_home.iterdir():  # a private copy: rows may add models or damage the catalogue
+        (home / item.name).symlink_to(item) if item.is_dir() else (home / item.name).write_bytes(item.read_bytes())
+    monkeypatch.setenv("MEDDDPMSYNTH_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    env = Env(tmp_path, write_mask(tmp_path / "mask.nii.gz"), monkeypatch)
+    env.capsys = capsys
+    args = row.build(env)
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+
+    code, out, err = run_cli(args, capsys)
+    print(err)
+
+    assert code == row.code, err
+    assert "Traceback" not in err + out
+    lines = [line for line in message_lines(err) if not re.match(r"(cases|generating)\b", line)]
+    if row.usage:
+        assert lines[0].startswith("usage:") and re.match(r"medddpm-synth [a-z ]*: error: ", lines[-1]), err
+        message = lines[-1]
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        message = lines[0]
+    assert row.phrase in message and row.fix in message, message
+    assert snapshot(tmp_path) == before, "a refused run created or changed files"
+
+
+def test_the_table_covers_every_category():
+    assert len(CASES) >= 30
+
+
+# --------------------------------------------------------------------------- behaviour, not refusal
+
+
+def test_samples_are_written_as_they_come_not_kept_until_the_end(tiny_home, tmp_path, monkeypatch):
+    """--samples N holds one --batch block in memory: block k's files are staged before block k+1 is sampled."""
+    from MedDDPMSynthLib.models import load_named_model
+    from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files
+    from MedDDPMSynthLib.sampling import SamplerSettings
+
+    monkeypatch.setenv("MEDDDPMSYNTH_HOME", str(tiny_home))
+    model = load_named_model("tiny16", device="cpu")
+    out = tmp_path / "out"
+    staged_when = []
+
+    def progress(done, total):
+        staged_when.append((done, len([p for p in out.glob(".medddpm-partial-*/*") if "_s0" in p.name])))
+
+    request = GenerateRequest(mask=write_mask(tmp_path / "m.nii.gz"), output=out, samples=3, batch=1,
+                              sampler=SamplerSettings("ddim", 2))
+    generate_files(request, model, progress=progress)
+    # steps 1-2 sample 0, 3-4 sample 1, 5-6 sample 2: staged image files seen at each step
+    assert [s for _, s in staged_when] == [0, 0, 1, 1, 2, 2]
+    assert len(list(out.glob("m_s0*_t1c.nii.gz"))) == 3
+
+
+def test_cancel_is_checked_inside_one_network_pass(tiny_model):
+    """A front's Cancel stops the run between U-Net blocks, not only after a whole (minutes-long) step."""
+    from MedDDPMSynthLib.errors import GenerationCancelled
+
+    calls, steps = [], []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(GenerationCancelled):
+        tiny_model.generate(np.pad(head_labels((16, 16, 16)), 0), seed=0, progress=lambda d, t: steps.append(d),
+                            cancel=cancel)
+    assert steps == [], "the first step ran to its end before the cancel was seen"
+
+
+def test_a_checkpoint_without_a_grid_says_which_grid_it_uses(tmp_path):
+    """A checkpoint given by path with no grid inside runs the family's official grid: said, with the fix."""
+    from MedDDPMSynthLib import load_model
+    from MedDDPMSynthLib.pipeline import GenerateRequest, prepare_labels
+
+    request = GenerateRequest(mask=write_mask(tmp_path / "m.nii.gz"), output=tmp_path / "out")
+    warnings = prepare_labels(request, load_model(TINY_CKPT))[3]
+    assert any("does not say which grid it was trained on" in w and "128x128x128" in w and "--grid" in w
+               and "models import PATH --grid" in w for w in warnings), warnings
+    assert not any("grid it was trained on" in w for w in prepare_labels(
+        request, load_model(TINY_CKPT, grid_xyz=(32, 32, 32), spacing_mm=(6.0, 6.0, 6.0)))[3])
+
+
+def test_an_unchanged_stored_model_is_not_rehashed(tiny_home, tmp_path, monkeypatch):
+    """The sha256 check on load is cheap: a second load of an unchanged file reads the stat cache only."""
+    from MedDDPMSynthLib import models
+
+    monkeypatch.setenv("MEDDDPMSYNTH_HOME", str(tmp_path / "home"))
+    models.import_model(TINY_CKPT, name="mine", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
+    hashed = []
+    real = models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda p: hashed.append(p) or real(p))
+    models.load_named_model("mine")
+    models.load_named_model("mine")
+    assert len(hashed) == 1
+
+
+@pytest.mark.parametrize("code, advice", [
+    ("ENOSPC", "the disk is full; free disk space"),
+    ("EROFS", "the file system is read-only; choose an output folder on a writable disk"),
+    ("EACCES", "no permission to write there"),
+])
+def test_write_failures_get_advice_that_fits(code, advice):
+    """'free disk space' only for a full disk: a read-only file system or a permission needs another folder."""
+    import errno
+
+    from MedDDPMSynthLib.write_errors import write_advice
+
+    number = getattr(errno, code)
+    assert write_advice(OSError(number, os.strerror(number))).startswith(advice)
+    assert write_advice(RuntimeError(f"ITK ERROR: could not write: {os.strerror(number)}")).startswith(advice)
+
+
+def test_read_only_dataset_folder_is_refused_before_any_work(tiny_home, tmp_path, capsys, monkeypatch):
+    """A dataset -o on a read-only file system (root: a read-only tmpfs mount; others: a 0555 folder)."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    env = Env(tmp_path, write_mask(tmp_path / "mask.nii.gz"), monkeypatch)
+    masks = env.masks_folder()
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(out)]).returncode:
+            pytest.skip("cannot mount a read-only tmpfs here")
+        undo = ["umount", str(out)]
+    else:
+        out.chmod(0o555)
+        undo = ["chmod", "755", str(out)]
+    monkeypatch.setenv("MEDDDPMSYNTH_HOME", str(tiny_home))
+    try:
+        code, _, err = run_cli(["dataset", "--masks", masks, "--model", "tiny16", "-o", out / "ds", "--quiet"], capsys)
+    finally:
+        subprocess.run(undo, check=True)
+    assert code == 2 and "Traceback" not in err, err
+    assert message_lines(err) == [message_lines(err)[0]] and "cannot write in" in err and "read-only" in err, err
+    assert not (out / "ds").exists()
