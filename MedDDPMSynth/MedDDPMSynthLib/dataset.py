@@ -30,7 +30,7 @@ from .dataset_layout import (
 )
 from .dataset_plan import EditSettings, Unit, case_id, list_masks, mask_stem, select, units, variant_seed, variants
 from .errors import InputError, OutputError
-from .outputs import StagedOutput, check_folder_name
+from .outputs import StagedOutput, check_folder_name, check_name_lengths
 from .pipeline import GenerateRequest, labels_on_model_grid, read_official, tumour_labels
 from .sampling import SamplerSettings
 
@@ -84,6 +84,7 @@ def _read_settings(layout: Layout) -> dict | None:
 def check_output(layout: Layout, settings: dict) -> None:
     """Refuse (without writing) a file as -o, a foreign folder, or a dataset made with other settings."""
     root = layout.root
+    check_name_lengths([root / "imagesTr"])
     if root.exists() and not root.is_dir():
         raise OutputError(f"-o {root} is a file; give a folder for the dataset")
     check_folder_name(root)

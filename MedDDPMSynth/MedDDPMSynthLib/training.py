@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .api import check_grid_size
 from .checkpoint import _atomic_write, save_official_checkpoint
 from .diffusion import GaussianDiffusion
 from .errors import CheckpointError, InputError, OutputError, RuntimeFailure
@@ -123,6 +124,7 @@ class TrainConfig:
         divisor = self.unet().divisor
         if len(self.grid_xyz) != 3 or any(g < 1 or g % divisor for g in self.grid_xyz):
             raise InputError(f"--grid {self.grid_xyz} must be three positive multiples of {divisor} for {len(self.channel_mult)} levels")
+        check_grid_size(self.grid_xyz, self.model_channels)
         if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
             raise InputError(f"--spacing {self.spacing_mm} must be three positive sizes in mm")
 

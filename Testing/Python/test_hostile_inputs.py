@@ -357,6 +357,28 @@ def _(t: Env):
             "-o", t.dir / "ins", "--device", "cpu", "--quiet"]
 
 
+@case("dataset-output-name-too-long", "more than the 255 this file system allows", "choose a shorter output name")
+def _(t: Env):
+    return ["dataset", "--masks", t.masks_folder(), "--model", "tiny16", "-o", t.dir / ("d" * 300), "--quiet"]
+
+
+@case("dataset-output-png", "'.png' is not an image format", "give a folder name without a file suffix")
+def _(t: Env):
+    return ["dataset", "--masks", t.masks_folder(), "--model", "tiny16", "-o", t.dir / "dataset.png", "--quiet"]
+
+
+@case("train-grid-8-gib", "8,589,934,592 voxels", "give a smaller grid")
+def _(t: Env):
+    (t.dir / "images").mkdir()
+    return ["train", "--masks", t.masks_folder(), "--images", t.dir / "images", "-o", t.dir / "run",
+            "--grid", "2048,2048,2048", "--quiet"]
+
+
+@case("models-import-grid-8-gib", "8,589,934,592 voxels", "give a smaller grid")
+def _(t: Env):
+    return ["models", "import", TINY_CKPT, "--name", "big", "--grid", "2048,2048,2048"]
+
+
 # ---------------------------------------------------------------------------------------- running
 
 
@@ -512,3 +534,4 @@ def test_read_only_dataset_folder_is_refused_before_any_work(tiny_home, tmp_path
     assert code == 2 and "Traceback" not in err, err
     assert message_lines(err) == [message_lines(err)[0]] and "cannot write in" in err and "read-only" in err, err
     assert not (out / "ds").exists()
+
