@@ -16,6 +16,8 @@ from MedDDPMSynthLib.insertion import insert_tumour
 from MedDDPMSynthLib.models import load_named_model
 from MedDDPMSynthLib.normalisation import IntensityRange
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 
 @pytest.fixture(autouse=True)
 def _home(tmp_path, monkeypatch):

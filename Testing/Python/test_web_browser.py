@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 REPO = Path(__file__).resolve().parents[2]
-MASK = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
+MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
 TOKEN = "test-token-0123456789"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
