@@ -92,7 +92,8 @@ def _check_nifti_spacing(path: Path) -> None:
         pixdim = [float(v) for v in header["pixdim"][1:4]]
     except Exception:  # not parseable by nibabel: SimpleITK reports what it makes of the file
         return
-    _check_spacing(path, pixdim)
+    if not all(np.isfinite(v) and v != 0 for v in pixdim):  # the sign is ITK's business (it uses |pixdim|)
+        _check_spacing(path, pixdim)
 
 
 def _check_header(path: Path, dimension: int, components: int, size) -> None:
