@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
                 "(continue with --resume)"
             )
             # SIGTERM (errors.Terminated, raised by the command line's handler) exits 143, as every command does
-            if isinstance(interrupt, getattr(errors, "Terminated", ())):
+            if isinstance(interrupt, errors.Terminated):
                 cancelled.exit_code = 143
             raise cancelled from None
     finally:

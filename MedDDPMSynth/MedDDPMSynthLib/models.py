@@ -37,6 +37,7 @@ from .catalogue import (  # noqa: F401 (part of this module's interface)
     _write_catalogue,
     catalogue_path,
     data_home,
+    file_shared,
     models_dir,
 )
 from .checkpoint import (
@@ -44,6 +45,7 @@ from .checkpoint import (
 )
 from .api import check_grid_size
 from .errors import CheckpointError, InputError, MedDDPMError, OutputError
+from .outputs import check_destinations
 from .families import family_for_channels
 from .resources import demo_model_file
 
@@ -266,8 +268,8 @@ def export_model(
         raise InputError(f"unknown dtype '{dtype}'; use one of {', '.join(EXPORT_DTYPES)}")
     if destination.suffix != ".safetensors":
         raise InputError(f"{destination} must end in .safetensors")
-    if destination.exists() and not overwrite:
-        raise OutputError(f"{destination} exists; choose another name or add --overwrite")
+    # the shared check: an existing file (or dangling link) needs --overwrite, the source is never replaced
+    check_destinations([destination], overwrite, inputs=[source])
     state, info = read_state_dict(source)
     config, _ = infer_config(state, source)
     run_config = run_config_beside(source)
@@ -448,6 +450,8 @@ def remove(name: str) -> dict:
     # catalogue first: an interruption leaves an unlisted file, never an entry without its file
     _write_catalogue([e for e in entries if e is not entry])
     path = models_dir() / entry["file"]
+    if file_shared(entries, entry):  # another model's file too: keep it
+        return {**entry, "file_kept": True}
     try:
         _unlink_quietly(path)
     except OSError as exc:
