@@ -10,6 +10,8 @@ From the Python console::
     logic = slicer.util.getModuleLogic("MedDDPMSynth")
     volumes = logic.generate(getNode("Segmentation"))          # blocking; the panel runs it in the background
     logic.shift_tumor(getNode("Segmentation"), [10, 0, 0])      # RAS mm
+    transform = logic.begin_move(getNode("Segmentation"))       # drag its handles, then:
+    logic.apply_move(getNode("Segmentation"))                   # or logic.cancel_move(...)
 """
 
 import os
@@ -191,8 +193,8 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
     """The module logic: :class:`MedDDPMSynthSlicerLib.logic.SceneLogic` on ``slicer.mrmlScene``.
 
     Its public methods (generate, start_generation, finish_generation, cancel_generation, label_array,
-    shift_tumor, scale_tumor, rotate_tumor, remove_tumor, undo_tumor_edit, regenerate,
-    export_training_pair, import_model, ...) are available directly on this object. The engine's Python
+    shift_tumor, scale_tumor, rotate_tumor, remove_tumor, undo_tumor_edit, begin_move, preview_move,
+    apply_move, cancel_move, regenerate, export_training_pair, import_model, ...) are available directly on this object. The engine's Python
     dependencies are installed on first use, after a confirmation dialog.
     """
 
@@ -314,6 +316,25 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
             self.assertEqual(slicer.util.arrayFromVolume(volumes[0]).shape, before.shape)
         self.assertTrue(logic.undo_tumor_edit(segmentation))
         self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], labels))
+
+        self.delayDisplay("Move tumour: transform with handles, preview, cancel, apply = shift, undo")
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        transform = logic.begin_move(segmentation)
+        self.assertTrue(transform.GetDisplayNode().GetEditorVisibility())
+        logic.set_move(segmentation, translation_ras=[6.0, 0.0, 0.0])
+        logic.preview_move(segmentation)
+        logic.cancel_move(segmentation)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], labels))
+        logic.begin_move(segmentation)
+        logic.set_move(segmentation, translation_ras=[6.0, 0.0, 0.0])
+        logic.apply_move(segmentation)
+        moved = logic.label_array(segmentation)[0]
+        self.assertTrue(logic.undo_tumor_edit(segmentation))
+        logic.shift_tumor(segmentation, [6.0, 0.0, 0.0])
+        self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], moved))
+        self.assertTrue(logic.undo_tumor_edit(segmentation))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Test passed")
 
 

@@ -21,8 +21,8 @@ One JSON line per generator (and a last ``"generator": "reference"`` line for th
   computed as ``medddpm-synth evaluate`` does (every volume min-max scaled to [0, 1]);
 * ``seconds_per_sample``.
 
-  python benchmarks/bench_realism.py --model demo --cases 6 --samples 2 --work /tmp/realism \\
-      --sampler dpm++:25 --sampler ddpm > benchmarks/results_realism_cpu.jsonl
+  python benchmarks/bench_realism.py --model demo --model old_demo.safetensors --cases 6 --samples 2 \\
+      --work /tmp/realism --sampler dpm++:25 > benchmarks/results_realism_cpu.jsonl
 
 Needs the bench extra (``pip install -e ".[bench]"``: nilearn for the template, MONAI, TorchIO).
 """
@@ -126,7 +126,9 @@ def _sampler(text: str) -> SamplerSettings:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo")
+    parser.add_argument("--model", action="append", metavar="NAME_OR_FILE",
+                        help="model to measure, repeatable (default demo); the first one's grid and normalisation "
+                             "define the held-out cases and the reference intensities")
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7, help="demo-data seed of the held-out cases (default 7)")
@@ -137,7 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the TorchIO baseline")
     args = parser.parse_args(argv)
 
-    model = load_named_model(args.model, device=args.device)
+    names = args.model or ["demo"]
+    model = load_named_model(names[0], device=args.device)
     data = args.work / f"heldout_seed{args.seed}"
     build_dataset(data, args.cases, args.seed, model.grid_xyz, model.spacing_mm)
     cases = {}
@@ -147,14 +150,19 @@ def main(argv=None) -> int:
         reference = fit_intensity(image, model.family, model.options.normalisation, labels > 0).forward(image)
         cases[mask.name] = (labels, reference, sitk.ReadImage(str(mask)).GetSpacing())
     seeds = range(args.samples)
-    for settings in args.sampler or [SamplerSettings("dpm++", 25)]:
-        start, samples = time.perf_counter(), {}
-        for key, (labels, _, _) in cases.items():
-            samples[key] = [model.generate(labels, seed=s, sampler=settings)[0, 0] for s in seeds]
-        seconds = (time.perf_counter() - start) / (len(cases) * args.samples)
-        name = f"{args.model} {settings.name}" + (f" {settings.steps}" if settings.steps else " (all steps)")
-        print(json.dumps({**_row(name, samples, cases, seconds), "model_options": model.options.to_metadata()}))
-        sys.stdout.flush()
+    for name in names:
+        model = load_named_model(name, device=args.device)
+        if tuple(model.grid_xyz) != tuple(next(iter(cases.values()))[0].shape):
+            raise SystemExit(f"{name} runs on grid {model.grid_xyz}, the held-out cases are on another; compare "
+                             "models of one grid")
+        for settings in args.sampler or [SamplerSettings("dpm++", 25)]:
+            start, samples = time.perf_counter(), {}
+            for key, (labels, _, _) in cases.items():
+                samples[key] = [model.generate(labels, seed=s, sampler=settings)[0, 0] for s in seeds]
+            seconds = (time.perf_counter() - start) / (len(cases) * args.samples)
+            label = f"{name} {settings.name}" + (f" {settings.steps}" if settings.steps else " (all steps)")
+            print(json.dumps({**_row(label, samples, cases, seconds), "model_options": model.options.to_metadata()}))
+            sys.stdout.flush()
     if not args.no_baseline:
         start = time.perf_counter()
         samples = {key: _torchio_images(labels, seeds, spacing) for key, (labels, _, spacing) in cases.items()}

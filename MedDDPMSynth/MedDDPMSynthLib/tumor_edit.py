@@ -292,6 +292,79 @@ def move_to(label_map: sitk.Image, family, point_mm, component: int | None = Non
                  lambda c: _affine(np.eye(3), c, p - c))
 
 
+def _affine_params(matrix, translation_mm):
+    m = np.asarray(matrix, dtype=float)
+    if m.shape != (3, 3) or not np.isfinite(m).all():
+        raise InputError(f"the transform matrix must be 3x3 finite numbers, got {matrix!r}")
+    if abs(np.linalg.det(m)) < 1e-6:
+        raise InputError("the transform flattens the tumour (its matrix is singular); undo the scaling and try again")
+    if np.allclose(m, np.eye(3), rtol=0, atol=1e-12):
+        m = np.eye(3)  # a drag that only translates: an exact translation, as shift
+    return m, _vector(translation_mm, "the translation")
+
+
+def _about_centroid(m, t, pivot, c, label_map, family) -> np.ndarray:
+    """The translation of x -> M (x - p) + p + t rewritten about c (tiny values: 0); refused when longer
+    than the mask is across, as :func:`shift` refuses it."""
+    t_c = t if pivot is None else t + (m - np.eye(3)) @ (c - pivot)
+    t_c = np.where(np.abs(t_c) < 1e-6, 0.0, t_c)
+    _check_shift_length(t_c, label_map, _scheme(family).tissue_name)
+    return t_c
+
+
+def affine(label_map: sitk.Image, family, matrix, translation_mm=(0.0, 0.0, 0.0), component: int | None = None,
+           pivot_mm=None):
+    """Any physical affine of the tumour: x -> M (x - p) + p + t (LPS mm), p = ``pivot_mm`` or the centroid.
+
+    The common form of :func:`shift` (M = I), :func:`scale` (M diagonal) and :func:`rotate` (M a rotation),
+    which all act about the centroid c: the transform is rewritten about c, x -> M (x - c) + c + t_c with
+    t_c = t + (M - I)(c - p), and a t_c below 1e-6 mm is taken as 0, so a rotation or scaling built about
+    the centroid in another frame (a Slicer transform node's 4x4) gives exactly the labels of
+    rotate/scale with the same parameters. Same clipping and record as every edit (op "affine").
+    """
+    m, t = _affine_params(matrix, translation_mm)
+    pivot = None if pivot_mm is None else _vector(pivot_mm, "the pivot point")
+    params = {"matrix": m.tolist(), "translation_mm": t.tolist(),
+              "pivot_mm": None if pivot is None else pivot.tolist()}
+
+    def forward(c):
+        t_c = _about_centroid(m, t, pivot, c, label_map, family)
+        params["translation_about_centroid_mm"] = t_c.tolist()
+        return _affine(m, c, t_c)
+
+    return _edit(label_map, family, component, "affine", params, forward)
+
+
+def affine_preview(label_map: sitk.Image, family, matrix, translation_mm=(0.0, 0.0, 0.0),
+                   component: int | None = None, pivot_mm=None):
+    """:func:`affine` on the part of the grid it can change: (cropped new map, record).
+
+    The crop covers the tumour and where it lands (all of it inside the grid), plus two voxels, so the
+    crop of the full result and its clipping count are the same while a small tumour on a 256^3 grid costs
+    a small fraction of the full edit: for previews while the user drags.
+    """
+    scheme = _scheme(family)
+    m, t = _affine_params(matrix, translation_mm)
+    is_tumour = np.zeros(256, bool)
+    is_tumour[list(scheme.depth_labels)] = True
+    tumour = is_tumour[sitk.GetArrayFromImage(label_map)]  # a lookup, not a full-grid label check: cheap
+    if not tumour.any():
+        raise InputError("the map has no tumour voxels to edit; add a tumour first")
+    bounds = [np.flatnonzero(tumour.any(axis=tuple(a for a in range(3) if a != axis))) for axis in (2, 1, 0)]
+    first = np.array([b[0] for b in bounds])  # (x, y, z) box of all tumour voxels
+    last = np.array([b[-1] for b in bounds]) + 1
+    source = label_map[int(first[0]):int(last[0]), int(first[1]):int(last[1]), int(first[2]):int(last[2])]
+    moving = _select(_depth_of(_labels_of(source, scheme), scheme), source, component)
+    c = np.array(_centroid_mm(moving, source))
+    pivot = None if pivot_mm is None else _vector(pivot_mm, "the pivot point")
+    low, high = _target_box(moving, source, _affine(m, c, _about_centroid(m, t, pivot, c, label_map, family)))
+    grid = np.array(label_map.GetSize())
+    low = np.clip(np.minimum(low + first, first) - 2, 0, grid)
+    high = np.clip(np.maximum(high + first, last - 1) + 3, 0, grid)
+    crop = label_map[int(low[0]):int(high[0]), int(low[1]):int(high[1]), int(low[2]):int(high[2])]
+    return affine(crop, family, m, t, component, pivot_mm)
+
+
 def remove(label_map: sitk.Image, family, component: int | None = None):
     """Erase the tumour (or one component); its voxels become tissue."""
     scheme = _scheme(family)

@@ -26,6 +26,7 @@ from MedDDPMSynthLib.families import Family, family_for_channels
 from . import export as export_module
 from . import process, segments
 from .jobs import GenerationJob, GenerationSettings, new_folder, output_files, write_image
+from .move import MoveMixin
 from .scene_io import (
     GEOMETRY_TOLERANCE,
     image_from_node,
@@ -44,7 +45,7 @@ def ras_to_lps(vector) -> list[float]:
     return [-x, -y, z]
 
 
-class SceneLogic:
+class SceneLogic(MoveMixin):
     """Segmentation -> labels -> synthetic volumes; tumour edits with undo; local re-generation; export."""
 
     def __init__(self, scene, temp_dir: str | Path | None = None, python: str | None = None):
@@ -275,7 +276,7 @@ class SceneLogic:
         key = segmentation_node.GetID()
         self._forget_stale()
         stack = self._undo.setdefault(key, (segmentation_node, []))[1]
-        stack.append({"saved": saved, "added": added})
+        stack.append({"saved": saved, "added": added, "record": record})
         del stack[:-UNDO_DEPTH]  # bounded: the oldest edits can no longer be undone
         return record
 
@@ -317,6 +318,10 @@ class SceneLogic:
 
     def can_undo(self, segmentation_node) -> bool:
         return bool(self._undo_stack(segmentation_node))
+
+    def edit_history(self, segmentation_node) -> list[dict]:
+        """The records of the tumour edits that can still be undone, oldest first."""
+        return [entry["record"] for entry in self._undo_stack(segmentation_node)]
 
     def undo_tumor_edit(self, segmentation_node) -> bool:
         """Put the segments back as they were before the last tumour edit; False if there is none."""

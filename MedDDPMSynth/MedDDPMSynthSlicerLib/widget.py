@@ -21,6 +21,7 @@ SHIFTS = {"Right": (1, 0, 0), "Left": (-1, 0, 0), "Anterior": (0, 1, 0), "Poster
           "Superior": (0, 0, 1), "Inferior": (0, 0, -1)}
 AXES = {"R": (1, 0, 0), "A": (0, 1, 0), "S": (0, 0, 1)}
 TITLE = "MedDDPM Synth"
+PREVIEW_DELAY_MS = 150  # while dragging the handles: the clipped preview follows when the drag pauses
 
 
 def isUserError(error: Exception) -> bool:
@@ -49,6 +50,14 @@ class WidgetController:
         ui.rotateButton.connect("clicked(bool)", self.onRotate)
         ui.removeTumourButton.connect("clicked(bool)", self.onRemove)
         ui.undoButton.connect("clicked(bool)", self.onUndo)
+        self.moving = None  # (segmentation, transform node, observer tag) while the tumour is being moved
+        self.previewTimer = qt.QTimer()  # single shot, restarted by every drag event: preview when it pauses
+        self.previewTimer.setSingleShot(True)
+        self.previewTimer.setInterval(PREVIEW_DELAY_MS)
+        self.previewTimer.connect("timeout()", self.previewMove)
+        ui.moveTumourButton.connect("toggled(bool)", self.onMoveToggled)
+        ui.applyMoveButton.connect("clicked(bool)", self.onApplyMove)
+        ui.cancelMoveButton.connect("clicked(bool)", self.onCancelMove)
         ui.regenerateButton.connect("clicked(bool)", self.onRegenerate)
         ui.exportButton.connect("clicked(bool)", self.onExport)
         ui.exportVolumesComboBox.connect("checkedNodesChanged()", self.updateButtons)
@@ -245,6 +254,84 @@ class WidgetController:
             self.moduleLogic.sceneLogic.undo_tumor_edit(self.parameters().segmentation)
         self.updateButtons()
 
+    # ----------------------------------------------------------------------------- move tumour
+
+    def onMoveToggled(self, checked: bool) -> None:
+        """On: the tumour's copy under a transform with Slicer's handles; off: the move is cancelled."""
+        if not checked:
+            if self.moving is not None:
+                self.onCancelMove()
+            return
+        p = self.parameters()
+        if not self.ensureLogic():
+            self.setMoveButton(False)
+            return
+        with self.userErrors():
+            logic = self.moduleLogic.sceneLogic
+            family = self.family()
+            transform = logic.begin_move(p.segmentation, reference_volume=p.referenceVolume,
+                                         mapping=self.mapping(family), family=family)
+            tag = transform.AddObserver(slicer.vtkMRMLTransformNode.TransformModifiedEvent, self.onTransformModified)
+            self.moving = (p.segmentation, transform, tag)
+            self.setStatus("Drag the handles in the slice or 3-D views; the filled tumour shows where it lands "
+                           "(clipped to the head). Then Apply or Cancel.")
+        if self.moving is None:
+            self.setMoveButton(False)
+        self.updateButtons()
+
+    def onTransformModified(self, *_args) -> None:
+        self.previewTimer.start()  # restarts while the handles move: one preview per pause, not per event
+
+    def previewMove(self) -> None:
+        if self.moving is None:
+            return
+        try:
+            record = self.moduleLogic.sceneLogic.preview_move(self.moving[0])
+        except Exception as error:  # while dragging: say it on the status line, never a dialog per event
+            self.setStatus(f"Preview: {error}")
+            return
+        clipped = record.get("clipped_voxels", 0)
+        self.setStatus(f"Preview: {record['voxels_after']} tumour voxels"
+                       + (f", {clipped} clipped at the head's edge" if clipped else ""))
+
+    def onApplyMove(self) -> None:
+        if self.moving is None:
+            return
+        if not self.moduleLogic.sceneLogic.is_moving(self.moving[0]):  # its nodes were deleted meanwhile
+            self.endMove()
+            self.setStatus("The move's transform or preview was deleted; click 'Move tumour' again.")
+            self.updateButtons()
+            return
+        with self.userErrors():
+            record = self.moduleLogic.sceneLogic.apply_move(self.moving[0])
+            self.endMove()
+            clipped = record.get("clipped_voxels", 0)
+            self.setStatus(f"move applied: {record['voxels_after']} tumour voxels"
+                           + (f", {clipped} clipped at the head's edge" if clipped else ""))
+        self.updateButtons()
+
+    def onCancelMove(self) -> None:
+        if self.moving is not None:
+            with self.userErrors():
+                self.moduleLogic.sceneLogic.cancel_move(self.moving[0])
+            self.endMove()
+            self.setStatus("Move cancelled; the segmentation is unchanged.")
+        self.updateButtons()
+
+    def endMove(self) -> None:
+        self.previewTimer.stop()
+        if self.moving is not None:
+            _, transform, tag = self.moving
+            transform.RemoveObserver(tag)
+            self.moving = None
+        self.setMoveButton(False)
+
+    def setMoveButton(self, checked: bool) -> None:
+        button = self.ui.moveTumourButton
+        button.blockSignals(True)
+        button.checked = checked
+        button.blockSignals(False)
+
     # ---------------------------------------------------------------------------------- export
 
     def onExport(self) -> None:
@@ -310,8 +397,19 @@ class WidgetController:
                self.mappingProblem(segmentation) if ready else "")
         self._enable(self.ui.generateButton, not why, why or "Generate synthetic MRI from the segmentation")
         self.ui.cancelButton.enabled = running
+        moving = self.moving is not None
+        if moving and segmentation is not self.moving[0]:  # another segmentation chosen: end the old move
+            self.onCancelMove()
+            return
+        whyStep = why or ("Apply or cancel the move first" if moving else "")
         for name in [f"shift{n}Button" for n in SHIFTS] + ["scaleButton", "rotateButton", "removeTumourButton"]:
-            self._enable(getattr(self.ui, name), not why, why)
+            self._enable(getattr(self.ui, name), not whyStep, whyStep)
+        self._enable(self.ui.moveTumourButton, moving or not why,
+                     why or "Move, rotate and resize the tumour with handles in the views; then Apply or Cancel")
+        self._enable(self.ui.applyMoveButton, moving, "Write the moved tumour into the segmentation (one undo step)"
+                     if moving else "Click 'Move tumour' first")
+        self._enable(self.ui.cancelMoveButton, moving, "Put the tumour back as it was" if moving
+                     else "Click 'Move tumour' first")
         try:  # this runs from the panel's setup: an engine that fails to import must not stop the panel
             canUndo = ready and not running and self.moduleLogic.sceneLogic.can_undo(segmentation)
             canRegenerate = ready and not running and self.moduleLogic.sceneLogic.can_regenerate(segmentation)
@@ -320,6 +418,7 @@ class WidgetController:
             self.setStatus(f"Failed: {error}")
         if not ready and getattr(self.moduleLogic, "notReadyReason", None):
             self.setStatus(f"Not ready: {self.moduleLogic.notReadyReason} (Generate installs what is missing)")
+        canUndo = canUndo and not moving
         self._enable(self.ui.undoButton, canUndo, "Undo the last tumour edit" if canUndo else "No tumour edit to undo")
         self._enable(self.ui.regenerateButton, canRegenerate,
                      "Regenerate only around the edited tumour" if canRegenerate else "Generate a result first")
@@ -350,4 +449,6 @@ class WidgetController:
     def cleanup(self) -> None:
         if self.job is not None:
             self.onCancel()
+        if self.moving is not None:
+            self.onCancelMove()
         self.timer.stop()

@@ -26,6 +26,7 @@ from MedDDPMSynthLib.errors import MedDDPMError
 from MedDDPMSynthSlicerLib import GenerationSettings
 
 from . import security
+from .move_mode import MoveMode
 from .panel import SAMPLERS, SYNTH_TOOL, SynthUI
 from .session import WebSession
 
@@ -73,6 +74,7 @@ class SynthWebApp(TrameApp):
         ctrl.synth_cancel = self.cancel
         for operation in ("shift", "scale", "remove", "undo"):
             ctrl[f"synth_{operation}"] = lambda operation=operation: self.edit(operation)
+        self.move_mode = MoveMode(self)  # drag / scale the tumour in the slice views, Apply, Cancel
         ctrl.on_server_bind.add(self._bind_http)
         ctrl.on_server_exited.add(self._close)
         self.state.change("synth_model")(self._on_model_changed)

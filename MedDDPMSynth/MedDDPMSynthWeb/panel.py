@@ -33,6 +33,7 @@ DEFAULTS = {
     "synth_result": False, "synth_can_regenerate": False, "synth_tumour_voxels": 0,
     "synth_models": [], "synth_model": "demo", "synth_sampler": "dpm++", "synth_steps": 25, "synth_samples": 1,
     "synth_seed": 0, "synth_shift": [0.0, 0.0, 0.0], "synth_scale": 1.2,
+    "synth_moving": False, "synth_move_scale": 1.0,
 }
 
 
@@ -70,7 +71,8 @@ class MaskUploadButton(LoadVolumeButton):
 
 class SynthUI:
     """Builds the page on ``server``; ``ctrl`` callbacks: synth_generate, synth_regenerate, synth_cancel,
-    synth_shift, synth_scale, synth_remove, synth_undo. ``upload.on_load_volume`` emits the uploaded files."""
+    synth_shift, synth_scale, synth_remove, synth_undo, synth_move_begin, synth_move_apply, synth_move_cancel.
+    ``upload.on_load_volume`` emits the uploaded files."""
 
     def __init__(self, server, layout_manager, title: str, upload_limit: int = security.DEFAULT_UPLOAD_LIMIT):
         self.server = server
@@ -111,6 +113,23 @@ class SynthUI:
         ControlButton(icon=icon, name=name, click=toggle, classes="mt-1",
                       active=(f"{viewer.name.active_tool} === '{tool}'",),
                       disabled=(f"!{viewer.name.is_volume_loaded}",) if tool == EDITOR_TOOL else False)
+
+    @staticmethod
+    def _move_panel(ctrl, idle: str) -> None:
+        """Move mode: drag the tumour in a slice view (in that view's plane), scale it with the slider; the
+        filled tumour shows where it lands, clipped to the head; Apply is one edit (Undo edit undoes it)."""
+        with v.VRow(dense=True, classes="mt-1"):
+            with v.VCol(cols=12, v_if=("!synth_moving",)):
+                v.VBtn("Move tumour (drag in a slice view)", click=ctrl.synth_move_begin, block=True,
+                       prepend_icon="mdi-cursor-move", disabled=(idle,), classes="synth-move")
+            with v.VCol(cols=12, v_if=("synth_moving",)):
+                v.VSlider(label="Scale", v_model_number=("synth_move_scale",), min=0.5, max=2.0, step=0.05,
+                          thumb_label=True, density="compact", hide_details=True, classes="synth-move-scale")
+            with v.VCol(cols=6, v_if=("synth_moving",)):
+                v.VBtn("Apply move", click=ctrl.synth_move_apply, color="primary", block=True,
+                       classes="synth-move-apply")
+            with v.VCol(cols=6, v_if=("synth_moving",)):
+                v.VBtn("Cancel move", click=ctrl.synth_move_cancel, block=True, classes="synth-move-cancel")
 
     @staticmethod
     def _synth_panel(ctrl) -> None:
@@ -170,6 +189,7 @@ class SynthUI:
             with v.VCol(cols=6):
                 v.VBtn("Regenerate locally", click=ctrl.synth_regenerate, block=True,
                        disabled=("synth_running || !synth_can_regenerate",), classes="synth-regenerate")
+        SynthUI._move_panel(ctrl, idle)
 
         v.VDivider(classes="my-3")
         v.VBtn("Download image + mask (zip)", href="download", target="_blank", block=True, prepend_icon="mdi-download",

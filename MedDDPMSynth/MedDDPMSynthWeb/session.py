@@ -42,6 +42,7 @@ class WebSession:
         self.message = ""
         self.error = ""
         self.done = False  # the last job finished and its result is in the scene
+        self.move_translation, self.move_scale = [0.0, 0.0, 0.0], 1.0  # the move mode's drag and slider
 
     # --------------------------------------------------------------------------------- input
 
@@ -73,6 +74,8 @@ class WebSession:
         reference = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{name} (mask)")
         update_node_from_array(reference, labels.astype(np.float32), ras_matrix_of(image))
         reference.CreateDefaultDisplayNodes()
+        if self.moving:  # the move's helper nodes go with the old mask
+            self.logic.cancel_move(self.segmentation)
         self._remove_nodes([self.segmentation, self.reference, *self.volumes])
         self.segmentation, self.reference, self.mask_name, self.volumes = segmentation, reference, name, []
         self.done = False
@@ -158,6 +161,8 @@ class WebSession:
             raise MedDDPMError("a generation is running; wait for it or cancel it before editing")
         if self.segmentation is None:
             raise MedDDPMError("load a mask first")
+        if self.moving:
+            raise MedDDPMError("the tumour is being moved; Apply or Cancel the move first")
         if operation == "shift":
             self.logic.shift_tumor(self.segmentation, value)
         elif operation == "scale":
@@ -169,6 +174,55 @@ class WebSession:
         else:
             raise MedDDPMError(f"unknown edit '{operation}'")
         self.message, self.error = f"{operation} done", ""
+
+    # --------------------------------------------------------------------------- move mode
+
+    def begin_move(self) -> None:
+        """Move mode: a copy of the tumour under a transform (SceneLogic.begin_move); drags and the scale
+        slider set the transform (:meth:`set_move`), Apply makes it one edit, Cancel drops it."""
+        if self.busy:
+            raise MedDDPMError("a generation is running; wait for it or cancel it before moving the tumour")
+        if self.segmentation is None:
+            raise MedDDPMError("load a mask first")
+        self.logic.begin_move(self.segmentation, show_handles=False)  # the page's drag replaces the handles
+        self.move_translation, self.move_scale = [0.0, 0.0, 0.0], 1.0
+        self.message, self.error = "move mode: drag the tumour in a slice view, scale it with the slider", ""
+
+    @property
+    def moving(self) -> bool:
+        return self.segmentation is not None and self.logic.is_moving(self.segmentation)
+
+    def set_move(self, translation_ras=None, scale=None) -> None:
+        """The move so far: a translation (RAS mm) and a scale factor about the tumour's centre."""
+        if translation_ras is not None:
+            self.move_translation = [float(v) for v in translation_ras]
+        if scale is not None:
+            self.move_scale = float(scale)
+        self.logic.set_move(self.segmentation, self.move_translation, self.move_scale)
+
+    def preview_move(self) -> dict:
+        """Where the tumour lands (clipped to the head), shown in the views; the engine's record."""
+        try:
+            record = self.logic.preview_move(self.segmentation)
+        except MedDDPMError as error:
+            self.message, self.error = "move preview", str(error)
+            return {}
+        clipped = record["clipped_voxels"]
+        self.message, self.error = (f"preview: {record['voxels_after']} tumour voxels"
+                                    + (f", {clipped} clipped at the head's edge" if clipped else "")), ""
+        return record
+
+    def apply_move(self) -> dict:
+        record = self.logic.apply_move(self.segmentation)
+        clipped = record["clipped_voxels"]
+        self.message, self.error = (f"move applied: {record['voxels_after']} tumour voxels"
+                                    + (f", {clipped} clipped at the head's edge" if clipped else "")), ""
+        return record
+
+    def cancel_move(self) -> None:
+        if self.segmentation is not None:
+            self.logic.cancel_move(self.segmentation)
+        self.message, self.error = "move cancelled; the tumour is unchanged", ""
 
     # -------------------------------------------------------------------------------- export
 

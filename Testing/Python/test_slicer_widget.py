@@ -101,9 +101,30 @@ class FakeCheckable(FakeWidget):
         return list(self.checked)
 
 
+class FakeToggle(FakeWidget):
+    """A checkable button: ``toggle(checked)`` as the user clicks it; ``blockSignals`` as Qt's."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.checked, self.blocked = False, False
+
+    def blockSignals(self, block):
+        self.blocked = block
+
+    def toggle(self, checked):
+        assert self.enabled, f"{self.name} is disabled: {self.toolTip}"
+        self.checked = checked
+        if not self.blocked:
+            self.signals["toggled(bool)"](checked)
+
+
 class FakeTimer:
     def __init__(self):
         self.active = False
+        self.single_shot = False
+
+    def setSingleShot(self, single):
+        self.single_shot = single
 
     def setInterval(self, ms):
         pass
@@ -131,8 +152,9 @@ def fake_ui():
     names = ["generateButton", "cancelButton", "importModelButton", "scaleButton", "rotateButton",
              "removeTumourButton", "undoButton", "regenerateButton", "exportButton", "progressBar", "statusLabel",
              "samplerComboBox", "stepsSpinBox"] + [f"shift{n}Button" for n in SHIFTS]
-    for name in names:
+    for name in names + ["applyMoveButton", "cancelMoveButton"]:
         setattr(ui, name, FakeWidget(name))
+    ui.moveTumourButton = FakeToggle("moveTumourButton")
     return ui
 
 
@@ -337,3 +359,60 @@ def test_install_question_comes_before_the_wait_cursor_and_the_model_list_follow
     run_timer(panel)
     assert panel.errors == [] and cursor == []
     assert [d for _, d in panel.ui.modelComboBox.items] == ["demo", "tiny16"]
+
+
+def test_move_tumour_with_handles_preview_apply_cancel(panel, monkeypatch):
+    """Move tumour: the transform with Slicer's handles, a throttled clipped preview, Apply = one undoable
+    edit equal to the step buttons' shift, Cancel = nothing changed; the step buttons wait meanwhile."""
+    import numpy as np
+    from test_slicer_logic import tumour_centroid_ras
+
+    from MedDDPMSynthSlicerLib.move import set_matrix
+
+    ui, scene, logic = panel.ui, panel.scene, panel.logic
+    segmentation, _ = add_segmentation(scene, standard_head(), matrix("oblique"), {1: "head", 2: "tumour"})
+    panel.params.segmentation = segmentation
+    panel.controller.refreshSegments()
+    original, m = logic.label_array(segmentation)
+    before = scene.GetNumberOfNodes()
+    previews = []
+    real_preview = logic.preview_move
+    monkeypatch.setattr(logic, "preview_move", lambda seg: previews.append(seg) or real_preview(seg))
+
+    ui.moveTumourButton.toggle(True)
+    transform = logic.move_transform(segmentation)
+    assert transform is not None and transform.GetDisplayNode().GetEditorVisibility()
+    assert transform.GetDisplayNode().GetEditorSliceIntersectionVisibility()  # handles in the slice views too
+    assert not ui.shiftRightButton.enabled and ui.shiftRightButton.toolTip == "Apply or cancel the move first"
+    assert ui.applyMoveButton.enabled and ui.cancelMoveButton.enabled and not ui.undoButton.enabled
+    timer = panel.controller.previewTimer
+    assert timer.single_shot
+    for step in (2.0, 4.0, 8.0):  # a drag: many transform events, one preview when it pauses
+        set_matrix(transform, np.r_[np.c_[np.eye(3), [step, 0.0, 0.0]], [[0, 0, 0, 1]]])
+        assert timer.active and previews == []
+    timer.slot()
+    assert len(previews) == 1 and ui.statusLabel.text.startswith("Preview: ")
+    ui.applyMoveButton.click()
+    moved, _ = logic.label_array(segmentation)
+    np.testing.assert_allclose(tumour_centroid_ras(moved, m) - tumour_centroid_ras(original, m), [8, 0, 0], atol=2.0)
+    assert ui.statusLabel.text.startswith("move applied: ") and not ui.moveTumourButton.checked
+    assert scene.GetNumberOfNodes() == before and panel.errors == []
+    assert ui.undoButton.enabled and ui.shiftRightButton.enabled and not ui.applyMoveButton.enabled
+    ui.undoButton.click()
+    ui.shiftRightButton.click()  # the step button moves by the 4 mm step: the same engine edit
+    stepped, _ = logic.label_array(segmentation)
+    ui.undoButton.click()
+
+    ui.moveTumourButton.toggle(True)  # Cancel: every voxel and node as before
+    set_matrix(logic.move_transform(segmentation), np.diag([1.4, 1.4, 1.4, 1.0]))
+    timer.slot()
+    ui.cancelMoveButton.click()
+    np.testing.assert_array_equal(logic.label_array(segmentation)[0], original)
+    assert scene.GetNumberOfNodes() == before and not ui.moveTumourButton.checked and not timer.active
+    assert ui.statusLabel.text == "Move cancelled; the segmentation is unchanged."
+
+    ui.moveTumourButton.toggle(True)  # toggling off cancels too, and moving the tumour in steps works again
+    ui.moveTumourButton.toggle(False)
+    assert not logic.is_moving(segmentation) and scene.GetNumberOfNodes() == before
+    ui.shiftRightButton.click()
+    np.testing.assert_array_equal(logic.label_array(segmentation)[0], stepped)

@@ -320,3 +320,40 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--vector" in capsys.readouterr().err
     assert main(["tumor", "remove", "--mask", str(mask), "--component", "5", "-o", str(tmp_path / "o.nii.gz")]) == 2
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+@pytest.mark.parametrize("family", ["whole_head", "brats"])
+def test_affine_about_any_pivot_equals_shift_scale_rotate(family):
+    """The general affine (x -> M (x - p) + p + t) rewritten about the centroid: the same labels as the
+    named edits, whether given about the centroid or as a 4x4 about the origin (as a transform node)."""
+    label_map = _map(family)
+    c = np.array(te._centroid_mm(np.isin(_array(label_map), TUMOUR[family]), label_map))
+    rotation = te.rotation_matrix([10, -25, 40])
+    cases = [(te.shift(label_map, family, [3.2, -4.0, 2.5]), np.eye(3), np.array([3.2, -4.0, 2.5])),
+             (te.scale(label_map, family, [1.3, 0.9, 1.1]), np.diag([1.3, 0.9, 1.1]), np.zeros(3)),
+             (te.rotate(label_map, family, [10, -25, 40]), rotation, np.zeros(3))]
+    for (expected, _), m, t in cases:
+        about_centroid, record = te.affine(label_map, family, m, t)
+        about_origin, _ = te.affine(label_map, family, m, m @ -c + c + t, pivot_mm=(0.0, 0.0, 0.0))
+        np.testing.assert_array_equal(_array(about_centroid), _array(expected))
+        np.testing.assert_array_equal(_array(about_origin), _array(expected))
+        assert record["op"] == "affine"
+
+
+def test_affine_refuses_a_flattening_or_malformed_matrix():
+    label_map = _map("whole_head")
+    with pytest.raises(InputError, match="flattens the tumour"):
+        te.affine(label_map, "whole_head", np.diag([1.0, 1.0, 0.0]))
+    with pytest.raises(InputError, match="3x3 finite numbers"):
+        te.affine(label_map, "whole_head", np.eye(4))
+    with pytest.raises(InputError, match="translation must be three finite numbers"):
+        te.affine_preview(label_map, "whole_head", np.eye(3), [1.0, np.nan, 0.0])
+
+
+def test_affine_refuses_an_absurd_translation_as_shift_does():
+    label_map = _map("whole_head")
+    for edit in (te.affine, te.affine_preview):
+        with pytest.raises(InputError, match="longer than the mask is across"):
+            edit(label_map, "whole_head", np.eye(3), [1e308, 0.0, 0.0])
+        with pytest.raises(InputError, match="longer than the mask is across"):  # also about another pivot
+            edit(label_map, "whole_head", np.eye(3) * 2.0, [0.0, 0.0, 0.0], pivot_mm=(1e6, 0.0, 0.0))

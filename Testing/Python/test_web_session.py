@@ -118,6 +118,83 @@ def test_paint_and_erase_in_the_served_app(tmp_path):
     app._close()
 
 
+def _drag(view, start: tuple[float, float], end: tuple[float, float], moves: int = 6) -> tuple:
+    """A left-button drag from ``start`` to ``end`` (fractions of the view); the RAS points under them."""
+    interactor = view.render_window().GetInteractor()
+    width, height = view.render_window().GetSize()
+    (x0, y0), (x1, y1) = [(int(width * fx), int(height * fy)) for fx, fy in (start, end)]
+    xy_to_ras = view.get_view_node().GetXYToRAS()
+    ras = [np.array(xy_to_ras.MultiplyPoint((float(x), float(y), 0.0, 1.0))[:3]) for x, y in ((x0, y0), (x1, y1))]
+    interactor.SetEventPosition(x0, y0)
+    interactor.InvokeEvent("MouseMoveEvent")
+    interactor.InvokeEvent("LeftButtonPressEvent")
+    for k in range(1, moves + 1):
+        interactor.SetEventPosition(x0 + (x1 - x0) * k // moves, y0 + (y1 - y0) * k // moves)
+        interactor.InvokeEvent("MouseMoveEvent")
+    interactor.InvokeEvent("LeftButtonReleaseEvent")
+    return ras
+
+
+def test_move_mode_drag_scale_apply_cancel_undo_in_the_served_app(tmp_path):
+    """Move mode in the served app: a drag in the axial view moves the tumour by the dragged RAS vector (in
+    that plane), the slider scales it, Apply makes one edit (Undo restores), Cancel changes nothing; the
+    drag never reaches the segment editor or window/level."""
+    from trame.app import get_server
+    from trame_slicer.segmentation import SegmentationEffectPaint
+
+    from MedDDPMSynthWeb.app import SynthWebApp
+
+    app = SynthWebApp(get_server("move_test", client_type="vue3"), work_dir=tmp_path)
+    app.state.ready()  # as when the server starts: the slider's state changes reach their listener
+    app.session.load_mask(sitk.ReadImage(str(MASK)), "demo_mask")
+    app._show_mask()
+    logic, segmentation = app.session.logic, app.session.segmentation
+    before, ijk_to_ras = logic.label_array(segmentation)
+
+    def centre(labels):
+        return (ijk_to_ras @ np.r_[np.argwhere(labels == 2)[:, ::-1].mean(0), 1.0])[:3]
+
+    view = app.slicer_app.view_manager.get_slice_views()[0]
+    view.render_window().SetSize(400, 600)
+    view.render()
+    app.editor_logic.segmentation_editor.set_active_effect_type(SegmentationEffectPaint)  # must not paint
+    nodes = app.slicer_app.scene.GetNumberOfNodes()
+    app.server.controller.synth_move_begin()
+    assert app.state.synth_moving and app.session.moving
+    start, end = _drag(view, (0.5, 0.5), (0.56, 0.53))
+    assert app.session.message.startswith("preview: ")
+    np.testing.assert_allclose(app.session.move_translation, end - start, atol=1e-6)
+    assert abs(end - start)[:2].max() > 5.0 and abs(end - start)[2] < 1e-6  # in the axial plane
+    np.testing.assert_array_equal(logic.label_array(segmentation)[0], before)  # nothing written yet
+    app.server.controller.synth_move_apply()
+    moved, _ = logic.label_array(segmentation)
+    np.testing.assert_allclose(centre(moved) - centre(before), end - start, atol=1.5)  # a voxel (1.5 mm)
+    assert not app.state.synth_moving and app.slicer_app.scene.GetNumberOfNodes() == nodes
+    assert 0.9 * (before == 2).sum() < (moved == 2).sum() <= (before == 2).sum()  # moved, not painted (Paint is on)
+    assert logic.edit_history(segmentation)[-1]["op"] == "affine"
+    app.server.controller.synth_undo()
+    np.testing.assert_array_equal(logic.label_array(segmentation)[0], before)
+
+    app.server.controller.synth_move_begin()  # the slider scales about the centre; Cancel drops it
+    app.state.synth_move_scale = 1.3
+    app.state.flush()
+    assert app.session.move_scale == pytest.approx(1.3) and app.session.message.startswith("preview: ")
+    app.server.controller.synth_move_cancel()
+    np.testing.assert_array_equal(logic.label_array(segmentation)[0], before)
+    assert app.slicer_app.scene.GetNumberOfNodes() == nodes and not app.state.synth_moving
+
+    app.server.controller.synth_move_begin()
+    app.state.synth_move_scale = 1.3
+    app.state.flush()
+    app.server.controller.synth_move_apply()
+    scaled, _ = logic.label_array(segmentation)
+    assert 1.8 < (scaled == 2).sum() / (before == 2).sum() < 2.6  # ~1.3^3
+    np.testing.assert_allclose(centre(scaled), centre(before), atol=1.5)
+    _stroke(view, (0.6, 0.4))  # out of move mode a drag is the editor's again: it paints (as the paint test)
+    assert (logic.label_array(segmentation)[0] == 2).sum() > (scaled == 2).sum()
+    app._close()
+
+
 # ------------------------------------------------------------------------ hostile or odd input (issue 20)
 
 
