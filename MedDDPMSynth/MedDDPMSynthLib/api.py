@@ -11,15 +11,17 @@ generator; for one sample this is exactly the official RNG protocol.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoint import CheckpointInfo, load_checkpoint, model_options, run_config_beside
 from .diffusion import GaussianDiffusion
-from .errors import InputError, RuntimeFailure
+from .errors import CheckpointError, InputError, RuntimeFailure
 from .families import Family, family_for_channels
 from .model_options import ModelOptions
 from .sampling import (
@@ -50,9 +52,44 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def _grid_from_metadata(metadata: dict[str, str], key: str, cast) -> tuple | None:
+#: 8 times the official BraTS grid (192x192x144); beyond it one sample needs tens of GiB
+MAX_GRID_VOXELS = 256**3
+
+
+def grid_memory_gib(grid_xyz, model_channels: int = 64) -> float:
+    """A rough lower bound of the memory one sample's network pass needs: the first level's activations
+    (channels x voxels, float32) kept for about eight layers and skip connections."""
+    voxels = int(np.prod([int(v) for v in grid_xyz], dtype=object))
+    return voxels * model_channels * 4 * 8 / 2**30
+
+
+def check_grid_size(grid_xyz, model_channels: int = 64, what: str = "--grid") -> None:
+    """Refuse a model grid above MAX_GRID_VOXELS before anything is allocated, with the memory estimate."""
+    voxels = int(np.prod([int(v) for v in grid_xyz], dtype=object))
+    if voxels > MAX_GRID_VOXELS:
+        raise InputError(
+            f"{what} {'x'.join(str(int(v)) for v in grid_xyz)} has {voxels:,} voxels, more than the {MAX_GRID_VOXELS:,} "
+            f"(256^3) supported: one sample would need about {grid_memory_gib(grid_xyz, model_channels):,.0f} GiB; "
+            "give a smaller grid (the official ones are 128,128,128 and 192,192,144)"
+        )
+
+
+def _grid_from_metadata(metadata: dict[str, str], key: str, cast, path) -> tuple | None:
+    """A grid or spacing triple from safetensors metadata: three positive finite numbers, or a
+    CheckpointError (a zero spacing would divide by zero later, a malformed one raise ValueError)."""
     value = metadata.get(key)
-    return tuple(cast(v) for v in value.split(",")) if value else None
+    if not value:
+        return None
+    try:
+        values = tuple(cast(v) for v in value.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise CheckpointError(
+            f"{path} has invalid '{key}' metadata ({value[:40]!r}): it must be three positive numbers; fix the "
+            "file with 'medddpm-synth models export --grid X,Y,Z --spacing A,B,C' or give --grid"
+        )
+    return values
 
 
 @dataclass
@@ -65,6 +102,9 @@ class SynthesisModel:
     device: torch.device
     grid_xyz: tuple[int, int, int]
     spacing_mm: tuple[float, float, float]
+    #: True when neither the caller, the file nor its training run gave the grid: the family's official
+    #: grid is used, which is right for the official weights only (fronts say so)
+    grid_is_default: bool = False
 
     @property
     def timesteps(self) -> int:
@@ -130,6 +170,7 @@ class SynthesisModel:
                     f"out of {self.device.type.upper()} memory for a batch of {n} at grid {tuple(cond.shape[2:])}; "
                     f"use {advice}"
                 ) from None
+            _check_network_output(images, self.info.path)
             outputs.append(self.family.images_to_xyz(images))
         return np.concatenate(outputs)
 
@@ -151,6 +192,22 @@ class SynthesisModel:
         keep = torch.from_numpy(np.ascontiguousarray((~region).transpose(2, 1, 0)))[None, None].to(self.device)
         jump = max(1, min(10, self.timesteps // 5))  # RePaint's 10 for T = 250; shorter for tiny T
         return Inpainting(known.clamp(-1, 1), keep.float(), jump=jump, resample=harmonize)
+
+
+def _check_network_output(images: torch.Tensor, path) -> None:
+    """Refuse instead of writing garbage: NaN/Inf, or a sample that is one constant value (huge or
+    altered weights saturate every voxel at the clipping bound; written, it would look like success)."""
+    flat = images.detach().reshape(images.shape[0], -1)
+    if not bool(torch.isfinite(flat).all()):
+        problem = "NaN or infinite values"
+    elif bool((flat.amax(dim=1) == flat.amin(dim=1)).any()):
+        problem = f"a constant image (every voxel {float(flat[0, 0]):g})"
+    else:
+        return
+    raise CheckpointError(
+        f"the model {Path(path).name} produced {problem}, so its weights are damaged or not a trained Med-DDPM "
+        "model; nothing was written; use the original checkpoint"
+    )
 
 
 def check_label_array(labels_xyz: np.ndarray, divisor: int = 1) -> np.ndarray:
@@ -191,7 +248,11 @@ def load_model(
     family = family_for_channels(config.in_channels, config.out_channels)
     dev = resolve_device(device)
     run = run_config_beside(path)
-    grid = tuple(grid_xyz or _grid_from_metadata(info.metadata, "grid_xyz", int) or run.get("grid_xyz") or family.grid_xyz)
-    spacing = tuple(spacing_mm or _grid_from_metadata(info.metadata, "spacing_mm", float) or run.get("spacing_mm")
+    file_grid = _grid_from_metadata(info.metadata, "grid_xyz", int, path) or run.get("grid_xyz")
+    grid = tuple(grid_xyz or file_grid or family.grid_xyz)
+    spacing = tuple(spacing_mm or _grid_from_metadata(info.metadata, "spacing_mm", float, path) or run.get("spacing_mm")
                     or family.spacing_mm)
-    return SynthesisModel(diffusion.to(dev), family, info, dev, grid, spacing)
+    check_grid_size(grid, config.model_channels, f"the grid of {Path(path).name}")
+    model = SynthesisModel(diffusion.to(dev), family, info, dev, grid, spacing)
+    model.grid_is_default = grid_xyz is None and not file_grid
+    return model

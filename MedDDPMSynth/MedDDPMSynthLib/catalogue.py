@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -83,7 +84,19 @@ def _checked_entries(data: object, path: Path) -> list[dict]:
         if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
                 and _is_plain_file_name(entry.get("file"))):
             raise _damaged(path, f"bad entry {str(entry)[:80]}")
+        for key, kind in (("grid_xyz", int), ("spacing_mm", float)):
+            if not _is_triple(entry.get(key), kind):
+                raise _damaged(path, f"model '{entry['name']}' has {key} {entry.get(key)!r}, not three positive numbers")
     return data["models"]
+
+
+def _is_triple(value: object, kind: type) -> bool:
+    """Three positive finite numbers (whole ones for a grid): a null or string grid would fail later
+    deep inside the geometry code."""
+    if not isinstance(value, list) or len(value) != 3:
+        return False
+    allowed = (int,) if kind is int else (int, float)
+    return all(isinstance(v, allowed) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
 
 
 def _write_catalogue(entries: list[dict]) -> None:

@@ -29,6 +29,7 @@ from .errors import CheckpointError, OutputError
 from .model_options import CHECKPOINT_KEY, ModelOptions
 from .schedule import BUFFER_NAMES
 from .unet import GROUPS, UNetConfig
+from .write_errors import short_reason, write_advice
 
 PREFIX = "denoise_fn."
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -81,6 +82,12 @@ def _foreign_globals(path: Path) -> list[str] | None:
     return sorted({g for g in found if not g.startswith(_SAFE_GLOBAL_PREFIXES)})
 
 
+def _refused_globals(exc: Exception) -> list[str]:
+    """The globals torch's weights-only unpickler refused, as named in its message: it also refuses
+    names that merely start with 'torch' (e.g. ``torch.x.system``), which the list above lets through."""
+    return sorted(set(re.findall(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(exc), flags=re.IGNORECASE)))
+
+
 def _read_file(path: Path) -> tuple[object, str, dict[str, str]]:
     """Raw object in the file, its container kind and safetensors metadata."""
     if not path.exists():
@@ -116,8 +123,8 @@ def _read_file(path: Path) -> tuple[object, str, dict[str, str]]:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing them
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        foreign = _foreign_globals(path)
+    except pickle.UnpicklingError as exc:
+        foreign = _foreign_globals(path) or _refused_globals(exc)
         if foreign:
             raise CheckpointError(
                 f"{path} contains Python objects that would run code when loaded ({', '.join(foreign[:3])}), "
@@ -176,6 +183,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple["OrderedDict[str, torch.Te
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries {bad[:5]} are not tensors; give a Med-DDPM checkpoint")
+    _check_dtypes(state, path)
     keys = list(state)
     if keys and all(k.startswith("module.") for k in keys):  # saved from a DataParallel wrapper
         state = OrderedDict((k[len("module."):], v) for k, v in state.items())
@@ -198,6 +206,32 @@ def read_state_dict(path: str | os.PathLike) -> tuple["OrderedDict[str, torch.Te
     container = "official" if key == "ema" and container == "torch" else container
     container = "state_dict" if container == "torch" else container
     return state, CheckpointInfo(path, container, key, step, metadata)
+
+
+def _check_dtypes(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Weights and schedule are real floating-point numbers. Integer or complex weights would be cast
+    (or fail) silently and produce a constant image, so they are refused by name."""
+    names = {k: k[len("module."):] if k.startswith("module.") else k for k in state}
+    bad = [f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in state.items()
+           if (names[k].startswith(PREFIX) or names[k] in BUFFER_NAMES) and (v.is_complex() or not v.is_floating_point())]
+    if bad:
+        raise CheckpointError(
+            f"{path} has non-float weights ({', '.join(bad[:3])}); a Med-DDPM checkpoint holds float32/float16/"
+            "bfloat16 tensors, so this file is damaged or was converted wrongly; use the original checkpoint"
+        )
+
+
+def _check_schedule(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """The diffusion schedule must be one: betas in (0, 1), alphas_cumprod decreasing in (0, 1).
+    A negated or scaled schedule samples without error but writes a constant image."""
+    betas, cumprod = state["betas"].double(), state["alphas_cumprod"].double()
+    valid = (betas.ndim == 1 and cumprod.shape == betas.shape and bool(((betas > 0) & (betas < 1)).all())
+             and bool(((cumprod > 0) & (cumprod < 1)).all()) and bool((cumprod[1:] <= cumprod[:-1]).all()))
+    if not valid:
+        raise CheckpointError(
+            f"{path} holds no valid diffusion schedule (betas must lie between 0 and 1 and alphas_cumprod "
+            "decrease from below 1 towards 0); the file is damaged or altered; use the original checkpoint"
+        )
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, path: Path) -> tuple[int, ...]:
@@ -285,6 +319,7 @@ def build_model(state: Mapping[str, torch.Tensor], path: Path | str = "checkpoin
     nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if nonfinite:
         raise CheckpointError(f"{path} has NaN/Inf values in {nonfinite[:3]}; the weights are damaged")
+    _check_schedule(state, path)
     model = model.to_empty(device="cpu")
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -304,8 +339,8 @@ def _atomic_write(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; free disk space or choose another folder") from None
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        raise OutputError(f"cannot write {path}: {short_reason(exc)}; {write_advice(exc)}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

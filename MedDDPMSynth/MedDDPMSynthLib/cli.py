@@ -13,6 +13,7 @@ import signal
 import sys
 
 from . import __version__, cli_dataset, cli_demo_data, cli_evaluate, cli_generate, cli_insert, cli_models, cli_serve, cli_train, cli_tumor
+from .cli_numbers import guard_numbers
 from .errors import MedDDPMError, Terminated
 
 EPILOG = """examples:
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_evaluate.add_parser(commands)
     cli_dataset.add_parser(commands)
     cli_serve.add_parser(commands)
-    return parser
+    return guard_numbers(parser)
 
 
 def _raise_terminated(_signum, _frame):

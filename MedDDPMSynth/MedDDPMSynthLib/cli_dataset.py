@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             summary = build_dataset(request, model, args.model, info.rank, info.world, progress)
         except KeyboardInterrupt as interrupt:
+            if bar is not None:  # end the bar's line first, so the message is a line of its own
+                bar.close()
             print("cancelled: only complete cases were kept; run the same command again to continue",
                   file=sys.stderr)
             return 143 if isinstance(interrupt, Terminated) else 130

@@ -15,7 +15,7 @@ from .geometry import read_mask
 from .head_mask import METHODS, auto_head_mask
 from .insertion import insert_tumour
 from .models import load_named_model
-from .outputs import StagedOutput, check_destinations, split_image_name
+from .outputs import StagedOutput, check_destinations, check_folder_name, split_image_name
 from .pipeline import GenerateRequest, generate_files
 from .regenerate import previous_image_paths
 
@@ -71,6 +71,7 @@ def add_parser(commands) -> None:
 
 
 def run_insert(args: argparse.Namespace) -> int:
+    check_folder_name(args.output)
     model = load_named_model(args.model, device=args.device)
     scan_paths = previous_image_paths(args.scan, model.family.modalities)
     stem_ext = [split_image_name(p) for p in scan_paths]
@@ -78,7 +79,7 @@ def run_insert(args: argparse.Namespace) -> int:
     labels_path = args.output / f"{stem_ext[0][0]}_labels.nii.gz"
     check_destinations([*outputs, labels_path, args.output / "insertion.json"], args.overwrite,
                        inputs=[*scan_paths, args.tumor, args.head_mask])
-    scans = [read_mask(p) for p in scan_paths]  # same checks as masks: 3-D, scalar, finite
+    scans = [read_mask(p, "scan") for p in scan_paths]  # same checks as masks: 3-D, scalar, finite
     head = read_mask(args.head_mask) if args.head_mask else None
     progress, state = _progress_bar(args.quiet)
     try:
@@ -102,7 +103,7 @@ def run_insert(args: argparse.Namespace) -> int:
 
 def run_anonymize(args: argparse.Namespace) -> int:
     model = load_named_model(args.model, device=args.device)
-    scan = read_mask(args.scan)
+    scan = read_mask(args.scan, "scan")
     head = auto_head_mask(scan, method=args.method)
     stem, _ = split_image_name(args.scan)
     tissue = "brain" if "brain" in model.family.condition_names else "head"

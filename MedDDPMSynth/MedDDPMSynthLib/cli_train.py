@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import _atomic_write, infer_config, model_options, read_state_dict
+from . import errors
 from .errors import CheckpointError, GenerationCancelled, InputError, OutputError
 from .families import FAMILIES, family_for_channels
 from .labels import LabelMapping
@@ -191,11 +192,15 @@ def run(args: argparse.Namespace) -> int:
             _write_config(args, config, trainer)
         try:
             trainer.train()
-        except KeyboardInterrupt:
-            raise GenerationCancelled(
+        except KeyboardInterrupt as interrupt:
+            cancelled = GenerationCancelled(
                 f"training cancelled at step {trainer.step}; the last saved checkpoint in {args.output} is complete "
                 "(continue with --resume)"
-            ) from None
+            )
+            # SIGTERM (errors.Terminated, raised by the command line's handler) exits 143, as every command does
+            if isinstance(interrupt, errors.Terminated):
+                cancelled.exit_code = 143
+            raise cancelled from None
     finally:
         trainer.close()
     if trainer.dist.main:

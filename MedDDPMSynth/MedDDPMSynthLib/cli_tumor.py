@@ -19,7 +19,7 @@ from .errors import InputError
 from .families import FAMILIES
 from .geometry import read_mask
 from .labels import ALIASES, LabelMapping, check_values, to_official
-from .outputs import StagedOutput, check_destinations, split_image_name
+from .outputs import StagedOutput, check_destinations, check_folder_name, check_name_lengths, split_image_name
 
 EPILOG = """examples:
   medddpm-synth tumor shift --mask m.nii.gz --vector 10,0,-5 -o shifted.nii.gz
@@ -65,6 +65,9 @@ def _sweep(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"'{text}' is not START:STOP:COUNT, e.g. 2.0:0.5:20") from None
     if len(parts) != 3 or count < 1:
         raise argparse.ArgumentTypeError(f"'{text}' is not START:STOP:COUNT with COUNT >= 1")
+    if count > tumor_edit.MAX_BATCH_EDITS:  # before allocating COUNT factors
+        raise argparse.ArgumentTypeError(f"'{text}' asks for {count:,} scaled masks, more than the "
+                                         f"{tumor_edit.MAX_BATCH_EDITS:,} one batch allows; give a smaller COUNT")
     return np.linspace(start, stop, count).tolist()
 
 
@@ -207,6 +210,7 @@ def _write_batch(args, items) -> list[Path]:
     folder = args.output
     if split_image_name(folder)[1]:
         raise InputError(f"batch output {folder} must be a folder, not an image file name")
+    check_folder_name(folder)
     check_destinations([folder / "records.json"], args.overwrite, inputs=[args.mask])
     records = []
     with StagedOutput(folder) as stage:
@@ -223,6 +227,7 @@ def _write_batch(args, items) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out one ``tumor`` action; 0 on success (errors are raised as ``MedDDPMError``)."""
+    check_name_lengths([args.output])
     label_map, family = _load(args)
     items = _batch(args, label_map, family)
     if items is None:

@@ -30,7 +30,7 @@ from .dataset_layout import (
 )
 from .dataset_plan import EditSettings, Unit, case_id, list_masks, mask_stem, select, units, variant_seed, variants
 from .errors import InputError, OutputError
-from .outputs import StagedOutput
+from .outputs import StagedOutput, check_folder_name, check_name_lengths
 from .pipeline import GenerateRequest, labels_on_model_grid, read_official, tumour_labels
 from .sampling import SamplerSettings
 
@@ -84,8 +84,11 @@ def _read_settings(layout: Layout) -> dict | None:
 def check_output(layout: Layout, settings: dict) -> None:
     """Refuse (without writing) a file as -o, a foreign folder, or a dataset made with other settings."""
     root = layout.root
+    check_name_lengths([root / "imagesTr"])
     if root.exists() and not root.is_dir():
         raise OutputError(f"-o {root} is a file; give a folder for the dataset")
+    check_folder_name(root)
+    _check_writable(root)
     if not root.is_dir():
         return
     old = _read_settings(layout)
@@ -101,6 +104,23 @@ def check_output(layout: Layout, settings: dict) -> None:
             f"{root} holds a dataset made with other settings ({', '.join(keys)}); rerun with its settings "
             f"(see {layout.settings.name}) to continue it, or choose another -o folder"
         )
+
+
+def _check_writable(root: Path) -> None:
+    """The dataset folder (or the folder it will be made in) must be writable: a read-only folder or
+    file system is refused before the first write, with advice that fits (freeing space would not help)."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {probe}: no write permission or a read-only file system; "
+                          "choose another -o folder or make it writable")
+    try:  # as root, access() says yes even on a read-only mount: ask the file system
+        read_only = os.statvfs(probe).f_flag & os.ST_RDONLY
+    except (OSError, AttributeError):
+        read_only = False
+    if read_only:
+        raise OutputError(f"cannot write in {probe}: the file system is read-only; choose another -o folder")
 
 
 def _check_request(request: DatasetRequest, model: SynthesisModel) -> None:
@@ -155,6 +175,7 @@ def build_dataset(
     layout = Layout(Path(request.output), request.format, model.family)
     settings = _settings(request, model, model_sha)
     check_output(layout, settings)
+    read_manifest(layout)  # a damaged manifest is refused before anything (even the log) is written
     groups = _grouped(mine)
     for mask, _ in groups:  # every mask of this process is checked before anything is written
         mask_request = _mask_request(request, mask)

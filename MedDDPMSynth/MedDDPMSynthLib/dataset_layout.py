@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import InputError
 from .families import Family
 from .outputs import atomic_write, preview_png
 
@@ -90,8 +91,19 @@ def read_manifest(layout: Layout) -> dict[str, dict]:
     """case -> row of the manifest (empty when there is none yet)."""
     if not layout.manifest.is_file():
         return {}
-    with open(layout.manifest, newline="") as handle:
-        return {row["case"]: row for row in csv.DictReader(handle)}
+    try:
+        with open(layout.manifest, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in ("case", "files") if c not in (reader.fieldnames or ())]
+            if missing:
+                raise ValueError(f"no column {', '.join(missing)}")
+            return {row["case"]: row for row in reader if row.get("case")}
+    except (UnicodeDecodeError, csv.Error, ValueError) as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)[:80]
+        raise InputError(
+            f"{layout.manifest} is damaged ({reason}); delete it and run the same command again (the cases are "
+            "made again), or choose another -o folder"
+        ) from None
 
 
 def complete_cases(layout: Layout, rows: dict[str, dict]) -> dict[str, dict]:

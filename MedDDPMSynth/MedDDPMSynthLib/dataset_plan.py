@@ -46,6 +46,13 @@ class EditSettings:
             raise InputError("--shift-step must be positive and --shift-extent at least one step; e.g. 10 and 10")
         if self.kind == "scale-sweep" and (not self.factors or min(self.factors) <= 0):
             raise InputError("--scale-factors must be positive numbers, e.g. 0.75,1.25")
+        if self.kind == "shift-grid":  # before any mask is read: a 0.01 mm step would be billions of variants
+            tumor_edit.check_batch_count(
+                tumor_edit.shift_grid_count(self.step_mm, self.extent_mm),
+                f"--shift-step {self.step_mm:g} with --shift-extent {self.extent_mm:g}",
+                "use a larger --shift-step or a smaller --shift-extent (the default 10 and 10 make 26 variants)")
+        if self.kind == "scale-sweep":
+            tumor_edit.check_batch_count(len(self.factors), "--scale-factors", "give fewer factors")
 
 
 @dataclass(frozen=True)

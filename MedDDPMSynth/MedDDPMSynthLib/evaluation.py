@@ -27,6 +27,7 @@ import SimpleITK as sitk
 import torch
 
 from .errors import InputError
+from .mask_io import _check_nifti_data
 from .outputs import image_extension, preview_png, split_image_name
 
 MS_SSIM_KERNEL, MS_SSIM_SIGMA = 7, 1.5
@@ -210,6 +211,7 @@ def find_cases(generated_dir, reference_dir=None, masks_dir=None) -> tuple[list[
 
 
 def _read(path: Path, shape=None) -> np.ndarray:
+    _check_nifti_data(Path(path), "image")  # ITK reads NIfTI NaN as 0: an all-NaN image would score as black
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:
@@ -217,6 +219,10 @@ def _read(path: Path, shape=None) -> np.ndarray:
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path} is not a scalar 3-D volume; evaluate compares 3-D images")
     array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # NaN would turn every metric into noise
+        bad = int(array.size - np.isfinite(array).sum())
+        raise InputError(f"{path} has {bad:,} NaN or infinite voxels of {array.size:,}; metrics need finite images: "
+                         "regenerate it, or move it out of the folder")
     if shape is not None and array.shape != shape:
         raise InputError(f"{path} has size {image.GetSize()}, unlike the other files of its case; "
                          "compare images on the same grid")

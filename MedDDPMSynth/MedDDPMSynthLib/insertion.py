@@ -22,7 +22,7 @@ from .geometry import CANONICAL_DIRECTIONS, plan_physical
 from .head_mask import auto_head_mask
 from .labels import to_official
 from .normalisation import fit_intensity
-from .regenerate import composite
+from .regenerate import check_margin, composite
 from .sampling import CancelCheck, ProgressCallback
 
 
@@ -93,6 +93,7 @@ def insert_tumour(
         raise InputError("the scan(s) and the tumour mask are on different grids; draw the tumour on the scan itself")
     if margin_mm < 0:
         raise InputError("--margin must be 0 mm or more")
+    check_margin(margin_mm)
     automatic = head is None
     head = auto_head_mask(scans[0]) if automatic else head
     if not _same_grid(head, scans[0]):

@@ -97,10 +97,25 @@ def check_values(array: np.ndarray) -> np.ndarray:
             raise InputError("the mask has non-integer values (a probability map?); give an integer label map")
     elif array.dtype.kind not in "iub":
         raise InputError(f"the mask has pixel type {array.dtype}; give an integer label map")
+    _check_label_range(array)
     array = array.astype(np.int64)
     if array.size and array.min() < 0:
         raise InputError(f"the mask has negative label {array.min()}; labels must be 0 (background) or positive")
     return array
+
+
+MAX_LABEL = 2**31 - 1  # far above any segmentation's label values, and exact in every integer type used
+
+
+def _check_label_range(array: np.ndarray) -> None:
+    """Refuse values no label map uses before they are cast to int64 (a uint64 or 1e20 would wrap
+    around and be reported as a negative label)."""
+    if array.size and array.max() > MAX_LABEL:
+        top = int(array.max()) if array.dtype.kind in "iub" else float(array.max())
+        raise InputError(
+            f"the mask has label value {top}, larger than any label map uses (at most {MAX_LABEL}); "
+            "give an integer label map with small label values (e.g. 0, 1, 2)"
+        )
 
 
 def to_official(mask: sitk.Image, family: Family, mapping: LabelMapping | None = None,
@@ -126,7 +141,7 @@ def to_official(mask: sitk.Image, family: Family, mapping: LabelMapping | None =
         raise InputError(
             f"the mask has label values {unknown[:6]} that the {family.name} model does not know "
             f"(it reads {mapping.describe()}); map them with --labels, e.g. --labels "
-            + ",".join(f"{n}={v[0]}" for n, v in values.items() if v)
+            + _labels_example(values, unknown)
         )
     out = np.zeros(array.shape, dtype=np.uint8)
     for name, label in zip(family.condition_names, family.condition_labels):
@@ -187,3 +202,11 @@ def detached_tumour(official: sitk.Image, family: Family) -> np.ndarray:
     components, outside, _ = _detached_components(official, family)
     return np.isin(sitk.GetArrayViewFromImage(components), outside) if outside else \
         np.zeros(sitk.GetArrayViewFromImage(official).shape, bool)
+
+
+def _labels_example(values: dict[str, tuple[int, ...]], unknown: list[int]) -> str:
+    """A --labels value that covers the unknown values too (as background here: the user picks the
+    tissue), so the advice never repeats the mapping that was just refused."""
+    parts = {n: list(v) for n, v in values.items() if v and n != "background"}
+    parts["background"] = [*values.get("background", ()), *unknown[:6]]
+    return ",".join(f"{n}={'+'.join(map(str, v))}" for n, v in parts.items())

@@ -43,6 +43,7 @@ from .catalogue import (  # noqa: F401 (part of this module's interface)
 from .checkpoint import (
     file_sha256, infer_config, load_checkpoint, model_options, read_state_dict, run_config_beside, save_safetensors,
 )
+from .api import check_grid_size
 from .errors import CheckpointError, InputError, MedDDPMError, OutputError
 from .outputs import check_destinations
 from .families import family_for_channels
@@ -98,6 +99,7 @@ def _check_grid(grid: object, divisor: int) -> list[int]:
             f"grid {values} is not a multiple of {divisor} on every axis, which this model needs; "
             f"give --grid with sizes divisible by {divisor} (e.g. --grid {example})"
         )
+    check_grid_size(values)
     return values
 
 
@@ -377,6 +379,8 @@ def load_named_model(name_or_path: str | os.PathLike, device: str = "cpu"):
     path = resolve_model(name_or_path)
     is_file = Path(name_or_path).expanduser().is_file()
     entry = None if is_file else get_entry(str(name_or_path))
+    if entry is not None and not entry.get("builtin"):
+        check_unchanged(entry, path)
     grid = tuple(entry["grid_xyz"]) if entry else None
     spacing = tuple(entry["spacing_mm"]) if entry else None
     return load_model(path, device=device, grid_xyz=grid, spacing_mm=spacing)
@@ -388,13 +392,51 @@ def verify(name: str) -> dict:
     path = _existing_file(entry)
     actual = file_sha256(path)
     if actual != entry.get("sha256"):
-        raise CheckpointError(
-            f"the file of model '{entry['name']}' ({path}) has changed or is damaged: its sha256 is "
-            f"{actual[:16]}... instead of {str(entry.get('sha256'))[:16]}...; import the original again with "
-            f"'medddpm-synth models import PATH --name {entry['name']} --overwrite'"
-        )
+        raise _changed(entry, path, f"its sha256 is {actual[:16]}... instead of {str(entry.get('sha256'))[:16]}...")
     load_checkpoint(path)
     return {**entry, "path": str(path), "verified": True}
+
+
+def _changed(entry: dict, path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"the file of model '{entry['name']}' ({path}) has changed or is damaged since it was imported ({why}); "
+        f"import the original again with 'medddpm-synth models import PATH --name {entry['name']} --overwrite'"
+    )
+
+
+VERIFIED_CACHE = ".verified.json"  # in models/: file -> the stat of its last full hash that matched
+
+
+def _stat_key(path: Path) -> list[int]:
+    # ctime and inode change whenever the file is replaced or rewritten, even if size and mtime are faked
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def check_unchanged(entry: dict, path: Path) -> None:
+    """The stored file is the one imported: its sha256 equals the catalogue's. Cheap on every load: the
+    full hash runs only when size, times or inode differ from the last verified ones (cached in models/)."""
+    key = _stat_key(path)
+    if isinstance(entry.get("size_bytes"), int) and key[0] != entry["size_bytes"]:
+        raise _changed(entry, path, f"{key[0]:,} bytes instead of {entry['size_bytes']:,}")
+    cache_path = models_dir() / VERIFIED_CACHE
+    try:
+        cache = json.loads(cache_path.read_text())
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    if cache.get(entry["file"]) == [*key, entry.get("sha256")]:
+        return
+    actual = file_sha256(path)
+    if actual != entry.get("sha256"):
+        raise _changed(entry, path, f"its sha256 is {actual[:16]}... instead of {str(entry.get('sha256'))[:16]}...")
+    cache[entry["file"]] = [*key, actual]
+    try:  # best effort: a read-only data home only costs a re-hash next time
+        tmp = _new_temp_file(cache_path.parent, VERIFIED_CACHE)
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_path)
+    except OSError:
+        _unlink_quietly(locals().get("tmp"))
 
 
 def remove(name: str) -> dict:

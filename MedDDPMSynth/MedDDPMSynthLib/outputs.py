@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import OutputError
+from .write_errors import short_reason, write_advice
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -132,10 +133,7 @@ class StagedOutput:
         try:
             write(self.path_for(destination))
         except (OSError, RuntimeError) as exc:  # SimpleITK reports a full disk as RuntimeError
-            raise OutputError(
-                f"could not write {destination.name} ({str(exc).strip().splitlines()[-1][:160]}); "
-                "free disk space or choose another output folder"
-            ) from None
+            raise OutputError(f"could not write {destination.name} ({short_reason(exc)}); {write_advice(exc)}") from None
 
     def commit(self) -> list[Path]:
         for staged, destination in self._moves:
@@ -175,3 +173,46 @@ def preview_png(
     zoom = max(1, -(-min_height // height))  # coarse model grids: enlarge by whole pixels (no blur)
     montage = montage.repeat(zoom, axis=0).repeat(zoom, axis=1)
     return sitk.GetImageFromArray(montage, isVector=True)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. the name is too long itself
+        return False
+
+
+def check_name_lengths(paths: Iterable[Path]) -> None:
+    """Refuse output names longer than the file system allows, before any work (the OS would only
+    say so at the first write, as an OSError deep inside a writer)."""
+    for path in paths:
+        probe = Path(path).absolute().parent
+        while probe != probe.parent and not _exists(probe):
+            probe = probe.parent
+        try:
+            limit = os.pathconf(probe, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):  # Windows or an exotic file system
+            limit = 255
+        for part in Path(path).parts:
+            if len(os.fsencode(part)) > limit:
+                raise OutputError(
+                    f"the output name {part[:40]}... has {len(os.fsencode(part))} bytes, more than the {limit} this "
+                    "file system allows; choose a shorter output name"
+                )
+
+
+# suffixes of files that are not volumes: "-o synth.png" must not silently become a folder of that name
+NON_VOLUME_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".npy", ".npz", ".h5",
+                       ".hdf5", ".mgz", ".mgh", ".img", ".hdr", ".gz", ".zip", ".json", ".csv", ".txt", ".pt", ".nifti")
+
+
+def check_folder_name(path: Path, option: str = "-o") -> None:
+    """A folder output whose name ends in a file suffix (``synth.png``) is a mistake: refuse it and name
+    the accepted image suffixes."""
+    suffix = Path(path).suffix.lower()
+    if suffix in NON_VOLUME_SUFFIXES:
+        raise OutputError(
+            f"{option} {path}: '{suffix}' is not an image format this tool writes; end the name in "
+            f"{', '.join(ext for ext in IMAGE_EXTENSIONS if ext not in ('.nhdr', '.mhd'))} for one file, "
+            "or give a folder name without a file suffix"
+        )

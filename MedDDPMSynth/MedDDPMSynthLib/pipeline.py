@@ -17,20 +17,23 @@ import SimpleITK as sitk
 import torch
 
 from . import __version__
-from .api import SynthesisModel
+from .api import SynthesisModel, check_grid_size
 from .checkpoint import file_sha256
 from .errors import InputError
 from .geometry import CANONICAL_DIRECTIONS, GridMapping, plan_official, plan_physical, read_mask
 from .labels import LabelMapping, detached_tumour, to_official
+from .mask_io import check_mask_path
 from .outputs import (
     StagedOutput,
     check_destinations,
+    check_folder_name,
+    check_name_lengths,
     check_disk_space,
     image_extension,
     preview_png,
     split_image_name,
 )
-from .regenerate import composite, load_previous, model_inputs, regeneration_region
+from .regenerate import check_margin, composite, load_previous, model_inputs, regeneration_region
 from .sampling import CancelCheck, ProgressCallback, SamplerSettings
 
 GEOMETRIES = ("physical", "official")
@@ -80,6 +83,15 @@ class GenerationResult:
 
 
 def plan_outputs(request: GenerateRequest, modalities: tuple[str, ...]) -> OutputPlan:
+    """The files a request writes; names the file system cannot hold and file-like folder names refused."""
+    plan = _plan_outputs(request, modalities)
+    if plan.provenance is not None:
+        check_folder_name(Path(request.output))
+    check_name_lengths(plan.all())
+    return plan
+
+
+def _plan_outputs(request: GenerateRequest, modalities: tuple[str, ...]) -> OutputPlan:
     out = Path(request.output)
     if image_extension(out):
         if request.samples != 1:
@@ -101,12 +113,14 @@ def _check_request(request: GenerateRequest) -> None:
         raise InputError(f"unknown --intensity '{request.intensity}'; use one of {', '.join(INTENSITIES)}")
     if request.samples < 1 or request.batch < 1:
         raise InputError("--samples and --batch must be at least 1; use e.g. --samples 1 --batch 1")
+    check_mask_path(request.mask)  # a symlink loop or a pipe is refused before anything resolves or reads it
     if Path(request.output).resolve() == Path(request.mask).resolve():
         raise InputError("the output would overwrite the input mask; choose another output")
     if request.keep is not None and request.geometry != "physical":
         raise InputError("local re-generation (--keep) works with --geometry physical only")
     if request.margin_mm < 0:
         raise InputError("--margin must be 0 mm or more")
+    check_margin(request.margin_mm)
 
 
 def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: sitk.Image) -> tuple[GridMapping, list[str]]:
@@ -114,8 +128,13 @@ def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: si
     bad = [g for g in grid if g <= 0 or g % model.spatial_divisor]
     if len(grid) != 3 or bad:
         raise InputError(f"--grid {grid} must be 3 positive multiples of {model.spatial_divisor} for this model")
+    check_grid_size(grid, model.diffusion.config.model_channels)
+    notes = [] if request.grid_xyz or not model.grid_is_default else [
+        f"{model.info.path.name} does not say which grid it was trained on; using the {model.family.name} family's "
+        f"official grid {'x'.join(map(str, grid))} at {model.spacing_mm[0]:g} mm (right for the official weights); "
+        "for another model give --grid, or import it with 'medddpm-synth models import PATH --grid X,Y,Z --spacing A,B,C'"]
     if request.geometry == "official":
-        return plan_official(official, grid), []
+        return plan_official(official, grid), notes
     direction = CANONICAL_DIRECTIONS.get(model.family.name, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     planning = _without_stray_tumour(official, model)  # a brush slip far from the head must not move the grid
     mapping = plan_physical(planning, grid, model.spacing_mm, direction)
@@ -127,7 +146,7 @@ def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: si
             f"{outside} tumour voxels lie outside the model's {fov[0]}x{fov[1]}x{fov[2]} mm field of view around the "
             "head; move the tumour nearer the head's centre or crop the mask to the head"
         )
-    warnings = []
+    warnings = list(notes)
     lost = mapping.outside_voxels(official, tumour) - outside
     if lost:
         warnings.append(f"{lost} stray tumour voxel(s) lie outside the model's field of view and are not generated")
@@ -210,33 +229,46 @@ def generate_files(
     voxels = int(np.prod(official.GetSize()))
     check_disk_space(Path(request.output).parent, 4 * voxels * (len(plan.all()) + 1))
 
-    started = time.perf_counter()
-    images = model.generate(
-        labels, request.seed, request.samples, request.batch, progress, cancel, request.sampler,
-        keep_image=keep_image, regenerate=region_model, harmonize=request.harmonize,
-    )
-    seconds = time.perf_counter() - started
-    if request.intensity == "unit":
-        images = (images + 1.0) / 2.0
     background = -1.0 if request.intensity == "raw" else 0.0  # the model's background intensity
-
     anchor = Path(request.output) if plan.provenance else Path(request.output).parent
+    seconds, first = 0.0, None
     with StagedOutput(anchor) as staged:
-        for n, row in enumerate(plan.images):
-            for c, path in enumerate(row):
-                image = mapping.image_to_input(images[n, c], background)
-                if previous is not None:  # outside the region: the previous file's exact voxels
-                    image = composite(image, previous.images[c], region)
-                staged.write_image(image, path)
+        # block by block (--batch samples each), written as they come: memory holds one block, not --samples
+        for start, images, block_seconds in _sample_blocks(
+                model, labels, request, progress, cancel, keep_image=keep_image, regenerate=region_model):
+            seconds += block_seconds
+            if request.intensity == "unit":
+                images = (images + 1.0) / 2.0
+            first = images[0, 0] if first is None else first
+            for n, row in enumerate(plan.images[start: start + len(images)]):
+                for c, path in enumerate(row):
+                    image = mapping.image_to_input(images[n, c], background)
+                    if previous is not None:  # outside the region: the previous file's exact voxels
+                        image = composite(image, previous.images[c], region)
+                    staged.write_image(image, path)
         provenance = _provenance(request, model, model_name, mapping, official, seconds, warnings, plan)
         if plan.mask is not None:
             _write_mask(staged, request, model, mapping, labels, official, plan.mask)
         if plan.provenance is not None:
             staged.write_json(provenance, plan.provenance)
         if plan.preview is not None:
-            staged.write_image(preview_png(images[0, 0], labels, tumour_labels(model)), plan.preview)
+            staged.write_image(preview_png(first, labels, tumour_labels(model)), plan.preview)
         files = staged.commit()
     return GenerationResult(files, provenance, warnings)
+
+
+def _sample_blocks(model, labels, request, progress, cancel, **inpainting):
+    """(first sample number, images (n, C, X, Y, Z), seconds) per block of at most ``request.batch``
+    samples. Block k uses seeds SEED + k*batch + i, so the samples equal one call for all of them;
+    progress counts over all blocks."""
+    for start in range(0, request.samples, request.batch):
+        n = min(request.batch, request.samples - start)
+        report = None if progress is None else (
+            lambda done, total, o=start, k=n: progress(o * (total // k) + done, request.samples * (total // k)))
+        started = time.perf_counter()
+        images = model.generate(labels, request.seed + start, n, n, report, cancel, request.sampler,
+                                harmonize=request.harmonize, **inpainting)
+        yield start, images, time.perf_counter() - started
 
 
 def _write_mask(staged, request, model, mapping, labels, official, destination) -> None:

@@ -85,6 +85,21 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     )
 
 
+#: a margin beyond this covers a whole head anyway, and a ball of that many voxels takes hours to dilate
+MAX_MARGIN_MM = 100.0
+
+
+def check_margin(margin_mm: float) -> None:
+    """--margin must be a finite number from 0 to MAX_MARGIN_MM."""
+    if not (isinstance(margin_mm, (int, float)) and math.isfinite(margin_mm) and margin_mm >= 0):
+        raise InputError(f"--margin {margin_mm} is not a number of mm from 0 to {MAX_MARGIN_MM:g}; give e.g. --margin 10")
+    if margin_mm > MAX_MARGIN_MM:
+        raise InputError(
+            f"--margin {margin_mm:g} mm is more than {MAX_MARGIN_MM:g} mm, which already covers a whole head; "
+            f"give --margin {MAX_MARGIN_MM:g} or less (or regenerate the whole image: drop --keep)"
+        )
+
+
 def regeneration_region(old: sitk.Image, new: sitk.Image, family: Family, margin_mm: float) -> sitk.Image:
     """uint8 mask on the new mask's grid: old tumour, new tumour and their surroundings within the margin."""
     if not _same_grid(old, new):

@@ -344,12 +344,30 @@ def run_sampler(
     settings.check(model.num_timesteps)
     eps_fn = make_eps_fn(model, settings.precision)
     steps = settings.evaluations(model.num_timesteps)
-    if inpaint is not None:
-        if settings.name != "ddpm":
-            raise InputError("local re-generation uses the ddpm sampler; drop --sampler/--steps or use ddpm")
-        return repaint_sample(model, cond, noise, inpaint, progress, cancel, eps_fn)
-    if settings.name == "ddpm":
-        return ddpm_sample(model, cond, noise, progress, cancel, eps_fn)
-    if settings.name == "ddim":
-        return ddim_sample(model, cond, noise, steps, settings.eta, settings.spacing, progress, cancel, eps_fn)
-    return dpmpp_2m_sample(model, cond, noise, steps, settings.spacing, progress, cancel, eps_fn)
+    if inpaint is not None and settings.name != "ddpm":
+        raise InputError("local re-generation uses the ddpm sampler; drop --sampler/--steps or use ddpm")
+    with cancel_between_blocks(model, cancel):
+        if inpaint is not None:
+            return repaint_sample(model, cond, noise, inpaint, progress, cancel, eps_fn)
+        if settings.name == "ddpm":
+            return ddpm_sample(model, cond, noise, progress, cancel, eps_fn)
+        if settings.name == "ddim":
+            return ddim_sample(model, cond, noise, steps, settings.eta, settings.spacing, progress, cancel, eps_fn)
+        return dpmpp_2m_sample(model, cond, noise, steps, settings.spacing, progress, cancel, eps_fn)
+
+
+@contextlib.contextmanager
+def cancel_between_blocks(model: GaussianDiffusion, cancel: CancelCheck | None):
+    """Check ``cancel`` before every U-Net block too, not only between steps: one network pass on a
+    large grid takes minutes on a CPU, and a front's Cancel must not wait for it to end."""
+    unet = getattr(model, "denoise_fn", None)
+    if cancel is None or unet is None:
+        yield
+        return
+    blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
+    handles = [b.register_forward_pre_hook(lambda _module, _inputs: _check_cancel(cancel)) for b in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -27,9 +27,11 @@ import copy
 import csv
 import json
 import math
+import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -42,14 +44,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .api import check_grid_size
 from .checkpoint import _atomic_write, read_state_dict, save_official_checkpoint
 from .diffusion import GaussianDiffusion
-from .errors import CheckpointError, InputError, RuntimeFailure
+from .errors import CheckpointError, InputError, OutputError, RuntimeFailure
 from .families import FAMILIES
 from .model_options import NORMALISATIONS, PREDICTIONS, ModelOptions
 from .sampling import PRECISIONS
 from .train_data import EpochOrder, setup_distributed
 from .unet import UNetConfig
+from .write_errors import short_reason, write_advice
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 WEIGHTINGS = ("uniform", "truncated-snr")
@@ -132,6 +136,7 @@ class TrainConfig:
         divisor = self.unet().divisor
         if len(self.grid_xyz) != 3 or any(g < 1 or g % divisor for g in self.grid_xyz):
             raise InputError(f"--grid {self.grid_xyz} must be three positive multiples of {divisor} for {len(self.channel_mult)} levels")
+        check_grid_size(self.grid_xyz, self.model_channels)
         if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
             raise InputError(f"--spacing {self.spacing_mm} must be three positive sizes in mm")
 
@@ -203,6 +208,26 @@ def read_train_state(checkpoint) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unreadable in any way: the same advice
         raise CheckpointError(f"{path} is unreadable ({type(error).__name__}); resume from an earlier checkpoint") from None
+
+
+def _replace_pair(source: Path, target: Path) -> None:
+    """Copy checkpoint ``source`` and its sidecar over ``target`` and its sidecar: both copies are
+    complete (the disk may fill up during either) before either is renamed into place, so the pair
+    at ``target`` is the old one or the new one, never a mix."""
+    copies = []
+    try:
+        for src, dst in ((sidecar_path(source), sidecar_path(target)), (source, target)):
+            fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+            os.close(fd)
+            copies.append((Path(tmp), dst))
+            shutil.copyfile(src, tmp)
+        for tmp, dst in copies:
+            os.replace(tmp, dst)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {short_reason(exc)}; {write_advice(exc)}") from None
+    finally:
+        for tmp, _ in copies:
+            tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------- trainer
@@ -353,13 +378,17 @@ class Trainer:
         row = {"step": self.step, "loss": round(loss, 6), "lr": self.config.lr_at(self.step),
                "seconds": round(self._seconds_offset + time.perf_counter() - self._started, 3),
                "ema": "copy" if self.step < self.config.ema_start else "average"}
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(table, mode, newline="") as csv_file, open(lines, mode) as json_file:
-            writer = csv.DictWriter(csv_file, LOG_FIELDS)
-            if mode == "w":
-                writer.writeheader()
-            writer.writerow(row)
-            json_file.write(json.dumps(row) + "\n")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(table, mode, newline="") as csv_file, open(lines, mode) as json_file:
+                writer = csv.DictWriter(csv_file, LOG_FIELDS)
+                if mode == "w":
+                    writer.writeheader()
+                writer.writerow(row)
+                json_file.write(json.dumps(row) + "\n")
+        except OSError as exc:  # the checkpoints written so far stay complete
+            raise OutputError(f"cannot write the training log in {self.out_dir}: {short_reason(exc)}; "
+                              f"{write_advice(exc)}") from None
 
     def _trim_logs(self, table: Path, lines: Path) -> float:
         """Drop the rows an interrupted run logged after the checkpoint this run resumed from (they are
@@ -404,18 +433,22 @@ class Trainer:
         if not self.dist.main:
             return
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731 - portable files
-        save_official_checkpoint(path, cpu(self.model.state_dict()), cpu(self.ema.state_dict()), self.step,
-                                 self.config.options)
+        # the sidecar first: a failed write (full disk) may leave a state without its checkpoint, which
+        # nothing reads, but never a checkpoint without its state
         _atomic_write(sidecar_path(path), lambda tmp: torch.save(state, tmp))
+        try:
+            save_official_checkpoint(path, cpu(self.model.state_dict()), cpu(self.ema.state_dict()), self.step,
+                                     self.config.options)
+        except BaseException:
+            Path(sidecar_path(path)).unlink(missing_ok=True)
+            raise
 
     def save_milestone(self) -> Path:
         """``model-<step>.pt`` (+ sidecar), then ``model-last.pt`` replaced atomically by a copy of it."""
         path = self.out_dir / f"model-{self.step}.pt"
         self.save(path)
         if self.dist.main:
-            for source, target in ((path, self.out_dir / "model-last.pt"),
-                                   (sidecar_path(path), sidecar_path(self.out_dir / "model-last.pt"))):
-                _atomic_write(target, lambda tmp, s=source: shutil.copyfile(s, tmp))
+            _replace_pair(path, self.out_dir / "model-last.pt")
         return path
 
     def resume(self, path) -> list[str]:

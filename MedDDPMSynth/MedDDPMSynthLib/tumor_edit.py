@@ -51,6 +51,9 @@ class _Scheme:
 _SCHEMES = {"whole_head": _Scheme("whole_head", 1, "head", (2,)), "brats": _Scheme("brats", 4, "brain", (2, 3, 1))}
 #: default radius fractions of the BraTS seed blob of :func:`add` (oedema shell, enhancing shell, core)
 DEFAULT_SUBLABELS = {"edema": 1.0, "enhancing": 0.6, "necrotic": 0.35}
+#: batch edits (shift grid, scale sweep) make at most this many masks: a typo such as a 0.01 mm step
+#: would otherwise ask for billions and fill a hidden staging folder for hours
+MAX_BATCH_EDITS = 2000
 MAX_CLIPPED_FRACTION = 0.5  # batch results clipping more than this are skipped (the notebook's rule)
 
 
@@ -461,9 +464,32 @@ def shift_grid(label_map, family, step_mm: float, extent_mm: float,
     Like the notebook's shift grid, but in mm; results that clip more than half the tumour come back
     with map None and a ``skipped`` reason in the record.
     """
+    n = _grid_half_count(step_mm, extent_mm)
+    return _shift_grid_items(label_map, family, step_mm, n, component)
+
+
+def shift_grid_count(step_mm: float, extent_mm: float) -> int:
+    """How many shifted masks :func:`shift_grid` makes: (2n + 1)^3 - 1 for n = floor(extent / step)."""
     if not (step_mm > 0 and extent_mm >= 0):
         raise InputError("the grid step must be positive and the extent at least 0 mm")
-    n = int(math.floor(extent_mm / step_mm + 1e-9))
+    n = math.floor(extent_mm / step_mm + 1e-9)
+    return (2 * n + 1) ** 3 - 1
+
+
+def check_batch_count(count: int, what: str, fix: str) -> None:
+    """Refuse a batch edit larger than MAX_BATCH_EDITS before any work (it would run for hours)."""
+    if count > MAX_BATCH_EDITS:
+        raise InputError(f"{what} makes {count:,} edited masks, more than the {MAX_BATCH_EDITS:,} one batch allows; {fix}")
+
+
+def _grid_half_count(step_mm: float, extent_mm: float) -> int:
+    count = shift_grid_count(step_mm, extent_mm)
+    check_batch_count(count, f"a shift grid with step {step_mm:g} mm and extent {extent_mm:g} mm",
+                      "use a larger step or a smaller extent (e.g. step 10, extent 40: 728 shifts)")
+    return math.floor(extent_mm / step_mm + 1e-9)
+
+
+def _shift_grid_items(label_map, family, step_mm: float, n: int, component):
     offsets = [k * step_mm for k in range(-n, n + 1)]
     for vector in itertools.product(offsets, repeat=3):
         if any(vector):
@@ -474,5 +500,11 @@ def shift_grid(label_map, family, step_mm: float, extent_mm: float,
 def scale_sweep(label_map, family, factors,
                 component: int | None = None) -> Iterator[tuple[str, sitk.Image | None, dict]]:
     """One uniform scale per factor (like the notebook's 2.0 -> 0.5 sweep); skips as :func:`shift_grid`."""
+    factors = list(factors)
+    check_batch_count(len(factors), f"a scale sweep of {len(factors):,} factors", "give fewer factors")
+    return _scale_items(label_map, family, factors, component)
+
+
+def _scale_items(label_map, family, factors, component):
     for factor in factors:
         yield _batch_item(f"scale_{float(factor):.3f}", scale, label_map, family, float(factor), component)
