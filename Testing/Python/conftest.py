@@ -11,7 +11,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 OFFICIAL = REPO / "Testing" / "Data" / "official"  # copied from shared/fixtures/official (see its README)
-SHARED_DATA = REPO.parent / "shared" / "data"  # public example masks, beside the repo (optional)
 
 # "demo" means the tiny random official-format model throughout the suite (T = 10: seconds per run), in
 # subprocesses too; test_demo_model.py checks the bundled, trained demo model itself.
