@@ -1,6 +1,7 @@
 """Parity with the official Med-DDPM code, against tensors recorded by running it (Testing/Data/official).
 
-Tolerances are those of the fixtures' README (CPU fp32). Measured max |diff| are printed with -s.
+Tolerances are those of the fixtures' README (CPU fp32), except the middle-block check (relative: see MIDDLE_RTOL).
+Measured max |diff| are printed with -s.
 """
 
 from __future__ import annotations
@@ -95,6 +96,17 @@ def _eps_inputs(io):
     return x, torch.from_numpy(io["eps_in_t"])
 
 
+# The official tensors were recorded on another CPU; ours differ from them only by float32 rounding, whose
+# size depends on the kernels oneDNN/MKL/ATen pick (AVX-512 or AVX2) and on the thread count's summation
+# order. Measured on an AMD EPYC (AVX-512) with OMP_NUM_THREADS 1, 2, 4, each with the default kernels and
+# with ONEDNN_MAX_CPU_ISA=AVX2 (also + ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2):
+#   eps (the network's output, max |ref| 2.25):  max|diff| 2.4e-6 .. 4.8e-6  -> atol 1e-5 kept as it was
+#   middle block (intermediate, max |ref| 4.35): max|diff| 2.6e-6 .. 1.05e-5 = 0.6e-6 .. 2.4e-6 of max |ref|
+# Rounding error scales with the tensor's magnitude, so the intermediate check is relative to it: 5e-6 of
+# max |ref| (2x the worst measured); an absolute 1e-5 failed on that AVX-512 machine (1.025e-5 at 2 threads).
+MIDDLE_RTOL = 5e-6
+
+
 def test_denoiser_eps_and_middle_block(tiny_model, tiny_io):
     net = tiny_model.diffusion.denoise_fn
     captured = {}
@@ -103,7 +115,8 @@ def test_denoiser_eps_and_middle_block(tiny_model, tiny_io):
         eps = net(*_eps_inputs(tiny_io))
     hook.remove()
     assert _maxdiff(eps, tiny_io["eps_out_ema"]) <= 1e-5
-    assert _maxdiff(captured["mid"], tiny_io["middle_block_out"]) <= 1e-5
+    reference = tiny_io["middle_block_out"]
+    assert _maxdiff(captured["mid"], reference) <= MIDDLE_RTOL * np.abs(reference).max()
 
 
 def test_model_key_weights_are_the_negative_control(tiny_raw_checkpoint, tiny_io):

@@ -52,7 +52,7 @@ def test_ddim_eta1_all_steps_equals_official_ddpm(tiny_model, tiny_io):
 
 @pytest.mark.parametrize("settings", SETTINGS[:4], ids=lambda s: f"{s.name}-{s.eta}")
 def test_batch_equals_single_runs(tiny_model, tiny_io, settings):
-    labels = tiny_io["label_volume_xyz"]
+    labels = tiny_io["label_volume_xyz"][::2, ::2, ::2]  # a 16 x 16 x 8 head with its tumour: 8x fewer voxels
     batched = tiny_model.generate(labels, seed=20, samples=2, batch=2, sampler=settings)
     singles = np.concatenate([tiny_model.generate(labels, seed=20 + n, sampler=settings) for n in range(2)])
     diff = np.abs(batched - singles).max()
