@@ -283,7 +283,7 @@ def test_ctrl_c_cancels_and_leaves_nothing(tmp_path, home):
         # inside the sampler; the deadline only catches a child that hangs, however busy the machine is
         deadline = time.monotonic() + 600
         while not re.search(rb"\|\s*[1-9]\d*/\d+", stderr):
-            assert proc.poll() is None, "the run ended before its first sampling step:\n" + stderr.decode(errors="replace")
+            assert proc.poll() is None, "the run ended before its first step:\n" + stderr.decode(errors="replace")
             assert time.monotonic() < deadline, "no sampling step in 600 s:\n" + stderr.decode(errors="replace")
             if select.select([proc.stderr], [], [], 1.0)[0]:
                 stderr += os.read(proc.stderr.fileno(), 4096)
