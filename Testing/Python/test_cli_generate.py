@@ -69,6 +69,15 @@ def generate(capsys, mask: Path, out: Path, *extra) -> str:
     return stdout
 
 
+# a half-size head (80 x 80 x 64 mm) on a 16^3 grid of the test model's 6 mm voxels: an eighth of the 32^3
+# voxels per network pass, for the tests whose claims do not depend on the size (samples differ, reruns equal)
+SMALL_GRID = ("--grid", "16,16,16")
+
+
+def small_mask(path: Path, **geometry) -> Path:
+    return write_mask(path, head_labels(size=(20, 20, 16)), **geometry)
+
+
 def subprocess_env(home: Path) -> dict:
     return {**os.environ, "MEDDDPMSYNTH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
 
@@ -112,10 +121,10 @@ def test_folder_output_files_provenance_and_preview(tmp_path, capsys):
 
 
 def test_one_file_output_in_ras_and_unit_intensity_is_raw_rescaled(tmp_path, capsys):
-    mask = write_mask(tmp_path / "ras.nii.gz", origin=(90.0, 100.0, -55.0), direction=RAS)
+    mask = small_mask(tmp_path / "ras.nii.gz", origin=(90.0, 100.0, -55.0), direction=RAS)
     raw, unit = tmp_path / "raw.nii.gz", tmp_path / "unit.nii.gz"
-    generate(capsys, mask, raw, "--seed", "11", "--intensity", "raw", "--quiet")
-    generate(capsys, mask, unit, "--seed", "11", "--intensity", "unit", "--quiet")
+    generate(capsys, mask, raw, "--seed", "11", "--intensity", "raw", *SMALL_GRID, "--quiet")
+    generate(capsys, mask, unit, "--seed", "11", "--intensity", "unit", *SMALL_GRID, "--quiet")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["ras.nii.gz", "raw.nii.gz", "unit.nii.gz"]
 
     raw_image, raw_array = read(raw)
@@ -144,10 +153,10 @@ def test_oblique_anisotropic_mask_with_custom_label_values(tmp_path, capsys):
 
 
 def test_samples_differ_and_a_rerun_is_identical(tmp_path, capsys):
-    mask = write_mask(tmp_path / "mask.nii.gz")
+    mask = small_mask(tmp_path / "mask.nii.gz")
     first, second = tmp_path / "first", tmp_path / "second"
-    generate(capsys, mask, first, "--samples", "2", "--seed", "5", "--quiet")
-    generate(capsys, mask, second, "--samples", "2", "--seed", "5", "--quiet")
+    generate(capsys, mask, first, "--samples", "2", "--seed", "5", *SMALL_GRID, "--quiet")
+    generate(capsys, mask, second, "--samples", "2", "--seed", "5", *SMALL_GRID, "--quiet")
 
     names = ["mask_s00_t1c.nii.gz", "mask_s01_t1c.nii.gz"]
     a0, a1 = (read(first / n)[1] for n in names)
