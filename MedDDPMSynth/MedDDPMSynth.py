@@ -27,7 +27,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 EXAMPLE_MASK_SHA256 = "b9c0420cceedd4645dd8fb3a72b4395dbfcd717ff336bb2521690eb4eb5c3e0e"
-EXAMPLE_MASK_URL = "https://raw.githubusercontent.com/medddpmsynth/SlicerMedDDPMSynth/main/Resources/Examples/demo_mask.nii.gz"
+
+
+def exampleMaskPath() -> str:
+    """The example mask installed with the extension (MedDDPMSynthLib.resources: no torch needed)."""
+    from MedDDPMSynthLib.resources import example_mask
+
+    return str(example_mask())
 
 
 #
@@ -61,7 +67,10 @@ class MedDDPMSynth(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """The example mask (brain = head label 1, tumour 2, MNI space) as a sample segmentation."""
+    """The example mask (brain = head label 1, tumour 2, MNI space) as a sample segmentation. Its source is
+    the copy installed with the extension (a file: URI), so it needs no network and no published URL."""
+    import pathlib
+
     import SampleData
 
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
@@ -69,11 +78,11 @@ def registerSampleData():
         category="MedDDPMSynth",
         sampleName="MedDDPMSynthDemoMask",
         thumbnailFileName=os.path.join(iconsPath, "MedDDPMSynth.png"),
-        uris=EXAMPLE_MASK_URL,
+        uris=pathlib.Path(exampleMaskPath()).as_uri(),
         fileNames="MedDDPMSynthDemoMask.nii.gz",
         checksums=f"SHA256:{EXAMPLE_MASK_SHA256}",
         nodeNames="MedDDPMSynthDemoMask",
-        loadFileType="SegmentationFile",
+        loadFileTypes="SegmentationFile",
     )
 
 
@@ -190,6 +199,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._sceneLogic = None
+        self.notReadyReason = None
 
     def getParameterNode(self):
         from MedDDPMSynthSlicerLib.parameters import MedDDPMSynthParameterNode
@@ -198,21 +208,36 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
 
     @property
     def ready(self) -> bool:
-        """True when the engine can be imported without installing anything."""
-        from MedDDPMSynthSlicerLib.dependencies import missing_packages
+        """True when the engine can be imported without installing anything (a broken torch: False, and
+        :attr:`notReadyReason` says why)."""
+        if self._sceneLogic is not None:
+            return True
+        try:
+            from MedDDPMSynthSlicerLib.dependencies import missing_packages, torch_problem
 
-        return self._sceneLogic is not None or not missing_packages()
+            self.notReadyReason = "missing: " + ", ".join(missing_packages()) if missing_packages() else torch_problem()
+            if self.notReadyReason:
+                return False
+            import MedDDPMSynthSlicerLib.logic  # noqa: F401  (the engine and torch import)
+        except Exception as error:  # never out of a property: __getattr__ would hide it (and the panel)
+            self.notReadyReason = f"the engine cannot be imported ({type(error).__name__}: {error})"
+            return False
+        return True
 
     @property
     def sceneLogic(self):
-        if self._sceneLogic is None or self._sceneLogic.scene is not slicer.mrmlScene:
-            from MedDDPMSynthSlicerLib.dependencies import ensure_dependencies
+        try:
+            if self._sceneLogic is None or self._sceneLogic.scene is not slicer.mrmlScene:
+                from MedDDPMSynthSlicerLib.dependencies import ensure_dependencies
 
-            ensure_dependencies(ask=not slicer.app.testingEnabled())
-            from MedDDPMSynthSlicerLib.logic import SceneLogic
+                # testing mode: a missing dependency raises instead of being installed (no dialog either)
+                ensure_dependencies(ask=not slicer.app.testingEnabled())
+                from MedDDPMSynthSlicerLib.logic import SceneLogic
 
-            tempDir = os.path.join(slicer.app.temporaryPath, "MedDDPMSynth")
-            self._sceneLogic = SceneLogic(slicer.mrmlScene, temp_dir=tempDir)
+                tempDir = os.path.join(slicer.app.temporaryPath, "MedDDPMSynth")
+                self._sceneLogic = SceneLogic(slicer.mrmlScene, temp_dir=tempDir)
+        except AttributeError as error:  # else Python falls back to __getattr__ and reports a missing attribute
+            raise RuntimeError(f"the scene logic could not be created: {error}") from error
         return self._sceneLogic
 
     def __getattr__(self, name):
@@ -243,16 +268,15 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        self.delayDisplay("Loading the example mask")
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        path = os.path.join(repo, "Resources", "Examples", "demo_mask.nii.gz")
-        if not os.path.isfile(path):  # installed extension: the registered sample data
-            import SampleData
+        from MedDDPMSynthSlicerLib.dependencies import missing_packages, torch_problem
 
-            registerSampleData()
-            segmentation = SampleData.downloadSample("MedDDPMSynthDemoMask")
-        else:
-            segmentation = slicer.util.loadSegmentation(path)
+        missing = missing_packages()
+        if slicer.app.testingEnabled() and (missing or torch_problem()):
+            # testing mode never installs anything into the Slicer under test
+            self.skipTest("the engine's Python dependencies are not usable here ("
+                          + (", ".join(missing) + " missing" if missing else torch_problem()) + ")")
+        self.delayDisplay("Loading the example mask")
+        segmentation = slicer.util.loadSegmentation(exampleMaskPath())  # installed with the extension
         logic = MedDDPMSynthLogic()
         logic.name_segments_by_label(segmentation)
         labels, ijkToRas = logic.label_array(segmentation)
@@ -274,6 +298,13 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.assertGreater(before, nodeCount)
 
+        self.delayDisplay("Export (before any edit: image and label from the same mask)")
+        with tempfile.TemporaryDirectory() as folder:
+            files = logic.export_training_pair(volumes, segmentation, folder, case_id="selftest")
+            self.assertEqual(len(files), 4)
+            reloaded = slicer.util.loadVolume(os.path.join(folder, "imagesTr", "selftest_0000.nii.gz"))
+            self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(_ijkToRas(reloaded)), ijkToRas, atol=1e-4))
+
         self.delayDisplay("Tumour shift with undo, local re-generation")
         logic.shift_tumor(segmentation, [6.0, 0.0, 0.0])
         self.assertFalse(np.array_equal(logic.label_array(segmentation)[0], labels))
@@ -283,13 +314,6 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
             self.assertEqual(slicer.util.arrayFromVolume(volumes[0]).shape, before.shape)
         self.assertTrue(logic.undo_tumor_edit(segmentation))
         self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], labels))
-
-        self.delayDisplay("Export")
-        with tempfile.TemporaryDirectory() as folder:
-            files = logic.export_training_pair(volumes, segmentation, folder, case_id="selftest")
-            self.assertEqual(len(files), 4)
-            reloaded = slicer.util.loadVolume(os.path.join(folder, "imagesTr", "selftest_0000.nii.gz"))
-            self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(_ijkToRas(reloaded)), ijkToRas, atol=1e-4))
         self.delayDisplay("Test passed")
 
 

@@ -2,7 +2,7 @@
 """Dataset throughput: ``medddpm-synth dataset`` end to end (masks read, edits, sampling, NIfTI writing,
 manifest, contact sheet), one JSON line with cases per hour and seconds per case.
 
-The masks are copies of the bundled example mask (``Resources/Examples/demo_mask.nii.gz``). The model is
+The masks are copies of the bundled example mask (``MedDDPMSynth/Resources/Examples/demo_mask.nii.gz``). The model is
 a checkpoint path (default: the tiny official-format test model) on ``--grid``/``--spacing``, or a
 catalogue name ("wholehead", "demo") on its own grid. Model loading is not timed.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_MASK = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
+EXAMPLE_MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
 TINY = REPO / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt"
 
 

@@ -67,7 +67,7 @@ def _pairs(a: np.ndarray, b: np.ndarray, same: bool) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo")
-    parser.add_argument("--mask", type=Path, default=REPO / "Resources" / "Examples" / "demo_mask.nii.gz")
+    parser.add_argument("--mask", type=Path, default=REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samplers", default="ddim,dpm++,dpm++:quadratic", help="NAME[:SPACING],...")

@@ -25,7 +25,7 @@ from MedDDPMSynthLib.evaluation import normalise
 from MedDDPMSynthLib.outputs import preview_png
 
 REPO = Path(__file__).resolve().parents[1]
-MASK = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
+MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
 
 
 def _run(*args: str) -> None:

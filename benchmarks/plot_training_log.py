@@ -6,7 +6,7 @@ development tool: ``pip install pillow``). Prints one JSON line with the first/l
 Several logs (a run, then a fine-tuning run started from its checkpoint) are drawn end to end, with a
 blue line where each later one starts (its loss may be weighted differently).
 
-  python benchmarks/plot_training_log.py run/train_log.csv -o Resources/Models/demo_model_loss.png
+  python benchmarks/plot_training_log.py run/train_log.csv -o MedDDPMSynth/Resources/Models/demo_model_loss.png
 """
 
 from __future__ import annotations

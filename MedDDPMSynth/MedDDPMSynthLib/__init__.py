@@ -3,20 +3,22 @@
 No Slicer or Qt imports here; the Slicer module, the command line and the tests all use this API.
 """
 
-from .api import SynthesisModel, check_label_array, load_model, resolve_device
-from .checkpoint import load_checkpoint, read_state_dict, save_official_checkpoint, save_safetensors
-from .diffusion import GaussianDiffusion
-from .errors import (
-    CheckpointError,
-    GenerationCancelled,
-    InputError,
-    MedDDPMError,
-    OutputError,
-    RuntimeFailure,
-)
-from .families import BRATS, FAMILIES, WHOLE_HEAD, Family
-from .sampling import SAMPLERS, SamplerSettings, SeededNoise, ddpm_sample, run_sampler
-from .unet import UNet3D, UNetConfig
+from importlib import import_module
+
+# Names are imported on first use (PEP 562): importing the package, or a torch-free submodule such as
+# ``MedDDPMSynthLib.resources``, must not import torch, which the Slicer module installs only on first use.
+_EXPORTS = {
+    "SynthesisModel": "api", "check_label_array": "api", "load_model": "api", "resolve_device": "api",
+    "load_checkpoint": "checkpoint", "read_state_dict": "checkpoint", "save_official_checkpoint": "checkpoint",
+    "save_safetensors": "checkpoint",
+    "GaussianDiffusion": "diffusion",
+    "CheckpointError": "errors", "GenerationCancelled": "errors", "InputError": "errors", "MedDDPMError": "errors",
+    "OutputError": "errors", "RuntimeFailure": "errors",
+    "BRATS": "families", "FAMILIES": "families", "WHOLE_HEAD": "families", "Family": "families",
+    "SAMPLERS": "sampling", "SamplerSettings": "sampling", "SeededNoise": "sampling", "ddpm_sample": "sampling",
+    "run_sampler": "sampling",
+    "UNet3D": "unet", "UNetConfig": "unet",
+}
 
 __version__ = "0.1.0"
 
@@ -48,3 +50,15 @@ __all__ = [
     "save_official_checkpoint",
     "save_safetensors",
 ]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointInfo, load_checkpoint, run_config_beside
+from .checkpoint import CheckpointInfo, load_checkpoint, model_options, run_config_beside
 from .diffusion import GaussianDiffusion
 from .errors import InputError, RuntimeFailure
 from .families import Family, family_for_channels
+from .model_options import ModelOptions
 from .sampling import (
     CancelCheck,
     Inpainting,
@@ -68,6 +69,11 @@ class SynthesisModel:
     @property
     def timesteps(self) -> int:
         return self.diffusion.num_timesteps
+
+    @property
+    def options(self) -> ModelOptions:
+        """Prediction target and intensity normalisation the model was trained with (official when unsaid)."""
+        return model_options(self.info)
 
     @property
     def spatial_divisor(self) -> int:

@@ -26,6 +26,7 @@ import torch
 
 from .diffusion import GaussianDiffusion
 from .errors import CheckpointError, OutputError
+from .model_options import CHECKPOINT_KEY, ModelOptions
 from .schedule import BUFFER_NAMES
 from .unet import GROUPS, UNetConfig
 
@@ -148,10 +149,29 @@ def _pick_state_dict(obj: object, path: Path, container: str) -> tuple[Mapping, 
     )
 
 
+def _options_entry(obj: object, path: Path) -> dict[str, str]:
+    """The ``medddpm_options`` entry of a checkpoint dict written by our trainer (strings only), or {}."""
+    entry = obj.get(CHECKPOINT_KEY) if isinstance(obj, Mapping) else None
+    if entry is None:
+        return {}
+    if not isinstance(entry, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in entry.items()):
+        raise CheckpointError(f"{path} has a malformed '{CHECKPOINT_KEY}' entry; export the model again from its run")
+    return dict(entry)
+
+
+def model_options(info: CheckpointInfo) -> ModelOptions:
+    """The prediction target and normalisation a file says it was trained with (official when silent)."""
+    try:
+        return ModelOptions.from_metadata(info.metadata)
+    except ValueError as error:
+        raise CheckpointError(f"{info.path}: {error}; the file was written by a newer version or is damaged") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> tuple["OrderedDict[str, torch.Tensor]", CheckpointInfo]:
     """The wrapper state dict (float32, ``denoise_fn.``-prefixed) of a checkpoint file."""
     path = Path(path)
     obj, container, metadata = _read_file(path)
+    metadata = {**metadata, **_options_entry(obj, path)}
     state, key, step = _pick_state_dict(obj, path, container)
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
@@ -233,13 +253,14 @@ def infer_config(state: Mapping[str, torch.Tensor], path: Path | str = "checkpoi
     return config, timesteps
 
 
-def build_model(state: Mapping[str, torch.Tensor], path: Path | str = "checkpoint", num_heads: int = 1) -> GaussianDiffusion:
+def build_model(state: Mapping[str, torch.Tensor], path: Path | str = "checkpoint", num_heads: int = 1,
+                prediction: str = "eps") -> GaussianDiffusion:
     """Infer the architecture, build it and load ``state`` strictly; explain any mismatch."""
     path = Path(path)
     config, timesteps = infer_config(state, path)
     config = UNetConfig(**{**config.__dict__, "num_heads": num_heads})
     with torch.device("meta"):
-        model = GaussianDiffusion(config, timesteps)
+        model = GaussianDiffusion(config, timesteps, prediction=prediction)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -272,7 +293,7 @@ def build_model(state: Mapping[str, torch.Tensor], path: Path | str = "checkpoin
 def load_checkpoint(path: str | os.PathLike, num_heads: int = 1) -> tuple[GaussianDiffusion, CheckpointInfo]:
     """Read, infer, build and strictly load a checkpoint file (on the CPU)."""
     state, info = read_state_dict(path)
-    return build_model(state, info.path, num_heads), info
+    return build_model(state, info.path, num_heads, model_options(info).prediction), info
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -291,10 +312,14 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_official_checkpoint(
-    path: str | os.PathLike, model_state: Mapping, ema_state: Mapping, step: int
+    path: str | os.PathLike, model_state: Mapping, ema_state: Mapping, step: int,
+    options: ModelOptions = ModelOptions(),
 ) -> None:
-    """Write ``{step, model, ema}`` exactly like the official trainer (key order included), atomically."""
+    """Write ``{step, model, ema}`` exactly like the official trainer (key order included), atomically;
+    options that differ from the official ones are added as ``medddpm_options`` (loaders ignore extra keys)."""
     payload = {"step": int(step), "model": OrderedDict(model_state), "ema": OrderedDict(ema_state)}
+    if options.non_default():
+        payload[CHECKPOINT_KEY] = options.non_default()
     _atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 

@@ -12,7 +12,7 @@ from . import __version__, cli_dataset, cli_demo_data, cli_evaluate, cli_generat
 from .errors import MedDDPMError
 
 EPILOG = """examples:
-  medddpm-synth generate --mask Resources/Examples/demo_mask.nii.gz --model demo -o out/
+  medddpm-synth generate --mask MedDDPMSynth/Resources/Examples/demo_mask.nii.gz --model demo -o out/
   medddpm-synth generate --mask BraTS_seg.nii.gz --model model_brats -o out/ --samples 4 --seed 1
   medddpm-synth models import ~/Downloads/model_128.pt --name wholehead
   medddpm-synth models list

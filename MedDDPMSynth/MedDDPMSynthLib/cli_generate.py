@@ -15,7 +15,7 @@ from .sampling import PRECISIONS, SAMPLERS, SPACINGS, SamplerSettings
 
 EPILOG = """examples:
   # the bundled demo model on the bundled example mask
-  medddpm-synth generate --mask Resources/Examples/demo_mask.nii.gz --model demo -o out/
+  medddpm-synth generate --mask MedDDPMSynth/Resources/Examples/demo_mask.nii.gz --model demo -o out/
   # an imported official whole-head model, 4 samples, reproducible
   medddpm-synth generate --mask head_mask.nrrd --model wholehead -o out/ --samples 4 --seed 7
   # a BraTS segmentation (raw BraTS 0/1/2/4 labels need a brain label: --labels ...)

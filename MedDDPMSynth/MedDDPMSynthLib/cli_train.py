@@ -14,12 +14,13 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoint import _atomic_write, infer_config, read_state_dict
+from .checkpoint import _atomic_write, infer_config, model_options, read_state_dict
 from .errors import CheckpointError, GenerationCancelled, InputError, OutputError
 from .families import FAMILIES, family_for_channels
 from .labels import LabelMapping
 from .train_data import PairedVolumeDataset
-from .training import ARCHITECTURE, PRECISIONS, WEIGHTINGS, TrainConfig, Trainer, read_train_state
+from .model_options import NORMALISATIONS, PREDICTIONS
+from .training import ARCHITECTURE, LR_SCHEDULES, PRECISIONS, WEIGHTINGS, TrainConfig, Trainer, read_train_state
 
 EPILOG = """examples:
   # whole-head: masks/case1.nii.gz + images/case1.nii.gz, ...
@@ -42,6 +43,7 @@ CONFIG_OPTIONS = {
     "steps": "steps", "batch": "batch_size", "accum": "grad_accum", "lr": "lr", "ema_start": "ema_start",
     "ema_every": "ema_every", "ema_decay": "ema_decay", "save_every": "save_every", "log_every": "log_every",
     "precision": "precision", "seed": "seed", "loss": "loss", "weighting": "weighting", "workers": "num_workers",
+    "prediction": "prediction", "normalisation": "normalisation", "lr_schedule": "lr_schedule",
 }
 
 
@@ -87,6 +89,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     opt.add_argument("--weighting", choices=WEIGHTINGS,
                      help="loss weight per noise level: uniform (default, official) or truncated-snr (stresses high noise, "
                           "where the image must come from the mask)")
+    opt.add_argument("--prediction", choices=PREDICTIONS,
+                     help="what the network predicts: eps (default, official), v or x0 (recorded in the model; "
+                          "v keeps background and brightness from drifting with the seed)")
+    opt.add_argument("--normalisation", choices=NORMALISATIONS,
+                     help="image intensities: robust-volume (default for new runs: one 0.5-99.5 percentile scale per "
+                          "volume) or official (whole-head per axial slice, as the released weights; the default when "
+                          "fine-tuning them); recorded in the model")
+    opt.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                     help="constant (default) or cosine (from --lr down to a tenth of it at --steps)")
     opt.add_argument("--ema-start", type=int, help="step from which the EMA averages (before: copies; default 2000)")
     opt.add_argument("--ema-every", type=int, help="EMA update interval in steps (default 10)")
     opt.add_argument("--ema-decay", type=float, help="EMA decay (default 0.995)")
@@ -134,11 +145,14 @@ def build_config(args: argparse.Namespace, resume: Path | None) -> TrainConfig:
 
 
 def _architecture_of(checkpoint: Path) -> dict:
-    """Family and architecture read off a checkpoint's tensors (as ``generate`` does)."""
-    unet, timesteps = infer_config(read_state_dict(checkpoint)[0], checkpoint)
+    """Family, architecture and model options read off a checkpoint (as ``generate`` does); options given on
+    the command line still win (fine-tuning an eps model into a v model, say)."""
+    state, info = read_state_dict(checkpoint)
+    unet, timesteps = infer_config(state, checkpoint)
     family = family_for_channels(unet.in_channels, unet.out_channels)
     return {"family": family.name, "model_channels": unet.model_channels, "channel_mult": unet.channel_mult,
-            "num_res_blocks": unet.num_res_blocks, "attention_ds": unet.attention_ds, "timesteps": timesteps}
+            "num_res_blocks": unet.num_res_blocks, "attention_ds": unet.attention_ds, "timesteps": timesteps,
+            **model_options(info).to_metadata()}
 
 
 def _check_output(args: argparse.Namespace) -> None:
@@ -161,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     family = FAMILIES[config.family]
     labels = LabelMapping.parse(args.labels, family) if args.labels else None
     dataset = PairedVolumeDataset(args.masks, args.images, family, config.grid_xyz, config.spacing_mm, labels,
-                                  cache=not args.no_cache)
+                                  cache=not args.no_cache, normalisation=config.normalisation)
     if args.no_cache:
         dataset[0]  # bad files fail now, not hours in
     else:

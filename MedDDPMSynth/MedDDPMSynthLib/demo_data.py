@@ -40,7 +40,10 @@ TEMPLATE_LICENCE = (
 )
 SUBSTRUCTURES = {"necrotic": 1, "edema": 2, "enhancing": 3, "brain": 4}
 FOLDERS = ("substructures", "images", "masks")  # written in this order: a case with a mask is complete
-GENERATOR_VERSION = 1  # bump whenever make_pair's output for a given rng changes
+# bump whenever make_pair's output for a given rng changes. 2: a thicker enhancing rim, rarer necrosis and
+# milder oedema, so the tumour label is mostly bright (version 1's label was mostly dark oedema: a tumour
+# contrast too weak, d ~ 0.55, for a small model to learn; 3 of 8 cases came out darker than the brain)
+GENERATOR_VERSION = 2
 RADIUS_MM = (6.0, 25.0)
 
 
@@ -85,7 +88,7 @@ def load_template(template_dir=None) -> Template:
 
 
 def brain_mask(tissue: sitk.Image) -> sitk.Image:
-    """(GM + WM) > 0.5, largest component, closed (~3 mm), holes filled: the Resources/Examples recipe."""
+    """(GM + WM) > 0.5, largest component, closed (~3 mm), holes filled: the MedDDPMSynth/Resources/Examples recipe."""
     components = sitk.RelabelComponent(sitk.ConnectedComponent(tissue > 0.5), sortByObjectSize=True)
     radius = max(1, round(3.0 / min(tissue.GetSpacing())))
     closed = sitk.BinaryMorphologicalClosing(components == 1, [radius] * 3, sitk.sitkBall)
@@ -201,8 +204,8 @@ def _lesion(rng, brain: np.ndarray, wm: np.ndarray, offsets: np.ndarray, radius:
 
     distance = distance * np.clip(wobble(0.2, 0.4) + wobble(0.12, 0.15) - 1, 0.5, None)
     inner = distance * np.clip(wobble(0.2, 0.2), 0.5, None)  # necrosis and rim get their own irregularity
-    core_f = float(rng.uniform(0.5, 0.8))
-    necrotic_f = float(rng.uniform(0.3, 0.7)) if rng.random() < 0.7 else 0.0
+    core_f = float(rng.uniform(0.75, 0.95))  # enhancing core: most of the lesion, a thin oedema shell around it
+    necrotic_f = float(rng.uniform(0.3, 0.6)) if rng.random() < 0.3 else 0.0
     if radius * core_f * necrotic_f < 2.5 * spacing:  # a necrosis of a voxel or two would be pure partial volume
         necrotic_f = 0.0
     inside = brain > 0
@@ -223,9 +226,9 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _appearance(rng, t1: np.ndarray, sub: np.ndarray, spacing: float) -> dict:
-    """T1c look (in place): dark necrosis, bright enhancing rim, slightly dark oedema keeping tissue texture."""
+    """T1c look (in place): bright enhancing tumour, dark necrosis (when present), slightly dark oedema keeping texture."""
     texture = 1 + 0.08 * _smooth_noise(rng, t1.shape, 1.5 / spacing)
-    levels = {"edema": float(rng.uniform(0.72, 0.88)), "enhancing": float(rng.uniform(1.25, 1.6)),
+    levels = {"edema": float(rng.uniform(0.85, 0.95)), "enhancing": float(rng.uniform(1.3, 1.6)),
               "necrotic": float(rng.uniform(0.2, 0.4))}
     t1[sub == SUBSTRUCTURES["edema"]] *= levels["edema"]
     for name in ("enhancing", "necrotic"):

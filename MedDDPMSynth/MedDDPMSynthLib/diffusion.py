@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .model_options import PREDICTIONS
 from .schedule import BUFFER_NAMES, cosine_betas, schedule_buffers
 from .unet import UNet3D, UNetConfig
 
@@ -32,12 +33,20 @@ def _at(buffer: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 class GaussianDiffusion(nn.Module):
-    """Med-DDPM model: cosine-schedule DDPM around a conditional 3-D U-Net (eps prediction)."""
+    """Med-DDPM model: cosine-schedule DDPM around a conditional 3-D U-Net.
 
-    def __init__(self, unet: UNetConfig, timesteps: int = 250, betas: np.ndarray | None = None):
+    ``prediction`` is what the network outputs (see model_options.py): ``eps`` as the official models,
+    ``v`` or ``x0``. Every sampler asks for eps through :meth:`predict_eps`, which converts the output, so
+    all of them (ddpm, ddim, dpm++, RePaint) run any of the three."""
+
+    def __init__(self, unet: UNetConfig, timesteps: int = 250, betas: np.ndarray | None = None,
+                 prediction: str = "eps"):
         super().__init__()
         if timesteps < 1:
             raise ValueError("timesteps must be positive")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction '{prediction}'; use one of {', '.join(PREDICTIONS)}")
+        self.prediction = prediction
         betas = cosine_betas(timesteps) if betas is None else betas
         for name, value in schedule_buffers(betas).items():
             self.register_buffer(name, value)
@@ -62,9 +71,28 @@ class GaussianDiffusion(nn.Module):
     def buffers_dict(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in BUFFER_NAMES}
 
-    def predict_eps(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network sees the noisy image channels first, the condition channels after."""
+    def network(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The raw network output; it sees the noisy image channels first, the condition channels after."""
         return self.denoise_fn(torch.cat([x, cond], dim=1), t)
+
+    def predict_eps(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predicted noise, whatever the network predicts (eps: its output unchanged, as the official code)."""
+        out = self.network(x, cond, t)
+        if self.prediction == "eps":
+            return out
+        out = out.float()
+        if self.prediction == "v":  # eps = sqrt(abar) v + sqrt(1 - abar) x_t
+            return _at(self.sqrt_alphas_cumprod, t, x.ndim) * out + _at(self.sqrt_one_minus_alphas_cumprod, t, x.ndim) * x
+        # x0: eps = (x_t / sqrt(abar) - x0) / sqrt(1/abar - 1)
+        return (_at(self.sqrt_recip_alphas_cumprod, t, x.ndim) * x - out) / _at(self.sqrt_recipm1_alphas_cumprod, t, x.ndim)
+
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network should output for x_t = q_sample(x0, t, noise)."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "v":
+            return _at(self.sqrt_alphas_cumprod, t, x0.ndim) * noise - _at(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0
+        return x0
 
     def predict_x0(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x0 from x_t and eps, clipped to [-1, 1] (the official sampler always clips)."""

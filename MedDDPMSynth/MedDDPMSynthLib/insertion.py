@@ -21,7 +21,7 @@ from .families import BRATS
 from .geometry import CANONICAL_DIRECTIONS, plan_physical
 from .head_mask import auto_head_mask
 from .labels import to_official
-from .normalisation import IntensityRange
+from .normalisation import fit_intensity
 from .regenerate import composite
 from .sampling import CancelCheck, ProgressCallback
 
@@ -100,9 +100,9 @@ def insert_tumour(
     labels = condition_labels(model, head, tumour)
     direction = CANONICAL_DIRECTIONS.get(model.family.name, (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     mapping = plan_physical(labels, model.grid_xyz, model.spacing_mm, direction)
-    fit = IntensityRange.per_volume if model.family is BRATS else IntensityRange.per_slice
     arrays = [mapping.image_to_model(sitk.Cast(s, sitk.sitkFloat32), background=_minimum(s)) for s in scans]
-    ranges = [fit(a) for a in arrays]
+    inside = mapping.labels_to_model(labels) > 0
+    ranges = [fit_intensity(a, model.family, model.options.normalisation, inside) for a in arrays]
     known = np.stack([r.forward(a) for r, a in zip(ranges, arrays)])
     region = _region(tumour, margin_mm)
     region_model = mapping.labels_to_model(region) > 0

@@ -40,17 +40,19 @@ from .catalogue import (  # noqa: F401 (part of this module's interface)
     models_dir,
 )
 from .checkpoint import (
-    file_sha256, infer_config, load_checkpoint, read_state_dict, run_config_beside, save_safetensors,
+    file_sha256, infer_config, load_checkpoint, model_options, read_state_dict, run_config_beside, save_safetensors,
 )
 from .errors import CheckpointError, InputError, MedDDPMError, OutputError
 from .families import family_for_channels
+from .resources import demo_model_file
 
 DEMO_NAME = "demo"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,16}")
 
 _REPO = Path(__file__).resolve().parents[2]
-BUNDLED_DEMO = _REPO / "Resources" / "Models" / "demo_model.safetensors"
+#: source tree, installed Slicer extension or pip wheel: see MedDDPMSynthLib.resources
+BUNDLED_DEMO = demo_model_file()
 TEST_DEMO = _REPO / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt"
 BUNDLED_NOTE = "bundled demo model"
 #: names another file to use as "demo" (the test suite points it at the tiny random model, for speed)
@@ -138,6 +140,7 @@ def _describe(path: Path, grid_xyz: Sequence[int] | None = None, spacing_mm: Seq
         "grid_xyz": _check_grid(grid_xyz, config.divisor),
         "spacing_mm": _check_spacing(spacing_mm),
         "timesteps": diffusion.num_timesteps,
+        **model_options(info).to_metadata(),
         "config": dataclasses.asdict(config),
         "sha256": sha256,
         "size_bytes": path.stat().st_size,
@@ -272,7 +275,8 @@ def export_model(
         raise InputError(f"the grid of {source} is unknown; give it with --grid X,Y,Z and --spacing A,B,C")
     grid, spacing = _check_grid(list(grid), config.divisor), _check_spacing(list(spacing))
     metadata = {"grid_xyz": ",".join(map(str, grid)), "spacing_mm": ",".join(f"{v:g}" for v in spacing),
-                "source_step": str(info.step if info.step is not None else ""), "format": "medddpm-synth model"}
+                "source_step": str(info.step if info.step is not None else ""), "format": "medddpm-synth model",
+                **model_options(info).to_metadata()}
     destination.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(destination, state, metadata, EXPORT_DTYPES[dtype])
     return _describe(destination)

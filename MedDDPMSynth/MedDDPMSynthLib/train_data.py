@@ -10,8 +10,9 @@ the mask's file name without its extension (``case7`` for ``case7.nii.gz``) is t
 Every case goes through the same geometry code as inference: labels to the official convention
 (:func:`labels.to_official`), a model grid placed with :func:`geometry.plan_physical` around the head
 (the family's canonical direction), labels by nearest neighbour, images by linear interpolation onto that
-same grid. Intensities (reference section 4.3): whole-head per slice along Z (the model's D axis)
-min-max to [0, 1] then 2v - 1; BraTS per volume and modality min-max to [-1, 1].
+same grid. Intensities: the model's ``normalisation`` option (normalisation.py): ``official`` as the
+released weights were trained (whole-head per slice along Z, BraTS per volume and modality, min-max to
+[-1, 1]), or ``robust-volume`` (percentiles of the whole volume inside the labelled anatomy).
 
 Also here: the order in which cases are drawn (:class:`EpochOrder`, resumable mid-epoch) and each
 process's place in data-parallel training (:func:`setup_distributed`).
@@ -32,9 +33,9 @@ from torch.utils.data import Dataset, DistributedSampler, RandomSampler, Sampler
 
 from .api import resolve_device
 from .errors import InputError
-from .families import BRATS, Family
+from .families import Family
 from .geometry import CANONICAL_DIRECTIONS, MASK_SUFFIXES, plan_physical, read_mask
-from .normalisation import normalise_per_slice, normalise_per_volume  # noqa: F401 (re-exported)
+from .normalisation import fit_intensity, normalise_per_slice, normalise_per_volume  # noqa: F401 (re-exported)
 from .labels import LabelMapping, to_official
 from .outputs import image_extension, split_image_name
 
@@ -137,8 +138,9 @@ class PairedVolumeDataset(Dataset):
     def __init__(
         self, masks_dir, images_dir, family: Family, grid_xyz=None, spacing_mm=None,
         labels: LabelMapping | None = None, augment: Augment | None = None, cache: bool = True,
+        normalisation: str = "robust-volume",
     ):
-        self.family = family
+        self.family, self.normalisation = family, normalisation
         self.grid_xyz = tuple(int(v) for v in (grid_xyz or family.grid_xyz))
         self.spacing_mm = tuple(float(v) for v in (spacing_mm or family.spacing_mm))
         self.direction = CANONICAL_DIRECTIONS.get(family.name, IDENTITY)
@@ -193,19 +195,20 @@ class PairedVolumeDataset(Dataset):
 
     def _to_model_grid(self, labels: sitk.Image, image: sitk.Image) -> tuple[torch.Tensor, torch.Tensor]:
         mapping = plan_physical(labels, self.grid_xyz, self.spacing_mm, self.direction)
-        cond = self.family.condition_from_labels(mapping.labels_to_model(labels))[0]
+        labels_xyz = mapping.labels_to_model(labels)
+        cond = self.family.condition_from_labels(labels_xyz)[0]
         reference = mapping.model_grid.reference_image()
         channels = [image] if image.GetNumberOfComponentsPerPixel() == 1 else [
             sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32) for c in range(image.GetNumberOfComponentsPerPixel())
         ]
-        normalise = normalise_per_volume if self.family is BRATS else normalise_per_slice
         volumes = []
         for channel in channels:
             # outside the image's field of view: its minimum, i.e. background after normalisation
             low = float(sitk.GetArrayViewFromImage(channel).min())
             resampled = sitk.Resample(channel, reference, sitk.Transform(), sitk.sitkLinear, low, sitk.sitkFloat32)
             volume_xyz = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
-            volumes.append(normalise(volume_xyz).transpose(2, 1, 0))  # (X, Y, Z) -> (Z, Y, X), like the condition
+            intensity = fit_intensity(volume_xyz, self.family, self.normalisation, labels_xyz > 0)
+            volumes.append(intensity.forward(volume_xyz).transpose(2, 1, 0))  # (X, Y, Z) -> (Z, Y, X), like the condition
         return torch.from_numpy(np.ascontiguousarray(np.stack(volumes))), cond
 
 

@@ -1,7 +1,9 @@
 """Training a Med-DDPM model (reference sections 3.3 and 3.5) on one device or many (torchrun + DDP).
 
-Objective: x0 in [-1, 1], t ~ U{0..T-1} per sample, eps ~ N(0, I), loss = L1 (or MSE) between eps and the
-network's prediction for q_sample(x0, t, eps) with the condition; divided by the accumulation count.
+Objective: x0 in [-1, 1], t ~ U{0..T-1} per sample, eps ~ N(0, I), loss = L1 (or MSE) between the
+network's output for q_sample(x0, t, eps) with the condition and its target (``prediction``: eps as
+official, v or x0; see model_options.py); divided by the accumulation count. The learning rate is
+constant or follows a cosine (``lr_schedule``), as a function of the step alone.
 ``weighting="truncated-snr"`` (not official; off by default) weights each noise level by max(1, 1/SNR_t)
 in x0 terms (Salimans & Ho 2022), capped at ``MAX_WEIGHT``: at high noise an eps error costs as much as the
 x0 error it causes, so the network learns to read the condition where x_t says little. The weighting is
@@ -40,16 +42,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .checkpoint import _atomic_write, save_official_checkpoint
+from .checkpoint import _atomic_write, read_state_dict, save_official_checkpoint
 from .diffusion import GaussianDiffusion
 from .errors import CheckpointError, InputError, RuntimeFailure
 from .families import FAMILIES
+from .model_options import NORMALISATIONS, PREDICTIONS, ModelOptions
 from .sampling import PRECISIONS
 from .train_data import EpochOrder, setup_distributed
 from .unet import UNetConfig
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 WEIGHTINGS = ("uniform", "truncated-snr")
+LR_SCHEDULES = ("constant", "cosine")
 #: largest loss weight of truncated-snr (for l1; squared for l2): reached from t ~ 0.96 T on the cosine schedule
 MAX_WEIGHT = 20.0
 #: config fields that fix the weights' shapes: a resumed run must keep them
@@ -85,6 +89,9 @@ class TrainConfig:
     loss: str = "l1"
     weighting: str = "uniform"
     num_workers: int = 0
+    prediction: str = "eps"
+    normalisation: str = "robust-volume"  # new runs; fine-tuning an official checkpoint keeps "official"
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -105,9 +112,14 @@ class TrainConfig:
     def check(self) -> None:
         """InputError for any value training cannot run with, saying which option to change."""
         for name, value, allowed in (("precision", self.precision, PRECISIONS), ("loss", self.loss, LOSSES),
-                                     ("weighting", self.weighting, WEIGHTINGS)):
+                                     ("weighting", self.weighting, WEIGHTINGS), ("prediction", self.prediction, PREDICTIONS),
+                                     ("normalisation", self.normalisation, NORMALISATIONS),
+                                     ("lr-schedule", self.lr_schedule, LR_SCHEDULES)):
             if value not in allowed:
                 raise InputError(f"unknown {name} '{value}'; use one of {', '.join(allowed)}")
+        if self.weighting != "uniform" and self.prediction != "eps":
+            raise InputError(f"--weighting {self.weighting} re-weights eps prediction; a {self.prediction}-predicting "
+                             "model already weights the high noise levels (drop --weighting)")
         counts = (self.batch_size, self.grad_accum, self.ema_every, self.steps, self.save_every, self.log_every, self.timesteps)
         if min(counts) < 1 or self.num_workers < 0 or self.ema_start < 0:
             raise InputError("batch, accumulation, steps, save/log/EMA intervals and timesteps must be at least 1")
@@ -126,9 +138,22 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @property
+    def options(self) -> ModelOptions:
+        return ModelOptions(self.prediction, self.normalisation)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (1-based): constant, or cosine from lr down to lr/10 at
+        ``steps``. A function of the step alone, so a resumed run continues the same curve."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        progress = min(1.0, max(0, step - 1) / max(1, self.steps - 1))
+        return self.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        values = {"normalisation": "official", **values}  # runs from before the option used the official one
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
 
 
@@ -140,8 +165,8 @@ class _Objective(nn.Module):
         self.diffusion, self.loss_fn, self.scale = diffusion, LOSSES[loss], scale
 
     def forward(self, x0, cond, t, noise):
-        eps = self.diffusion.predict_eps(self.diffusion.q_sample(x0, t, noise), cond, t)
-        return self.loss_fn(eps.float(), noise) * self.scale
+        out = self.diffusion.network(self.diffusion.q_sample(x0, t, noise), cond, t)
+        return self.loss_fn(out.float(), self.diffusion.training_target(x0, t, noise)) * self.scale
 
 
 def loss_weights(alphas_cumprod: torch.Tensor, loss: str) -> torch.Tensor:
@@ -192,7 +217,7 @@ class Trainer:
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.dist, self.device = setup_distributed(device)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = GaussianDiffusion(config.unet(), config.timesteps).to(self.device)
+        self.model = GaussianDiffusion(config.unet(), config.timesteps, prediction=config.prediction).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         # t ~ U{0..T-1}, or (truncated-snr) drawn in proportion to its weight with the loss scaled by the mean weight
         self.t_weights = None if config.weighting == "uniform" else loss_weights(self.model.alphas_cumprod, config.loss)
@@ -219,6 +244,8 @@ class Trainer:
     def train_step(self, batches) -> float:
         """One optimiser step over ``grad_accum`` batches; the mean loss (over ranks too)."""
         cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr_at(self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
@@ -323,7 +350,7 @@ class Trainer:
         if mode == "a" and not self._logs_started:
             self._seconds_offset = self._trim_logs(table, lines)
         self._logs_started = True
-        row = {"step": self.step, "loss": round(loss, 6), "lr": self.config.lr,
+        row = {"step": self.step, "loss": round(loss, 6), "lr": self.config.lr_at(self.step),
                "seconds": round(self._seconds_offset + time.perf_counter() - self._started, 3),
                "ema": "copy" if self.step < self.config.ema_start else "average"}
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -377,7 +404,8 @@ class Trainer:
         if not self.dist.main:
             return
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731 - portable files
-        save_official_checkpoint(path, cpu(self.model.state_dict()), cpu(self.ema.state_dict()), self.step)
+        save_official_checkpoint(path, cpu(self.model.state_dict()), cpu(self.ema.state_dict()), self.step,
+                                 self.config.options)
         _atomic_write(sidecar_path(path), lambda tmp: torch.save(state, tmp))
 
     def save_milestone(self) -> Path:
@@ -417,8 +445,13 @@ class Trainer:
         return self._restore_rng(state["rng"], int(state.get("world_size", 1)))
 
     def _read_checkpoint(self, path: Path) -> dict:
+        """``{step, model, ema}``: an official-format checkpoint as it is; any other model file (an exported
+        .safetensors, a bare state dict) is read as a starting point for fine-tuning, both weights its own."""
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} not found; give a model-<step>.pt or model-last.pt of this run")
+        state, info = read_state_dict(path)  # CheckpointError with its own advice for anything unreadable
+        if info.container != "official":
+            return {"step": info.step or 0, "model": state, "ema": state}
         try:
             raw = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as error:

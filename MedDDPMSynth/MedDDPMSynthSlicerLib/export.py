@@ -7,8 +7,10 @@ Layout (``folder`` = an nnU-Net ``DatasetXXX_Name`` folder)::
     dataset.json                    channel names, labels, numTraining, file_ending (created or updated)
     provenance/CASE.json            where every file came from (model, seeds, engine provenance, geometry)
 
-Written all-or-nothing with the engine's :class:`MedDDPMSynthLib.outputs.StagedOutput`; existing case
-files are refused unless ``overwrite``.
+Each sample of a generation is one case, its volumes the family's channels in order (BraTS: T1, T1ce,
+T2, FLAIR); the label is refused when the segmentation was edited after the images were generated (the
+volumes carry the sha256 of the label voxels they were made from). Written all-or-nothing with the
+engine's :class:`MedDDPMSynthLib.outputs.StagedOutput`; existing case files are refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ def _check_grids(volume_nodes, export) -> None:
                              "export volumes of one generation together (or one volume at a time)")
 
 
-def _dataset_json(folder: Path, channels: list[str], family, case: str) -> dict:
+def _dataset_json(folder: Path, channels: list[str], family, new_cases: set[str]) -> dict:
     path = folder / "dataset.json"
     labels = {"background": 0, **dict(zip(family.condition_names, family.condition_labels))}
     channel_names = {str(n): c for n, c in enumerate(channels)}
-    cases = {p.name[: -len(FILE_ENDING)] for p in (folder / "labelsTr").glob(f"*{FILE_ENDING}")} | {case}
+    cases = {p.name[: -len(FILE_ENDING)] for p in (folder / "labelsTr").glob(f"*{FILE_ENDING}")} | new_cases
     if path.is_file():
         try:
             existing = json.loads(path.read_text())
@@ -66,17 +68,72 @@ def _sha256(image: sitk.Image) -> str:
     return hashlib.sha256(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes()).hexdigest()
 
 
+def label_sha256(image: sitk.Image) -> str:
+    """sha256 of a label image's voxels as uint8 (the form exported): recorded on generated volumes."""
+    return _sha256(sitk.Cast(image, sitk.sitkUInt8))
+
+
+def group_cases(volume_nodes, family) -> list[list]:
+    """The volumes as cases: one per (generation, sample), each with the family's channels in order.
+    Refuses duplicated, missing or foreign channels with one message."""
+    groups: dict[tuple, dict] = {}
+    for node in volume_nodes:
+        key = (node.GetAttribute("MedDDPMSynth.generation") or node.GetID(), node.GetAttribute("MedDDPMSynth.seed"))
+        channel = node.GetAttribute("MedDDPMSynth.modality") or (family.modalities[0] if len(family.modalities) == 1
+                                                                   else node.GetName())
+        group = groups.setdefault(key, {})
+        if channel in group:
+            raise InputError(f"'{node.GetName()}' and '{group[channel].GetName()}' are both the {channel} channel of one "
+                             "case; check one volume per channel (one sample of one generation per case)")
+        group[channel] = node
+    cases = []
+    for group in groups.values():
+        if set(group) != set(family.modalities):
+            names = ", ".join(n.GetName() for n in group.values())
+            raise InputError(f"a {family.name} case needs exactly the channels {', '.join(family.modalities)}; "
+                             f"the checked volume(s) {names} give {', '.join(group)}")
+        cases.append([group[m] for m in family.modalities])
+    return cases
+
+
+def _check_label_unchanged(volume_nodes, export) -> None:
+    label = label_sha256(export.image)
+    for node in volume_nodes:
+        made_from = node.GetAttribute("MedDDPMSynth.maskSha256")
+        if made_from and made_from != label:
+            raise InputError(f"the segmentation was edited after '{node.GetName()}' was generated, so the image and "
+                             "the label would not match; click Regenerate locally (or Undo the edit) before exporting")
+
+
 def write_pair(volume_nodes, export, folder: Path, case_id: str | None = None, overwrite: bool = False) -> list[Path]:
-    """Write one case; returns the written files (images, label, dataset.json, provenance)."""
-    _check_grids(volume_nodes, export)
+    """Write one case (the volumes are its channels, in order); returns the written files."""
+    return write_cases([list(volume_nodes)], export, folder, case_id, overwrite)
+
+
+def write_cases(cases: list[list], export, folder: Path, case_id: str | None = None,
+                overwrite: bool = False) -> list[Path]:
+    """Write the cases (one label for all: they come from one segmentation) in one all-or-nothing step;
+    with several cases, ``case_id`` gets ``_000``, ``_001``... Returns the written files."""
+    every = [node for case in cases for node in case]
+    _check_grids(every, export)
+    _check_label_unchanged(every, export)
+    base = case_name(case_id or cases[0][0].GetName())
+    names = [base] if len(cases) == 1 else [f"{base}_{n:03d}" for n in range(len(cases))]
+    with StagedOutput(folder) as staged:
+        for n, (name, volume_nodes) in enumerate(zip(names, cases)):
+            _stage_case(staged, volume_nodes, export, folder, name, set(names[:n + 1]), overwrite)
+        written = staged.commit()
+    return list(dict.fromkeys(written))  # dataset.json is staged once per case; the last one counts them all
+
+
+def _stage_case(staged, volume_nodes, export, folder: Path, case: str, new_cases: set, overwrite: bool) -> None:
     family = export.mapping.family
-    case = case_name(case_id or volume_nodes[0].GetName())
     channels = [node.GetAttribute("MedDDPMSynth.modality") or node.GetName() for node in volume_nodes]
     images = [folder / "imagesTr" / f"{case}_{n:04d}{FILE_ENDING}" for n in range(len(volume_nodes))]
     label = folder / "labelsTr" / f"{case}{FILE_ENDING}"
     provenance_path = folder / "provenance" / f"{case}.json"
     check_destinations([*images, label, provenance_path], overwrite)
-    dataset = _dataset_json(folder, channels, family, case)
+    dataset = _dataset_json(folder, channels, family, new_cases)
     written_images = [sitk.Cast(image_from_node(node), sitk.sitkFloat32) for node in volume_nodes]
     provenance = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -95,10 +152,8 @@ def write_pair(volume_nodes, export, folder: Path, case_id: str | None = None, o
         ],
         "label": {"file": str(label.relative_to(folder)), "voxels_sha256": _sha256(export.image)},
     }
-    with StagedOutput(folder) as staged:
-        for image, path in zip(written_images, images):
-            staged.write_image(image, path)
-        staged.write_image(sitk.Cast(export.image, sitk.sitkUInt8), label)
-        staged.write_json(dataset, folder / "dataset.json")
-        staged.write_json(provenance, provenance_path)
-        return staged.commit()
+    for image, path in zip(written_images, images):
+        staged.write_image(image, path)
+    staged.write_image(sitk.Cast(export.image, sitk.sitkUInt8), label)
+    staged.write_json(dataset, folder / "dataset.json")
+    staged.write_json(provenance, provenance_path)

@@ -34,7 +34,9 @@ from .scene_io import (
     update_node_from_array,
 )
 
-ATTRIBUTE = "MedDDPMSynth"  # node attributes: MedDDPMSynth.seed, .model, .modality, .provenance
+ATTRIBUTE = "MedDDPMSynth"  # node attributes: MedDDPMSynth.seed, .model, .modality, .provenance, .maskSha256
+#: tumour edits kept for undo per segmentation; each holds a full-grid uint8 copy of every mapped segment
+UNDO_DEPTH = 10
 
 
 def ras_to_lps(vector) -> list[float]:
@@ -49,9 +51,25 @@ class SceneLogic:
         self.scene = scene
         self.temp_dir = temp_dir
         self.python = python  # the interpreter running the engine (default: PythonSlicer / this Python)
-        self._undo: dict[str, list[dict]] = {}
+        # Undo and Regenerate state, keyed by node ID *and* holding the node: a closed scene restarts its IDs
+        # (vtkMRMLScene::Clear), so an ID alone could name another scene's node. State whose node is no longer
+        # the scene's node of that ID (scene closed, node removed) is dropped before every use. No scene
+        # observer: a VTK callback into this object while the scene is being destroyed can crash the process.
+        self._undo: dict[str, tuple[object, list[dict]]] = {}
         self._last: dict[str, dict] = {}
         self._families: dict[str, Family] = {}
+        self._generation = 0
+
+    def _forget_stale(self) -> None:
+        """Drop the Undo/Regenerate state of segmentations (and results) that are gone from the scene."""
+        for key in [k for k, (node, _) in self._undo.items() if not self._current(k, node)]:
+            del self._undo[key]
+        for key in [k for k, last in self._last.items() if not self._current(k, last["segmentation"])
+                    or not all(self._current(i, n) for i, n in zip(last["nodes"], last["node_objects"]))]:
+            del self._last[key]
+
+    def _current(self, node_id: str, node) -> bool:
+        return self.scene.GetNodeByID(node_id) is node
 
     # ------------------------------------------------------------------------------------ models
 
@@ -152,7 +170,8 @@ class SceneLogic:
         finally:
             job.cleanup()
         self._last[job.segmentation_id] = {"export": job.export, "nodes": [n.GetID() for n in nodes],
-                                           "settings": job.settings}
+                                           "node_objects": list(nodes), "settings": job.settings,
+                                           "segmentation": self.scene.GetNodeByID(job.segmentation_id)}
         return nodes
 
     def cancel_generation(self, job: GenerationJob) -> None:
@@ -177,6 +196,7 @@ class SceneLogic:
 
     def _add_nodes(self, job: GenerationJob, files: list[list[Path]], provenance: dict) -> list:
         family = job.export.mapping.family
+        self._generation += 1
         segmentation = self.scene.GetNodeByID(job.segmentation_id)
         base = segmentation.GetName() if segmentation is not None else "MedDDPM"
         nodes: list = []
@@ -207,6 +227,10 @@ class SceneLogic:
         node.SetAttribute(f"{ATTRIBUTE}.seed", str(seed))
         node.SetAttribute(f"{ATTRIBUTE}.segmentation", job.segmentation_id)
         node.SetAttribute(f"{ATTRIBUTE}.provenance", json.dumps(provenance))
+        # the label voxels it was generated from: Export refuses to pair it with an edited segmentation
+        node.SetAttribute(f"{ATTRIBUTE}.maskSha256", export_module.label_sha256(job.export.image))
+        if job.kind != "regenerate":  # one generation = one set of samples; Export makes a case per sample
+            node.SetAttribute(f"{ATTRIBUTE}.generation", f"{id(self):x}-{self._generation}")
         if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
@@ -227,7 +251,7 @@ class SceneLogic:
         if display is not None:
             display.SetVisibility(True)
             try:
-                tumour = set(self.segment_mapping(segmentation_node).tumour_segments())
+                tumour = set(self.segment_mapping(segmentation_node, self._family_of_volumes(nodes)).tumour_segments())
             except MedDDPMError:
                 return
             for n in range(segmentation_node.GetSegmentation().GetNumberOfSegments()):
@@ -245,8 +269,14 @@ class SceneLogic:
                              "segment named 'tumour' (or map one) first")
         edited, record = operation(export.image, family.name, *args)
         saved = segments.snapshot(self.scene, segmentation_node, export.mapping, reference_volume)
+        before = set(segments.segment_ids(segmentation_node))
         segments.import_labels(self.scene, segmentation_node, export, sitk.GetArrayFromImage(edited))
-        self._undo.setdefault(segmentation_node.GetID(), []).append(saved)
+        added = [i for i in segments.segment_ids(segmentation_node) if i not in before]  # absent BraTS layers
+        key = segmentation_node.GetID()
+        self._forget_stale()
+        stack = self._undo.setdefault(key, (segmentation_node, []))[1]
+        stack.append({"saved": saved, "added": added})
+        del stack[:-UNDO_DEPTH]  # bounded: the oldest edits can no longer be undone
         return record
 
     def shift_tumor(self, segmentation_node, vector_ras_mm, reference_volume=None, mapping=None,
@@ -280,22 +310,32 @@ class SceneLogic:
         return self._edit(segmentation_node, reference_volume, mapping, family,
                           lambda m, f: tumor_edit.add(m, f, ras_to_lps(center_ras_mm), radius_mm))
 
+    def _undo_stack(self, segmentation_node) -> list:
+        self._forget_stale()
+        entry = self._undo.get(segmentation_node.GetID()) if segmentation_node is not None else None
+        return entry[1] if entry and entry[0] is segmentation_node else []
+
     def can_undo(self, segmentation_node) -> bool:
-        return bool(segmentation_node is not None and self._undo.get(segmentation_node.GetID()))
+        return bool(self._undo_stack(segmentation_node))
 
     def undo_tumor_edit(self, segmentation_node) -> bool:
         """Put the segments back as they were before the last tumour edit; False if there is none."""
-        stack = self._undo.get(segmentation_node.GetID()) if segmentation_node is not None else None
+        stack = self._undo_stack(segmentation_node)
         if not stack:
             return False
-        segments.restore(self.scene, segmentation_node, stack.pop())
+        entry = stack.pop()
+        segments.restore(self.scene, segmentation_node, entry["saved"])
+        for segment_id in entry["added"]:  # the empty layers the edit had to add
+            segmentation_node.GetSegmentation().RemoveSegment(segment_id)
         return True
 
     # ------------------------------------------------------------------------ local re-generation
 
     def can_regenerate(self, segmentation_node) -> bool:
+        self._forget_stale()
         last = self._last.get(segmentation_node.GetID()) if segmentation_node is not None else None
-        return bool(last and all(self.scene.GetNodeByID(i) is not None for i in last["nodes"]))
+        return bool(last and last["segmentation"] is segmentation_node
+                    and all(self._current(i, n) for i, n in zip(last["nodes"], last["node_objects"])))
 
     def start_regeneration(self, segmentation_node, settings: GenerationSettings | None = None,
                            reference_volume=None, mapping=None) -> GenerationJob:
@@ -337,9 +377,10 @@ class SceneLogic:
         """Write the volumes + segmentation as an nnU-Net image/label pair with provenance JSON."""
         if not volume_nodes:
             raise InputError("no volume selected to export; choose the synthetic volume(s) first")
-        family = family or self._family_of_volumes(volume_nodes)
+        family = segments.family_of(family or self._family_of_volumes(volume_nodes))
+        cases = export_module.group_cases(volume_nodes, family)  # one case per sample, channels in order
         export = self.label_map(segmentation_node, volume_nodes[0], mapping, family)
-        return export_module.write_pair(volume_nodes, export, Path(folder), case_id, overwrite)
+        return export_module.write_cases(cases, export, Path(folder), case_id, overwrite)
 
     def _family_of_volumes(self, volume_nodes) -> Family:
         model = volume_nodes[0].GetAttribute(f"{ATTRIBUTE}.model")

@@ -23,15 +23,50 @@ import MedDDPMSynthLib
 
 ENGINE_PARENT = Path(MedDDPMSynthLib.__file__).resolve().parents[1]  # folder holding the engine package
 RUNNING, FINISHED, FAILED, CANCELLED = "running", "finished", "failed", "cancelled"
+# Windows process-creation flags (numeric: the subprocess constants exist only on Windows). PythonSlicer.exe
+# is a console program: without CREATE_NO_WINDOW each generation opens a console, and closing it kills the job
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
 
 
 def python_executable() -> str:
-    """Slicer's ``PythonSlicer`` when there is one (inside Slicer ``sys.executable`` is the app), else this Python."""
+    """Slicer's ``PythonSlicer`` when there is one (inside Slicer ``sys.executable`` is the app), else this
+    Python. Raises OSError when there is neither (Slicer started without its launcher, no PythonSlicer on PATH)."""
     name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-    beside = Path(sys.executable).with_name(name)
-    if beside.is_file():
-        return str(beside)
-    return shutil.which("PythonSlicer") or sys.executable
+    if sys.executable:  # '' when Slicer could not find PythonSlicer (qSlicerCoreApplication)
+        beside = Path(sys.executable).with_name(name)
+        if beside.is_file():
+            return str(beside)
+    found = shutil.which("PythonSlicer") or sys.executable
+    if not found:
+        raise OSError("no Python interpreter to run the engine: PythonSlicer is not on PATH; start Slicer with its "
+                      "launcher (the Slicer executable), not the application binary")
+    return found
+
+
+def engine_environment(env: dict | None = None) -> dict:
+    """The engine process's environment: the engine package first on PYTHONPATH, unbuffered UTF-8 output
+    (a piped Python on Windows otherwise writes the ANSI code page, which garbles non-ASCII paths)."""
+    environment = dict(os.environ if env is None else env)
+    paths = [str(ENGINE_PARENT)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
+    environment["PYTHONPATH"] = os.pathsep.join(paths)
+    environment["PYTHONUNBUFFERED"] = "1"
+    environment["PYTHONIOENCODING"] = "utf-8"
+    environment["PYTHONUTF8"] = "1"
+    return environment
+
+
+def process_options(os_name: str = os.name) -> dict:
+    """Popen options: a new process group / session (to kill the whole tree), and no console on Windows."""
+    if os_name != "nt":
+        return {"start_new_session": True}
+    options = {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    if hasattr(subprocess, "STARTUPINFO"):  # as slicer.util.launchConsoleProcess: the window hidden too
+        startupinfo = subprocess.STARTUPINFO()
+        startupinfo.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+        startupinfo.wShowWindow = 0  # SW_HIDE
+        options["startupinfo"] = startupinfo
+    return options
 
 
 def engine_command(arguments: list[str], python: str | None = None) -> list[str]:
@@ -67,15 +102,10 @@ class EngineProcess:
         self._started = time.monotonic()
         self._first_progress: tuple[float, int] | None = None
         self._lines: queue.Queue = queue.Queue()
-        environment = dict(os.environ if env is None else env)
-        paths = [str(ENGINE_PARENT)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
-        environment["PYTHONPATH"] = os.pathsep.join(paths)
-        environment["PYTHONUNBUFFERED"] = "1"
-        options = {"start_new_session": True} if os.name != "nt" else {
-            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
         self._process = subprocess.Popen(
             self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=environment, text=True, encoding="utf-8", errors="replace", bufsize=1, **options)
+            env=engine_environment(env), text=True, encoding="utf-8", errors="replace", bufsize=1,
+            **process_options())
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -169,7 +199,7 @@ class EngineProcess:
             try:
                 if os.name == "nt":
                     subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.pid)], capture_output=True,
-                                   timeout=timeout)
+                                   timeout=timeout, creationflags=CREATE_NO_WINDOW)
                 else:
                     os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):

@@ -83,6 +83,20 @@ def _segments(segmentation_node) -> list[tuple[str, str]]:
             for n in range(segmentation.GetNumberOfSegments())]
 
 
+def segment_ids(segmentation_node) -> list[str]:
+    return [segment_id for segment_id, _ in _segments(segmentation_node)]
+
+
+def check_untransformed(*nodes) -> None:
+    """Refuse inputs under a parent transform: the label map would be taken in the node's own coordinates
+    while Slicer shows it transformed, so results and edits would not overlay what the user sees."""
+    for node in nodes:
+        transform = node.GetParentTransformNode() if node is not None else None
+        if transform is not None:
+            raise InputError(f"'{node.GetName()}' is under the transform '{transform.GetName()}'; harden the transform "
+                             "(Data module: right-click the node, 'Harden transform') or remove it, then try again")
+
+
 def auto_mapping(segmentation_node, family: Family | str) -> SegmentMapping:
     """Mapping from segment names; every segment must name a tissue of the family."""
     family = family_of(family)
@@ -165,11 +179,13 @@ def _export(scene, segmentation_node, segment_ids: list[str], reference):
     """(array (Z, Y, X), IJK->RAS, dimensions): segment n gets value n + 1, later ones on top."""
     from slicer import vtkSegmentation, vtkSlicerSegmentationsModuleLogic
 
+    check_untransformed(segmentation_node, reference)
     ids = vtk.vtkStringArray()
     for segment_id in segment_ids:
         ids.InsertNextValue(segment_id)
     with scene_guard(scene):
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MedDDPMSynth_temp__")
+        labelmap.SetHideFromEditors(True)  # short-lived: never offered in a node selector
         ok = vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
             segmentation_node, ids, labelmap, reference, vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
         if not ok or labelmap.GetImageData() is None:
@@ -224,6 +240,7 @@ def _import(scene, segmentation_node, labels_zyx: np.ndarray, matrix: np.ndarray
 
     with scene_guard(scene):
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MedDDPMSynth_temp__")
+        labelmap.SetHideFromEditors(True)  # short-lived: never offered in a node selector
         update_node_from_array(labelmap, labels_zyx, matrix)
         if not vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, ids):
             raise InputError(f"could not write the edited tumour into '{segmentation_node.GetName()}'; "

@@ -61,19 +61,24 @@ class WidgetController:
 
     def refreshModels(self) -> None:
         combo = self.ui.modelComboBox
-        current = self.parameters().model if self.parameters() else "demo"
+        current = (self.parameters().model if self.parameters() else "") or "demo"
         combo.blockSignals(True)
         combo.clear()
-        entries = [{"name": "demo", "note": "bundled demo model"}]
+        entries, listed = [{"name": current}], False  # before the engine imports: the saved choice, as is
         if self.moduleLogic.ready:
             try:
-                entries = self.moduleLogic.sceneLogic.available_models()
+                entries, listed = self.moduleLogic.sceneLogic.available_models(), True
             except Exception as error:  # a damaged catalogue must not break the panel
                 self.setStatus(str(error))
         for entry in entries:
             family = entry.get("family", "")
             combo.addItem(f"{entry['name']} ({family})" if family else entry["name"], entry["name"])
         index = combo.findData(current)
+        if index < 0 and listed and combo.count and self.parameters() is not None:
+            # the saved model is not available (removed, or from another machine): Generate must use the model
+            # the selector shows, and choosing that item must not be a no-op
+            index = 0
+            self.parameters().model = combo.itemData(0)
         combo.setCurrentIndex(max(index, 0))
         combo.blockSignals(False)
 
@@ -89,7 +94,7 @@ class WidgetController:
             return
         name = qt.QInputDialog.getText(slicer.util.mainWindow(), "Import model", "Name for this model:",
                                        qt.QLineEdit.Normal, qt.QFileInfo(path).baseName())
-        if not name:
+        if not name or not self.ensureLogic():
             return
         with self.userErrors():
             entry = self.moduleLogic.sceneLogic.import_model(path, name=name)
@@ -151,6 +156,8 @@ class WidgetController:
 
     def start(self, starter) -> None:
         p = self.parameters()
+        if not self.ensureLogic():
+            return
         with self.userErrors():
             logic = self.moduleLogic.sceneLogic  # installs the dependencies on first use (asks first)
             self.job = starter(logic, p.segmentation, p.referenceVolume, self.family())
@@ -182,8 +189,11 @@ class WidgetController:
             self.showError(error)
         else:
             logic.show_volumes(nodes, self.parameters().segmentation)
+            exportCombo = self.ui.exportVolumesComboBox  # Export takes the latest result (a case per sample)
+            for node in list(exportCombo.checkedNodes()):
+                exportCombo.setCheckState(node, qt.Qt.Unchecked)
             for node in nodes:
-                self.ui.exportVolumesComboBox.setCheckState(node, qt.Qt.Checked)
+                exportCombo.setCheckState(node, qt.Qt.Checked)
             self.ui.progressBar.value = 100
             warnings = "; ".join(job.engine.warnings)
             self.setStatus(f"Done: {', '.join(n.GetName() for n in nodes)}" + (f" (warning: {warnings})" if warnings else ""))
@@ -202,6 +212,8 @@ class WidgetController:
 
     def edit(self, method, *args) -> None:
         p = self.parameters()
+        if not self.ensureLogic():
+            return
         with self.userErrors():
             logic = self.moduleLogic.sceneLogic
             family = self.family()
@@ -227,6 +239,8 @@ class WidgetController:
         self.edit("remove_tumor")
 
     def onUndo(self) -> None:
+        if not self.ensureLogic():
+            return
         with self.userErrors():
             self.moduleLogic.sceneLogic.undo_tumor_edit(self.parameters().segmentation)
         self.updateButtons()
@@ -236,6 +250,8 @@ class WidgetController:
     def onExport(self) -> None:
         p = self.parameters()
         volumes = list(self.ui.exportVolumesComboBox.checkedNodes())
+        if not self.ensureLogic():
+            return
         with self.userErrors():
             logic = self.moduleLogic.sceneLogic
             family = logic.model_family(volumes[0].GetAttribute("MedDDPMSynth.model") or p.model) if volumes else None
@@ -244,6 +260,19 @@ class WidgetController:
             self.setStatus(f"Exported {len(files)} files to {p.exportFolder}")
 
     # ------------------------------------------------------------------------------- state
+
+    def ensureLogic(self) -> bool:
+        """The scene logic, created on first use: that may ask to install the dependencies, so it runs
+        before any wait cursor (which would sit over the dialog); then the real model list is shown."""
+        wasReady = self.moduleLogic.ready
+        try:
+            self.moduleLogic.sceneLogic
+        except Exception as error:
+            self.showError(error)
+            return False
+        if not wasReady:
+            self.refreshModels()
+        return True
 
     @contextlib.contextmanager
     def userErrors(self):
@@ -283,12 +312,18 @@ class WidgetController:
         self.ui.cancelButton.enabled = running
         for name in [f"shift{n}Button" for n in SHIFTS] + ["scaleButton", "rotateButton", "removeTumourButton"]:
             self._enable(getattr(self.ui, name), not why, why)
-        canUndo = ready and not running and self.moduleLogic.sceneLogic.can_undo(segmentation)
+        try:  # this runs from the panel's setup: an engine that fails to import must not stop the panel
+            canUndo = ready and not running and self.moduleLogic.sceneLogic.can_undo(segmentation)
+            canRegenerate = ready and not running and self.moduleLogic.sceneLogic.can_regenerate(segmentation)
+        except Exception as error:
+            canUndo = canRegenerate = False
+            self.setStatus(f"Failed: {error}")
+        if not ready and getattr(self.moduleLogic, "notReadyReason", None):
+            self.setStatus(f"Not ready: {self.moduleLogic.notReadyReason} (Generate installs what is missing)")
         self._enable(self.ui.undoButton, canUndo, "Undo the last tumour edit" if canUndo else "No tumour edit to undo")
-        canRegenerate = ready and not running and self.moduleLogic.sceneLogic.can_regenerate(segmentation)
         self._enable(self.ui.regenerateButton, canRegenerate,
                      "Regenerate only around the edited tumour" if canRegenerate else "Generate a result first")
-        volumes = list(self.ui.exportVolumesComboBox.checkedNodes())
+        volumes = [n for n in self.ui.exportVolumesComboBox.checkedNodes() if not n.IsA("vtkMRMLLabelMapVolumeNode")]
         folder = str(p.exportFolder) if p and p.exportFolder else ""
         whyExport = ("Check the volume(s) to export" if not volumes else "Choose a segmentation" if segmentation is None
                      else "Choose the dataset folder" if folder in ("", ".") else "")

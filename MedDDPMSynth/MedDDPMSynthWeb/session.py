@@ -164,7 +164,7 @@ class WebSession:
             raise MedDDPMError("generate a result first")
         folder = Path(tempfile.mkdtemp(prefix="export_", dir=self.work_dir))
         try:
-            self.logic.export_training_pair(self.volumes[:1], self.segmentation, folder / "MedDDPMSynth",
+            self.logic.export_training_pair(self.volumes, self.segmentation, folder / "MedDDPMSynth",
                                             case_id="synth_001")
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

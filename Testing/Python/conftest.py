@@ -12,9 +12,22 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 OFFICIAL = REPO / "Testing" / "Data" / "official"  # copied from shared/fixtures/official (see its README)
 
-# "demo" means the tiny random official-format model throughout the suite (T = 10: seconds per run), in
-# subprocesses too; test_demo_model.py checks the bundled, trained demo model itself.
-os.environ["MEDDDPMSYNTH_DEMO_MODEL"] = str(OFFICIAL / "tiny_wholehead_ckpt.pt")
+TINY_DEMO = OFFICIAL / "tiny_wholehead_ckpt.pt"
+DEMO_ENV = "MEDDDPMSYNTH_DEMO_MODEL"
+# "demo" is the bundled model unless a test module asks for the tiny one (fixture tiny_demo): a value left in
+# the caller's shell must not decide which model the suite tests
+os.environ.pop(DEMO_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def tiny_demo():
+    """"demo" means the tiny random official-format model (T = 10: seconds per run) for one test module, in
+    its subprocesses too. Modules opt in with ``pytestmark = pytest.mark.usefixtures("tiny_demo")``;
+    everywhere else "demo" is the bundled model as users get it (test_demo_model.py, test_resources.py,
+    test_extension_install.py), so a missing or misplaced bundled model fails the suite."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DEMO_ENV, str(TINY_DEMO))
+        yield TINY_DEMO
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,8 @@ from cli_helpers import (
 )
 from MedDDPMSynthLib import UNetConfig
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 
 @dataclass
 class Setup:

@@ -45,6 +45,8 @@ from cli_helpers import (
 from MedDDPMSynthLib import WHOLE_HEAD, UNetConfig
 from MedDDPMSynthLib.pipeline import GenerateRequest, plan_outputs
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 BRATS_SEG = REPO / "Testing" / "Data" / "med-ddpm-samples" / "brats2021" / "seg" / "BraTS2021_00529_seg.nii.gz"
 
 

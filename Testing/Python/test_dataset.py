@@ -20,6 +20,8 @@ import torch
 
 from cli_helpers import OFFICIAL, REPO, head_labels, interruptible, message_lines, run_cli, snapshot, write_mask
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 FAST = ["--model", "tiny16", "--sampler", "ddim", "--steps", "2", "--samples-per-mask", "2", "--quiet"]
 CASES = [f"case{i}_orig_s{n:03d}" for i in range(3) for n in range(2)]
 

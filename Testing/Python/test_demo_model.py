@@ -17,14 +17,14 @@ from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files
 
 from conftest import REPO
 
-CARD = REPO / "Resources" / "Models" / "demo_model.json"
-EXAMPLE = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
+CARD = REPO / "MedDDPMSynth" / "Resources" / "Models" / "demo_model.json"
+EXAMPLE = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
 
 
 @pytest.fixture()
 def bundled(monkeypatch):
     """"demo" as a user gets it (the suite otherwise points it at the tiny model)."""
-    monkeypatch.delenv(DEMO_ENV)
+    monkeypatch.delenv(DEMO_ENV, raising=False)
     return json.loads(CARD.read_text())
 
 

@@ -12,8 +12,10 @@ import SimpleITK as sitk
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.head_mask import auto_head_mask
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE_MASK = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
+EXAMPLE_MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
 
 
 def _template_dir() -> Path | None:

@@ -15,6 +15,8 @@ from MedDDPMSynthLib import models
 from MedDDPMSynthLib.cli import main
 from MedDDPMSynthLib.errors import CheckpointError, InputError, MedDDPMError, OutputError
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 TINY = Path(__file__).resolve().parents[1] / "Data" / "official" / "tiny_wholehead_ckpt.pt"
 
 

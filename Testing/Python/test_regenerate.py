@@ -15,6 +15,8 @@ from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files
 from MedDDPMSynthLib.regenerate import regeneration_region, seam_score
 from MedDDPMSynthLib.sampling import repaint_schedule
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 
 def test_repaint_schedule_counts():
     actions = repaint_schedule(30, 10, 3)

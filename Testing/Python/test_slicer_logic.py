@@ -18,6 +18,8 @@ from MedDDPMSynthSlicerLib import EngineFailure, GenerationSettings, SceneLogic
 from MedDDPMSynthSlicerLib.scene_io import update_node_from_array
 from MedDDPMSynthSlicerLib.scene_io import array_from_node, ijk_to_ras, image_from_node, ras_matrix_of
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 TOL = 1e-4
 NAMES = {1: "head", 2: "Tumour"}
 

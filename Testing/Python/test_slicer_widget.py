@@ -18,6 +18,8 @@ from test_slicer_logic import model_home  # noqa: F401  (fixture: the tiny model
 
 from MedDDPMSynthSlicerLib import SceneLogic
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 
 class Signal:
     def __init__(self):
@@ -68,6 +70,10 @@ class FakeCombo(FakeWidget):
     def itemData(self, index):
         return self.items[index][1]
 
+    @property
+    def count(self):
+        return len(self.items)
+
     def blockSignals(self, block):
         return False
 
@@ -86,7 +92,10 @@ class FakeCheckable(FakeWidget):
         self.checked = []
 
     def setCheckState(self, node, state):
-        self.checked.append(node)
+        if state and node not in self.checked:
+            self.checked.append(node)
+        elif not state and node in self.checked:
+            self.checked.remove(node)
 
     def checkedNodes(self):
         return list(self.checked)
@@ -131,7 +140,7 @@ def fake_ui():
 def panel(monkeypatch, tmp_path, model_home):  # noqa: F811
     qt = types.ModuleType("qt")
     qt.QTimer = FakeTimer
-    qt.Qt = types.SimpleNamespace(WaitCursor=3, Checked=2)
+    qt.Qt = types.SimpleNamespace(WaitCursor=3, Checked=2, Unchecked=0)
     monkeypatch.setitem(sys.modules, "qt", qt)
     monkeypatch.delitem(sys.modules, "MedDDPMSynthSlicerLib.widget", raising=False)
     errors = []
@@ -198,8 +207,14 @@ def test_generate_shift_regenerate_cancel_export_from_the_panel(panel):
     assert ui.generateButton.enabled and not ui.cancelButton.enabled
 
     panel.controller.updateButtons()
+    ui.exportButton.click()  # the volume was regenerated for the shifted tumour, then the shift was undone
+    [(text, _)] = panel.errors
+    assert text.startswith("the segmentation was edited after 'Segmentation T1C seed 5' was generated")
+    assert not (panel.tmp / "ds").exists()
+    ui.regenerateButton.click()  # the image follows the label again
+    run_timer(panel)
     ui.exportButton.click()
-    assert panel.errors == [] and (panel.tmp / "ds" / "dataset.json").is_file()
+    assert panel.errors[1:] == [] and (panel.tmp / "ds" / "dataset.json").is_file()
 
 
 def test_bad_input_disables_generate_or_is_one_message_without_traceback(panel):
@@ -236,3 +251,90 @@ def test_bad_input_disables_generate_or_is_one_message_without_traceback(panel):
     assert panel.errors[-1][0] == "--steps must be between 1 and 10 (the model's T), got 50"
     assert "detailedText" not in panel.errors[-1][1]
     assert panel.scene.GetNumberOfNodes() == before and ui.generateButton.enabled
+
+
+def test_model_selector_and_parameter_node_never_drift(panel):
+    """A saved model that is not installed: the parameter node takes the model the selector shows."""
+    panel.params.model = "wholehead"  # from another session or machine
+    panel.controller.refreshModels()
+    combo = panel.ui.modelComboBox
+    assert combo.index == 0 and combo.itemData(0) == "demo" and panel.params.model == "demo"
+    panel.params.model = "tiny16"
+    panel.controller.refreshModels()
+    assert combo.currentData == "tiny16" and panel.params.model == "tiny16"
+    panel.controller.moduleLogic.ready = False  # before the engine imports: keep the saved choice as it is
+    panel.params.model = "wholehead"
+    panel.controller.refreshModels()
+    assert [d for _, d in combo.items] == ["wholehead"] and panel.params.model == "wholehead"
+
+
+def test_panel_survives_an_engine_that_fails_to_import(panel):
+    class BrokenLogic:
+        ready = True
+        notReadyReason = None
+
+        @property
+        def sceneLogic(self):
+            raise OSError("[WinError 126] The specified module could not be found: fbgemm.dll")
+
+    segmentation, _ = add_segmentation(panel.scene, standard_head(), matrix("LPS"), {1: "head", 2: "tumour"})
+    panel.params.segmentation = segmentation
+    panel.controller.moduleLogic = BrokenLogic()
+    panel.controller.updateButtons()  # from setup(): must not raise
+    assert "fbgemm.dll" in panel.ui.statusLabel.text
+    assert not panel.ui.undoButton.enabled and not panel.ui.regenerateButton.enabled
+    panel.ui.generateButton.enabled = True
+    panel.ui.generateButton.click()  # one dialog saying what failed; no job starts
+    assert "fbgemm.dll" in panel.errors[-1][0] and not panel.controller.timer.active
+
+
+def test_a_new_result_replaces_the_earlier_one_in_the_export_list(panel):
+    segmentation, _ = add_segmentation(panel.scene, standard_head(), matrix("oblique"), {1: "head", 2: "tumour"})
+    panel.params.segmentation = segmentation
+    panel.params.samples = 2
+    panel.controller.refreshSegments()
+    panel.ui.generateButton.click()
+    run_timer(panel)
+    first = list(panel.ui.exportVolumesComboBox.checked)
+    assert len(first) == 2  # both samples: two cases
+    panel.params.samples = 1
+    panel.ui.generateButton.click()
+    run_timer(panel)
+    second = list(panel.ui.exportVolumesComboBox.checked)
+    assert len(second) == 1 and second[0] not in first
+    panel.controller.updateButtons()
+    panel.ui.exportButton.click()
+    assert panel.errors == []
+    assert sorted(p.name for p in (panel.tmp / "ds" / "imagesTr").iterdir()) == [f"{second[0].GetName().replace(' ', '_')}_0000.nii.gz"]
+
+
+def test_install_question_comes_before_the_wait_cursor_and_the_model_list_follows(panel, monkeypatch):
+    """The first Generate creates the scene logic (that may ask to install torch): no wait cursor over the
+    question, and the selector then lists the real models instead of the placeholder."""
+    cursor = []
+    monkeypatch.setattr(slicer.app, "setOverrideCursor", lambda c: cursor.append(c))
+    monkeypatch.setattr(slicer.app, "restoreOverrideCursor", lambda: cursor.pop())
+    real = panel.logic
+
+    class FirstUse:  # the module logic before the dependencies exist
+        ready = False
+        notReadyReason = "missing: torch"
+
+        @property
+        def sceneLogic(self):
+            if not self.ready:  # the first use: ensure_dependencies may show its question here
+                assert cursor == [], "the install question would sit under a wait cursor"
+                self.ready = True
+            return real
+
+    panel.controller.moduleLogic = FirstUse()
+    panel.params.model = "tiny16"
+    panel.controller.refreshModels()
+    assert [d for _, d in panel.ui.modelComboBox.items] == ["tiny16"]  # the placeholder: the saved choice
+    segmentation, _ = add_segmentation(panel.scene, standard_head(), matrix("LPS"), {1: "head", 2: "tumour"})
+    panel.params.segmentation = segmentation
+    panel.controller.refreshSegments()
+    panel.ui.generateButton.click()
+    run_timer(panel)
+    assert panel.errors == [] and cursor == []
+    assert [d for _, d in panel.ui.modelComboBox.items] == ["demo", "tiny16"]

@@ -93,7 +93,7 @@ def data_dirs(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def dataset(data_dirs) -> PairedVolumeDataset:
-    return PairedVolumeDataset(*data_dirs, WHOLE_HEAD, GRID, SPACING)
+    return PairedVolumeDataset(*data_dirs, WHOLE_HEAD, GRID, SPACING, normalisation="official")
 
 
 def _config(**changes) -> TrainConfig:
@@ -154,7 +154,7 @@ def test_brats_pairs_stack_four_modalities_in_order(tmp_path):
         modality = sitk.GetImageFromArray((base + offset * (labels == 2)).astype(np.float32))
         modality.CopyInformation(image)
         sitk.WriteImage(modality, str(images / f"BraTS_001_{name}.nii.gz"))
-    item_image, cond = PairedVolumeDataset(masks, images, BRATS, GRID, SPACING)[0]
+    item_image, cond = PairedVolumeDataset(masks, images, BRATS, GRID, SPACING, normalisation="official")[0]
     assert item_image.shape == (4, 16, 16, 16) and cond.shape == (4, 16, 16, 16)
     assert set(cond.unique().tolist()) == {0.0, 1.0}
     assert torch.equal(item_image.amin(dim=(1, 2, 3)), -torch.ones(4)) and torch.equal(item_image.amax(dim=(1, 2, 3)), torch.ones(4))
@@ -175,12 +175,12 @@ def test_augment_hook_gets_image_and_labels_before_resampling(data_dirs):
             mirrored.append(flipped)
         return tuple(mirrored)
 
-    augmented = PairedVolumeDataset(*data_dirs, WHOLE_HEAD, GRID, SPACING, augment=mirror)
+    augmented = PairedVolumeDataset(*data_dirs, WHOLE_HEAD, GRID, SPACING, augment=mirror, normalisation="official")
     image, cond = augmented[0]
     augmented[0]
     assert calls == [((24, 24, 24), (24, 24, 24))] * 2  # every access, on the file's own grid
     assert image[0][cond[1] > 0].mean() > image[0][cond[0] > 0].mean() + 0.3  # still paired
-    assert not torch.equal(cond, PairedVolumeDataset(*data_dirs, WHOLE_HEAD, GRID, SPACING)[0][1])
+    assert not torch.equal(cond, PairedVolumeDataset(*data_dirs, WHOLE_HEAD, GRID, SPACING, normalisation="official")[0][1])
 
 
 def test_bad_folders_are_input_errors(tmp_path, data_dirs):
@@ -269,12 +269,16 @@ def test_ema_copies_then_averages_parameters(dataset):
 
 
 def test_checkpoint_is_official_and_loads_for_generation(dataset, tmp_path):
-    trainer = Trainer(_config(steps=2, ema_start=0, ema_every=1), dataset, quiet=True)
+    # the official options give exactly the official format; others add one entry that loaders ignore
+    trainer = Trainer(_config(steps=2, ema_start=0, ema_every=1, normalisation="official"), dataset, quiet=True)
     trainer.train()
     path = tmp_path / "model-2.pt"
     trainer.save(path)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert list(raw) == ["step", "model", "ema"] and raw["step"] == 2
+    Trainer(_config(steps=2, prediction="v"), dataset, quiet=True).save(tmp_path / "v.pt")
+    assert torch.load(tmp_path / "v.pt", weights_only=True)["medddpm_options"] == {
+        "prediction": "v", "normalisation": "robust-volume"}
     assert list(raw["model"]) == list(raw["ema"]) == list(trainer.model.state_dict())
     model = load_model(path, device="cpu", grid_xyz=GRID, spacing_mm=SPACING)
     assert model.diffusion.config == trainer.config.unet() and model.timesteps == 20

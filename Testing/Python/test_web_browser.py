@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
 REPO = Path(__file__).resolve().parents[2]
-MASK = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
+MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
 TOKEN = "test-token-0123456789"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -54,7 +56,7 @@ def _missing() -> str | None:
 MISSING = _missing()
 # a developer machine without a browser skips these with the reason; CI must run them, so there each one fails
 # with it instead (the rest of the suite still runs)
-pytestmark = pytest.mark.skipif(MISSING is not None and os.environ.get("CI") != "true", reason=str(MISSING))
+pytestmark = [pytestmark, pytest.mark.skipif(MISSING is not None and os.environ.get("CI") != "true", reason=str(MISSING))]
 
 
 @pytest.fixture(scope="module", autouse=True)  # autouse: set up before the server and browser fixtures

@@ -14,7 +14,9 @@ from conftest import REPO  # noqa: E402
 from MedDDPMSynthLib.errors import MedDDPMError  # noqa: E402
 from MedDDPMSynthWeb.session import WebSession  # noqa: E402
 
-MASK = REPO / "Resources" / "Examples" / "demo_mask.nii.gz"
+pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
+MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
 
 
 def _node_ids(scene, cls: str) -> list[str]:
