@@ -7,6 +7,7 @@ re-generate locally, queue and cancel, refuse a bad upload and a wrong token."""
 from __future__ import annotations
 
 import ctypes.util
+import glob
 import os
 import shutil
 import socket
@@ -44,8 +45,8 @@ def _missing() -> str | None:
     installs the system packages where it can (root + apt-get)."""
     if CHROMIUM is None:
         return "Debian's chromium is not installed (apt-get install chromium, or run Testing/system_deps.sh as root)"
-    if ctypes.util.find_library("EGL") is None:
-        return "Mesa's EGL is not installed (apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri)"
+    if ctypes.util.find_library("EGL") is None or not glob.glob("/usr/lib/*/dri/swrast_dri.so"):
+        return "Mesa's EGL or software driver is not installed (apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri)"
     if sync_playwright is None:
         return "playwright is not installed (pip install -e .[test])"
     if trame_slicer is None:
