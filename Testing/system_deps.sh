@@ -14,7 +14,8 @@ if command -v ldconfig >/dev/null 2>&1 || [ -x /sbin/ldconfig ]; then
   grep -q 'libEGL.so.1 ' <<<"$libs" || missing+=(libegl1)
   grep -q 'libEGL_mesa.so.0 ' <<<"$libs" || missing+=(libegl-mesa0)
 fi
-ls /usr/lib/*/dri/swrast_dri.so /usr/lib/dri/swrast_dri.so >/dev/null 2>&1 || missing+=(libgl1-mesa-dri)
+compgen -G "/usr/lib/*/dri/swrast_dri.so" >/dev/null || compgen -G "/usr/lib/dri/swrast_dri.so" >/dev/null \
+  || missing+=(libgl1-mesa-dri)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ]; then
