@@ -127,5 +127,29 @@ def _unlink_quietly(path: Path | None) -> None:
 
 
 def _find(entries: list[dict], name: str) -> dict | None:
-    # names differ by more than case: stored file names must not clash on case-insensitive disks
-    return next((e for e in entries if e["name"].lower() == name.lower()), None)
+    # names differ by more than case: stored file names must not clash on case-insensitive disks.
+    # A catalogue edited by hand (or older) may still hold 'Mine' and 'mine': the exact name wins, and a
+    # name that matches several entries only by case is refused rather than guessed (remove deletes files).
+    exact = [e for e in entries if e["name"] == name]
+    if exact:
+        return exact[0]
+    folded = [e for e in entries if e["name"].lower() == name.lower()]
+    if len(folded) > 1:
+        raise CatalogueError(
+            f"'{name}' matches {len(folded)} models that differ only in case "
+            f"({', '.join(repr(e['name']) for e in folded)}); give the exact name"
+        )
+    return folded[0] if folded else None
+
+
+def file_shared(entries: list[dict], entry: dict) -> bool:
+    """Whether another entry uses ``entry``'s file (the same name, or on a case-insensitive disk a name
+    differing only in case: one file), so deleting it would lose that model."""
+    path = models_dir() / entry["file"]
+    for other in entries:
+        if other is entry:
+            continue
+        other_path = models_dir() / other["file"]
+        if other["file"] == entry["file"] or (path.exists() and other_path.exists() and os.path.samefile(path, other_path)):
+            return True
+    return False

@@ -1,15 +1,19 @@
 """The ``medddpm-synth`` command: sub-commands, one clear error line, documented exit codes.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 cancelled (Ctrl-C).
+Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 cancelled (Ctrl-C), 143 terminated
+(SIGTERM, e.g. ``kill`` or a job scheduler's time limit). SIGTERM is handled like Ctrl-C: the same clean-up
+runs, so a cancelled or terminated command leaves no partial files or new empty folders.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 
 from . import __version__, cli_dataset, cli_demo_data, cli_evaluate, cli_generate, cli_insert, cli_models, cli_serve, cli_train, cli_tumor
-from .errors import MedDDPMError
+from .errors import MedDDPMError, Terminated
 
 EPILOG = """examples:
   medddpm-synth generate --mask MedDDPMSynth/Resources/Examples/demo_mask.nii.gz --model demo -o out/
@@ -46,14 +50,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(_signum, _frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_cancel():
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (e.g. called from a worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 through argparse
-    try:
-        return args.run(args)
-    except MedDDPMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("cancelled: nothing was written", file=sys.stderr)
-        return 130
+    with _sigterm_as_cancel():
+        try:
+            return args.run(args)
+        except MedDDPMError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return error.exit_code
+        except Terminated:
+            print("terminated: nothing was written", file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print("cancelled: nothing was written", file=sys.stderr)
+            return 130

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .dataset import DatasetRequest, build_dataset
 from .dataset_layout import FORMATS
 from .dataset_plan import EDITS, EditSettings, parse_shard
+from .errors import Terminated
 from .models import load_named_model
 from .sampling import PRECISIONS, SAMPLERS, SPACINGS, SamplerSettings
 
@@ -27,7 +28,7 @@ EPILOG = """examples:
 
 Re-running the same command continues an interrupted run: complete cases are kept, partial ones redone;
 case n of a mask variant always gets the same seed, so the result equals one uninterrupted run.
-exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 cancelled (complete cases are kept).
+exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 cancelled (complete cases are kept), 143 terminated (SIGTERM, the same).
 """
 
 
@@ -97,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             summary = build_dataset(request, model, args.model, info.rank, info.world, progress)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             print("cancelled: only complete cases were kept; run the same command again to continue",
                   file=sys.stderr)
-            return 130
+            return 143 if isinstance(interrupt, Terminated) else 130
         finally:
             if bar is not None:
                 bar.close()

@@ -28,7 +28,7 @@ EPILOG = """examples:
 
 output: -o ending in .nii.gz/.nii/.nrrd/.mha writes one file (BraTS: NAME_t1, _t1ce, _t2, _flair);
 otherwise a folder with one file per sample and modality, the mask, provenance.json and preview.png.
-exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 cancelled (Ctrl-C; nothing is written).
+exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 cancelled (Ctrl-C; nothing is written), 143 terminated (SIGTERM; nothing is written).
 """
 
 

@@ -76,7 +76,8 @@ def run_insert(args: argparse.Namespace) -> int:
     stem_ext = [split_image_name(p) for p in scan_paths]
     outputs = [args.output / f"{stem}_with_tumor{ext or '.nii.gz'}" for stem, ext in stem_ext]
     labels_path = args.output / f"{stem_ext[0][0]}_labels.nii.gz"
-    check_destinations([*outputs, labels_path, args.output / "insertion.json"], args.overwrite)
+    check_destinations([*outputs, labels_path, args.output / "insertion.json"], args.overwrite,
+                       inputs=[*scan_paths, args.tumor, args.head_mask])
     scans = [read_mask(p) for p in scan_paths]  # same checks as masks: 3-D, scalar, finite
     head = read_mask(args.head_mask) if args.head_mask else None
     progress, state = _progress_bar(args.quiet)

@@ -150,7 +150,11 @@ def _verify(args) -> None:
 
 def _remove(args) -> None:
     entry = models.remove(args.name)
-    print(f"removed '{entry['name']}' and deleted {models.models_dir() / entry['file']}")
+    path = models.models_dir() / entry["file"]
+    if entry.get("file_kept"):
+        print(f"removed '{entry['name']}'; kept {path}, which another model in the catalogue uses")
+    else:
+        print(f"removed '{entry['name']}' and deleted {path}")
 
 
 def _info(args) -> None:

@@ -8,6 +8,7 @@ uint8 with the input's exact geometry, each with a JSON record of the edit besid
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,11 @@ def _load(args) -> tuple[sitk.Image, str]:
     family = args.family if args.family != "auto" else _guess_family(mask, args.labels)
     fam = FAMILIES[family]
     mapping = LabelMapping.parse(args.labels, fam) if args.labels else None
-    return to_official(mask, fam, mapping), family
+    warnings: list[str] = []  # a stray tumour voxel or two: edited anyway, and said
+    official = to_official(mask, fam, mapping, warnings)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return official, family
 
 
 def _guess_family(mask: sitk.Image, labels: str | None) -> str:
@@ -189,7 +194,7 @@ def _write_single(args, label_map, family) -> list[Path]:
         raise InputError(f"the output {args.output} must end in {', '.join(SINGLE_SUFFIXES)} "
                          "(a folder only for --grid-step / --sweep)")
     sidecar = args.output.with_name(name + ".json")
-    check_destinations([args.output, sidecar], args.overwrite)
+    check_destinations([args.output, sidecar], args.overwrite, inputs=[args.mask])
     new_map, record = _single_edit(args, label_map, family)
     record["input"] = str(args.mask)
     with StagedOutput(args.output.parent) as stage:
@@ -202,14 +207,14 @@ def _write_batch(args, items) -> list[Path]:
     folder = args.output
     if split_image_name(folder)[1]:
         raise InputError(f"batch output {folder} must be a folder, not an image file name")
-    check_destinations([folder / "records.json"], args.overwrite)
+    check_destinations([folder / "records.json"], args.overwrite, inputs=[args.mask])
     records = []
     with StagedOutput(folder) as stage:
         for name, new_map, record in items:
             records.append(record)
             if new_map is not None:
                 destination = folder / f"{name}.nii.gz"
-                check_destinations([destination], args.overwrite)
+                check_destinations([destination], args.overwrite, inputs=[args.mask])
                 stage.write_image(new_map, destination)
         written = sum(1 for r in records if "skipped" not in r)
         stage.write_json({"input": str(args.mask), "written": written, "records": records}, folder / "records.json")

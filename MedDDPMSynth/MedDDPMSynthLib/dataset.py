@@ -158,7 +158,7 @@ def build_dataset(
     groups = _grouped(mine)
     for mask, _ in groups:  # every mask of this process is checked before anything is written
         mask_request = _mask_request(request, mask)
-        labels_on_model_grid(mask_request, model, read_official(mask_request, model))
+        labels_on_model_grid(mask_request, model, read_official(mask_request, model, []))  # warnings: per mask below
 
     with locked(layout):
         check_output(layout, settings)  # another process may have started the folder meanwhile
@@ -207,7 +207,11 @@ class _Run:
 
     def make_mask(self, mask: Path, blocks: list[tuple[int, ...]]) -> None:
         mask_request = _mask_request(self.request, mask)
-        all_variants = list(variants(read_official(mask_request, self.model), self.model.family, self.request.edits))
+        anatomy: list[str] = []  # e.g. a stray tumour voxel: generated, and said in the log
+        official = read_official(mask_request, self.model, anatomy)
+        for warning in anatomy:
+            self.log(f"warning: {mask.name}: {warning}")
+        all_variants = list(variants(official, self.model.family, self.request.edits))
         self.total = self.total or self.planned * len(all_variants)  # every mask has as many variants
         source = (mask, file_sha256(mask), mask_stem(mask))
         for variant in all_variants:

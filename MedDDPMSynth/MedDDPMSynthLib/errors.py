@@ -34,3 +34,8 @@ class GenerationCancelled(MedDDPMError):
     """The user cancelled; nothing partial is left behind."""
 
     exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit), raised by the command line's handler wherever the
+    program is, like Ctrl-C's KeyboardInterrupt: every clean-up that handles a cancel handles it too."""

@@ -27,6 +27,12 @@ ALIASES = {
     "background": ("background", "bg"),
 }
 MAX_VOXELS = 512**3  # beyond this a label map is almost certainly not a brain mask (and exhausts memory)
+#: Detached tumour voxels (not touching the head/brain) accepted with a warning in physical mode: at most
+#: 8 in total, one 2x2x2 dab of the smallest brush or a few stray clicks. That is a painting slip, far
+#: below any lesion a user means to synthesise (the demo tumours are thousands of voxels) and below one
+#: voxel of the 1.5 mm model grid at the usual 1 mm mask spacing; a larger detached region is a misplaced
+#: tumour and stays an error.
+STRAY_TUMOUR_VOXELS = 8
 
 
 def _canonical(name: str, family: Family) -> str:
@@ -97,8 +103,14 @@ def check_values(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def to_official(mask: sitk.Image, family: Family, mapping: LabelMapping | None = None) -> sitk.Image:
-    """The mask relabelled to the family's official values (uint8, same geometry), or an InputError."""
+def to_official(mask: sitk.Image, family: Family, mapping: LabelMapping | None = None,
+                warnings: list[str] | None = None, official: bool = False) -> sitk.Image:
+    """The mask relabelled to the family's official values (uint8, same geometry), or an InputError.
+
+    ``warnings``: a list to receive the anatomy findings that are not refused: a stray tumour fragment
+    (at most :data:`STRAY_TUMOUR_VOXELS` detached voxels) and, with ``official=True``, every anatomy
+    finding, because the official scripts check no anatomy and ``--geometry official`` must accept what
+    they accept. Without a list every anatomy finding is an error (callers that cannot show a warning)."""
     array = check_values(sitk.GetArrayViewFromImage(mask))
     present = set(np.unique(array).tolist()) - {0}
     if not present:
@@ -121,31 +133,57 @@ def to_official(mask: sitk.Image, family: Family, mapping: LabelMapping | None =
         out[np.isin(array, values.get(name, ()))] = label
     image = sitk.GetImageFromArray(out)
     image.CopyInformation(mask)
-    _check_anatomy(image, family)
+    problems, stray_only = _anatomy_findings(image, family)
+    if problems and (warnings is None or not (official or stray_only)):
+        raise InputError(problems[0])
+    if warnings is not None:
+        why = ("--geometry official checks no anatomy, like the official script" if official
+               else f"at most {STRAY_TUMOUR_VOXELS} stray voxels, kept as painted")
+        warnings.extend(f"{problem} (generated anyway: {why})" for problem in problems)
     return image
 
 
-def _check_anatomy(official: sitk.Image, family: Family) -> None:
-    """A head/brain must exist and every tumour component must touch it."""
-    tissue_name = family.condition_names[-1] if family is BRATS else family.condition_names[0]
-    tissue_label = family.condition_labels[family.condition_names.index(tissue_name)]
-    tissue = official == tissue_label
-    tumour = (official != 0) & (official != tissue_label)
+def _anatomy_findings(official: sitk.Image, family: Family) -> tuple[list[str], bool]:
+    """What is wrong with the anatomy (a head/brain must exist and every tumour component must touch
+    it), one message each, and whether the only finding is a stray fragment small enough to warn about."""
+    tissue_name, tissue_label = _tissue_of(family)
     stats = sitk.StatisticsImageFilter()
-    stats.Execute(tissue)
+    stats.Execute(official == tissue_label)
     if stats.GetSum() == 0:
-        raise InputError(
+        return [
             f"the mask has no {tissue_name} voxels (label {tissue_label} after mapping); paint the "
             f"{tissue_name} around the tumour or map its label with --labels {tissue_name}=VALUE"
-        )
+        ], False
+    _, outside, shape = _detached_components(official, family)
+    if not outside:
+        return [], False
+    voxels = sum(int(shape.GetNumberOfPixels(c)) for c in outside)
+    return [
+        f"{len(outside)} tumour region(s) ({voxels} voxels) lie outside the {tissue_name}, not touching "
+        f"it; move the tumour inside the {tissue_name} or erase the stray voxels"
+    ], voxels <= STRAY_TUMOUR_VOXELS
+
+
+def _tissue_of(family: Family) -> tuple[str, int]:
+    """The non-tumour tissue of a family (whole-head: head, BraTS: brain) and its official label."""
+    name = family.condition_names[-1] if family is BRATS else family.condition_names[0]
+    return name, family.condition_labels[family.condition_names.index(name)]
+
+
+def _detached_components(official: sitk.Image, family: Family):
+    """(tumour components image, ids of those not touching the tissue, their statistics filter)."""
+    _, tissue_label = _tissue_of(family)
+    tumour = (official != 0) & (official != tissue_label)
     components = sitk.ConnectedComponent(tumour, True)
-    touching = sitk.BinaryDilate(tissue, [1, 1, 1], sitk.sitkBox)
+    touching = sitk.BinaryDilate(official == tissue_label, [1, 1, 1], sitk.sitkBox)
     shape = sitk.LabelIntensityStatisticsImageFilter()
     shape.Execute(components, sitk.Cast(touching, sitk.sitkUInt8))
-    outside = [c for c in shape.GetLabels() if shape.GetMaximum(c) == 0]
-    if outside:
-        sizes = [int(shape.GetNumberOfPixels(c)) for c in outside]
-        raise InputError(
-            f"{len(outside)} tumour region(s) ({sum(sizes)} voxels) lie outside the {tissue_name}, not touching "
-            f"it; move the tumour inside the {tissue_name} or erase the stray voxels"
-        )
+    return components, [c for c in shape.GetLabels() if shape.GetMaximum(c) == 0], shape
+
+
+def detached_tumour(official: sitk.Image, family: Family) -> np.ndarray:
+    """Boolean (Z, Y, X) array of the tumour voxels in regions that do not touch the head/brain (the
+    stray fragments :func:`to_official` accepted with a warning); all False for a clean mask."""
+    components, outside, _ = _detached_components(official, family)
+    return np.isin(sitk.GetArrayViewFromImage(components), outside) if outside else \
+        np.zeros(sitk.GetArrayViewFromImage(official).shape, bool)

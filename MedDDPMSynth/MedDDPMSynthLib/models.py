@@ -37,12 +37,14 @@ from .catalogue import (  # noqa: F401 (part of this module's interface)
     _write_catalogue,
     catalogue_path,
     data_home,
+    file_shared,
     models_dir,
 )
 from .checkpoint import (
     file_sha256, infer_config, load_checkpoint, model_options, read_state_dict, run_config_beside, save_safetensors,
 )
 from .errors import CheckpointError, InputError, MedDDPMError, OutputError
+from .outputs import check_destinations
 from .families import family_for_channels
 from .resources import demo_model_file
 
@@ -264,8 +266,8 @@ def export_model(
         raise InputError(f"unknown dtype '{dtype}'; use one of {', '.join(EXPORT_DTYPES)}")
     if destination.suffix != ".safetensors":
         raise InputError(f"{destination} must end in .safetensors")
-    if destination.exists() and not overwrite:
-        raise OutputError(f"{destination} exists; choose another name or add --overwrite")
+    # the shared check: an existing file (or dangling link) needs --overwrite, the source is never replaced
+    check_destinations([destination], overwrite, inputs=[source])
     state, info = read_state_dict(source)
     config, _ = infer_config(state, source)
     run_config = run_config_beside(source)
@@ -406,6 +408,8 @@ def remove(name: str) -> dict:
     # catalogue first: an interruption leaves an unlisted file, never an entry without its file
     _write_catalogue([e for e in entries if e is not entry])
     path = models_dir() / entry["file"]
+    if file_shared(entries, entry):  # another model's file too: keep it
+        return {**entry, "file_kept": True}
     try:
         _unlink_quietly(path)
     except OSError as exc:

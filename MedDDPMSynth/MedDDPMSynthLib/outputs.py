@@ -33,10 +33,13 @@ def split_image_name(path: Path) -> tuple[str, str]:
     return path.name[: len(path.name) - len(ext)], ext
 
 
-def check_destinations(paths: Iterable[Path], overwrite: bool) -> None:
-    """Refuse (before any work) outputs that exist or folders that cannot be written."""
+def check_destinations(paths: Iterable[Path], overwrite: bool, inputs: Iterable[Path | None] = ()) -> None:
+    """Refuse (before any work) outputs that exist or folders that cannot be written, and any output
+    that is one of ``inputs`` (even with --overwrite: replacing what is being read loses it)."""
     paths = list(paths)
-    existing = [p for p in paths if p.exists()]
+    _refuse_inputs(paths, [Path(i) for i in inputs if i is not None])
+    # a dangling symlink "exists" as a directory entry: replacing it is overwriting too
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
     if existing and not overwrite:
         raise OutputError(
             f"{existing[0]} already exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}; "
@@ -45,11 +48,30 @@ def check_destinations(paths: Iterable[Path], overwrite: bool) -> None:
     for folder in {p.parent for p in paths}:
         probe = folder
         while not probe.exists():
+            if probe.is_symlink():  # a link to a missing folder: creating the folder would fail (or follow it)
+                raise OutputError(f"{probe} is a link to {os.readlink(probe)}, which does not exist; create that "
+                                  "folder or choose another output")
             probe = probe.parent
         if not probe.is_dir():
             raise OutputError(f"cannot create folder {folder}: {probe} is a file; choose another output")
         if not os.access(probe, os.W_OK | os.X_OK):
             raise OutputError(f"no permission to write in {probe}; choose another output folder")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same file by resolved path (symlinks followed) or, when both exist, by inode (hard links)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except (OSError, RuntimeError):  # a symlink loop: not the same as a readable input
+        return False
+
+
+def _refuse_inputs(paths: list[Path], inputs: list[Path]) -> None:
+    for path in paths:
+        for source in inputs:
+            if _same_file(path, source):
+                raise OutputError(f"the output {path} is the input {source}; writing it would destroy the input "
+                                  "(--overwrite does not apply to inputs); choose another output")
 
 
 def check_disk_space(folder: Path, needed_bytes: int) -> None:

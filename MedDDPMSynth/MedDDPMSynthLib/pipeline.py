@@ -21,7 +21,7 @@ from .api import SynthesisModel
 from .checkpoint import file_sha256
 from .errors import InputError
 from .geometry import CANONICAL_DIRECTIONS, GridMapping, plan_official, plan_physical, read_mask
-from .labels import LabelMapping, to_official
+from .labels import LabelMapping, detached_tumour, to_official
 from .outputs import (
     StagedOutput,
     check_destinations,
@@ -117,9 +117,10 @@ def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: si
     if request.geometry == "official":
         return plan_official(official, grid), []
     direction = CANONICAL_DIRECTIONS.get(model.family.name, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    mapping = plan_physical(official, grid, model.spacing_mm, direction)
+    planning = _without_stray_tumour(official, model)  # a brush slip far from the head must not move the grid
+    mapping = plan_physical(planning, grid, model.spacing_mm, direction)
     tumour = tumour_labels(model)
-    outside = mapping.outside_voxels(official, tumour)
+    outside = mapping.outside_voxels(planning, tumour)
     if outside:
         fov = [round(g * s) for g, s in zip(grid, model.spacing_mm)]
         raise InputError(
@@ -127,11 +128,26 @@ def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: si
             "head; move the tumour nearer the head's centre or crop the mask to the head"
         )
     warnings = []
+    lost = mapping.outside_voxels(official, tumour) - outside
+    if lost:
+        warnings.append(f"{lost} stray tumour voxel(s) lie outside the model's field of view and are not generated")
     if mapping.cropped_fraction > 0:
         warnings.append(
             f"{100 * mapping.cropped_fraction:.1f}% of the head lies outside the model's field of view and is cut off"
         )
     return mapping, warnings
+
+
+def _without_stray_tumour(official: sitk.Image, model: SynthesisModel) -> sitk.Image:
+    """``official`` with the detached tumour fragments (accepted with a warning) set to background."""
+    stray = detached_tumour(official, model.family)
+    if not stray.any():
+        return official
+    array = sitk.GetArrayFromImage(official)
+    array[stray] = 0
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(official)
+    return image
 
 
 def tumour_labels(model: SynthesisModel) -> list[int]:
@@ -140,16 +156,20 @@ def tumour_labels(model: SynthesisModel) -> list[int]:
 
 
 def prepare_labels(request: GenerateRequest, model: SynthesisModel) -> tuple[sitk.Image, np.ndarray, GridMapping, list[str]]:
-    """Read and check the mask; return it in official labels, its model-grid array and the mapping."""
-    official = read_official(request, model)
-    return (official, *labels_on_model_grid(request, model, official))
+    """Read and check the mask; return it in official labels, its model-grid array, the mapping and the
+    warnings (anatomy findings that are not refused, then geometry)."""
+    anatomy: list[str] = []
+    official = read_official(request, model, anatomy)
+    labels, mapping, warnings = labels_on_model_grid(request, model, official)
+    return official, labels, mapping, anatomy + warnings
 
 
-def read_official(request: GenerateRequest, model: SynthesisModel) -> sitk.Image:
-    """The mask file of ``request`` in the family's official labels (checked)."""
+def read_official(request: GenerateRequest, model: SynthesisModel, warnings: list[str] | None = None) -> sitk.Image:
+    """The mask file of ``request`` in the family's official labels (checked). Anatomy findings that
+    are not refused (see :func:`labels.to_official`) go to ``warnings`` when a list is given."""
     mask = read_mask(request.mask)
     mapping_labels = LabelMapping.parse(request.labels, model.family) if request.labels else None
-    return to_official(mask, model.family, mapping_labels)
+    return to_official(mask, model.family, mapping_labels, warnings, official=request.geometry == "official")
 
 
 def labels_on_model_grid(
@@ -160,10 +180,11 @@ def labels_on_model_grid(
     labels = mapping.labels_to_model(official)
     tumour = tumour_labels(model)
     if np.isin(sitk.GetArrayViewFromImage(official), tumour).any() and not np.isin(labels, tumour).any():
-        raise InputError(
-            f"the tumour is smaller than one model voxel ({model.spacing_mm[0]} mm) and vanished on the model grid; "
-            "paint a larger tumour"
-        )
+        vanished = (f"the tumour is smaller than one model voxel ({model.spacing_mm[0]} mm) and vanished on the "
+                    "model grid; paint a larger tumour")
+        if request.geometry != "official":
+            raise InputError(vanished)
+        warnings = [*warnings, f"{vanished} (generated anyway: the official script's resize does not check it)"]
     return labels, mapping, warnings
 
 
@@ -177,7 +198,7 @@ def generate_files(
     """Generate ``request.samples`` images for a mask file and write them (all or nothing)."""
     _check_request(request)
     plan = plan_outputs(request, model.family.modalities)
-    check_destinations(plan.all(), request.overwrite)
+    check_destinations(plan.all(), request.overwrite, inputs=[request.mask, request.keep, request.previous_mask])
     if request.keep is not None and any(p.resolve() == Path(request.keep).resolve() for p in plan.all()):
         raise InputError("the output would overwrite the previous image given with --keep; choose another output")
     official, labels, mapping, warnings = prepare_labels(request, model)

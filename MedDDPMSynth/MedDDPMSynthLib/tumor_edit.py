@@ -242,8 +242,19 @@ def _vector(values, what: str) -> np.ndarray:
 def shift(label_map: sitk.Image, family, vector_mm, component: int | None = None):
     """Translate the tumour (or one component) by ``vector_mm`` (physical x, y, z in mm)."""
     v = _vector(vector_mm, "the shift vector")
+    _check_shift_length(v, label_map, _scheme(family).tissue_name)
     return _edit(label_map, family, component, "shift", {"vector_mm": v.tolist()},
                  lambda c: _affine(np.eye(3), c, v))
+
+
+def _check_shift_length(vector_mm: np.ndarray, label_map: sitk.Image, tissue_name: str) -> None:
+    """A shift longer than the mask's own diagonal moves every voxel off the mask; refused by name, before
+    the arithmetic (at 1e308 mm the index box overflows and the tumour would silently disappear)."""
+    diagonal = float(np.linalg.norm(np.array(label_map.GetSize()) * np.array(label_map.GetSpacing())))
+    length = float(np.hypot(np.hypot(vector_mm[0], vector_mm[1]), vector_mm[2]))  # no overflow at 1e308
+    if not length <= diagonal:  # also catches an overflow of the norm to inf
+        raise InputError(f"shift: the shift of {length:.4g} mm is longer than the mask is across ({diagonal:.0f} mm): "
+                         f"the whole tumour would lie outside the {tissue_name}; give a shift of a few mm to a few cm")
 
 
 def scale(label_map: sitk.Image, family, factor, component: int | None = None):

@@ -42,9 +42,10 @@ def _eta(seconds) -> str:
 
 class SynthWebApp(TrameApp):
     def __init__(self, server=None, *, model: str = "demo", token: str | None = None,
-                 upload_limit: int = security.DEFAULT_UPLOAD_LIMIT, work_dir: str | Path | None = None):
+                 upload_limit: int = security.DEFAULT_UPLOAD_LIMIT, work_dir: str | Path | None = None,
+                 host: str = "127.0.0.1"):
         super().__init__(server)
-        self.token, self.upload_limit = token, upload_limit
+        self.token, self.upload_limit, self.host = token, upload_limit, host
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
         register_rca_factories(self.slicer_app.view_manager, self.server)
@@ -55,13 +56,17 @@ class SynthWebApp(TrameApp):
         self.session = WebSession(self.slicer_app.scene, self.work_dir)
         self._watcher: asyncio.Task | None = None
 
-        self.ui = SynthUI(self.server, self.layout_logic.layout_manager, TITLE)
+        self.ui = SynthUI(self.server, self.layout_logic.layout_manager, TITLE, upload_limit=upload_limit)
         self.editor_logic.set_ui(self.ui.editor)
         self.layout_logic.set_ui(self.ui.layout_button)
         self.ui.upload.on_load_volume.connect(self.on_upload)
-        models = [m["name"] for m in self.session.logic.available_models()]
-        self.state.synth_models = models if model in models else [model, *models]
-        self.state.synth_model = model
+        self.ui.upload.on_rejected.connect(lambda message: self._show(error=message))
+        self.state.synth_models = self._model_names()
+        try:
+            self.state.synth_model = self._checked_model(model)
+        except MedDDPMError:
+            self._close()  # no temporary folders left behind by a refused start
+            raise
         ctrl = self.server.controller
         ctrl.synth_generate = lambda: self.request("generate")
         ctrl.synth_regenerate = lambda: self.request("regenerate")
@@ -80,7 +85,10 @@ class SynthWebApp(TrameApp):
         """Before the server starts: the token check on every request, and the zip download route."""
         app = wslink_server.app
         app[security.TOKEN_KEY] = self.token
+        app[security.BIND_HOST_KEY] = self.host
+        app[security.WS_PATHS_KEY] = security.websocket_paths(wslink_server)
         app.middlewares.append(security.token_middleware)
+        security.bound_websocket_messages(wslink_server, self.upload_limit)
         app.router.add_get("/download", self._download)
 
     async def _download(self, _request: web.Request) -> web.Response:
@@ -96,24 +104,25 @@ class SynthWebApp(TrameApp):
     def on_upload(self, files: list[dict]) -> None:
         with self.state:
             try:
-                if len(files) != 1:
+                entries = security.upload_entries(files)
+                if len(entries) != 1:
                     raise security.UploadRejected("upload one mask file at a time")
-                upload = ClientFile(files[0])
-                security.check_size(max(int(upload.size or 0), len(upload.content or b"")), self.upload_limit)
-                path, image = security.sniff(upload.content or b"", upload.name, self.work_dir)
+                upload = ClientFile(entries[0])
+                security.check_size(len(upload.content), self.upload_limit)
+                path, image = security.sniff(upload.content, upload.name, self.work_dir)
             except security.UploadRejected as error:
                 self._show(error=str(error))
                 return
             try:
                 name = Path(upload.name).name.split(".")[0] or "mask"
                 self.session.load_mask(image, name)
+                self._show_mask()
             except MedDDPMError as error:
                 self._show(error=str(error))
                 return
             finally:
                 path.unlink(missing_ok=True)
                 path.parent.rmdir()
-            self._show_mask()
             self._show()
 
     def _show_mask(self) -> None:
@@ -149,12 +158,25 @@ class SynthWebApp(TrameApp):
 
     # ------------------------------------------------------------------------------ generation
 
+    def _model_names(self) -> list[str]:
+        """The models a page may choose: the demo model and the catalogue's names, never a server path."""
+        return [m["name"] for m in self.session.logic.available_models()]
+
+    def _checked_model(self, name) -> str:
+        """``name`` if it is in the model list, else a MedDDPMError naming the choices: a client may
+        not name a file on the server (a path would be an existence oracle and load an arbitrary .pt)."""
+        names = self._model_names()
+        if not isinstance(name, str) or name not in names:
+            raise MedDDPMError(f"unknown model '{str(name)[:80]}'; choose one of {', '.join(names)}")
+        return name
+
     def _on_model_changed(self, synth_model, **_kwargs) -> None:
         """Fewer steps than the model's T (a model trained with T = 10 cannot take 25)."""
         try:
-            timesteps = self.session.logic.model_timesteps(str(synth_model))
-        except MedDDPMError:
-            return  # an unknown model is reported when Generate is clicked
+            timesteps = self.session.logic.model_timesteps(self._checked_model(synth_model))
+        except MedDDPMError as error:
+            self._show(error=str(error))  # Generate refuses it too
+            return
         if timesteps and int(self.state.synth_steps or 0) > timesteps:
             self.state.synth_steps = timesteps
 
@@ -166,7 +188,7 @@ class SynthWebApp(TrameApp):
             steps, samples, seed = (int(self.state[k] or 0) for k in ("synth_steps", "synth_samples", "synth_seed"))
         except (TypeError, ValueError):
             raise MedDDPMError("steps, samples and seed must be whole numbers") from None
-        return GenerationSettings(model=str(self.state.synth_model), sampler=sampler, steps=steps or None,
+        return GenerationSettings(model=self._checked_model(self.state.synth_model), sampler=sampler, steps=steps or None,
                                   samples=max(1, min(samples, 8)), seed=seed,
                                   spacing="uniform" if sampler == "ddim" else "quadratic")
 
@@ -235,7 +257,7 @@ class SynthWebApp(TrameApp):
 
 
 def serve(host: str, port: int, token: str | None, model: str, upload_limit: int) -> None:
-    app = SynthWebApp(model=model, token=token, upload_limit=upload_limit)
+    app = SynthWebApp(model=model, token=token, upload_limit=upload_limit, host=host)
     query = f"?token={token}" if token else ""
     print(f"MedDDPMSynth web front on http://{host}:{port}/{query}", flush=True)
     app.server.start(host=host, port=port, open_browser=False, show_connection_info=False, disable_logging=True)

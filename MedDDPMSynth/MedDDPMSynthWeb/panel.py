@@ -19,6 +19,9 @@ from trame_slicer.app.ui import (
     SegmentEditorUndoRedoUI,
     ViewerLayout,
 )
+from undo_stack import Signal
+
+from . import security
 
 SYNTH_TOOL, EDITOR_TOOL = "SynthPanel", SegmentEditorUI.__name__
 SAMPLERS = ("dpm++", "ddim", "ddpm")
@@ -33,11 +36,43 @@ DEFAULTS = {
 }
 
 
+class MaskUploadButton(LoadVolumeButton):
+    """trame-slicer's upload button, its received files checked as they arrive: one file, well-formed, at
+    most ``max_bytes`` in all (else ``on_rejected`` with the reason and nothing kept), and the buffer
+    emptied before ``on_load_volume`` runs, so a failing handler cannot leave files behind that make
+    every later upload "more than one file"."""
+
+    on_rejected = Signal(str)
+
+    def __init__(self, *args, max_bytes: int = security.DEFAULT_UPLOAD_LIMIT, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_bytes, self.rejected = max_bytes, ""
+
+    async def load_chunk(self, files) -> None:
+        if files:  # a chunk of the upload
+            if self.rejected:
+                return  # the rest of a refused upload
+            try:
+                self.files.extend(security.upload_entries(files))
+                if len(self.files) > 1:
+                    raise security.UploadRejected("upload one mask file at a time")
+                security.check_size(sum(e["size"] for e in self.files), self.max_bytes)
+            except security.UploadRejected as error:
+                self.files, self.rejected = [], str(error)
+            return
+        files, self.files = self.files, []  # the end of the upload
+        rejected, self.rejected = self.rejected, ""
+        if rejected:
+            self.on_rejected.emit(rejected)
+        elif files:
+            await self.on_load_volume.async_emit(files)
+
+
 class SynthUI:
     """Builds the page on ``server``; ``ctrl`` callbacks: synth_generate, synth_regenerate, synth_cancel,
     synth_shift, synth_scale, synth_remove, synth_undo. ``upload.on_load_volume`` emits the uploaded files."""
 
-    def __init__(self, server, layout_manager, title: str):
+    def __init__(self, server, layout_manager, title: str, upload_limit: int = security.DEFAULT_UPLOAD_LIMIT):
         self.server = server
         server.state.update(DEFAULTS)
         ctrl = server.controller
@@ -48,8 +83,9 @@ class SynthUI:
             self.layout.state.trame__title = title
             with self.layout.appbar, v.Template(v_slot_prepend=True):
                 upload_state = TypedState(server.state, LoadVolumeItemsState, namespace="synth_upload")
-                self.upload = LoadVolumeButton(name="Upload a mask", load_directory=False, icon="mdi-file-upload",
-                                               typed_state=upload_state, classes="synth-upload")
+                self.upload = MaskUploadButton(name="Upload a mask", load_directory=False, icon="mdi-file-upload",
+                                               typed_state=upload_state, classes="synth-upload",
+                                               max_bytes=upload_limit)
             with self.layout.drawer:
                 with html.Div(v_if=(f"{self.viewer.name.active_tool} === '{SYNTH_TOOL}'",), classes="pa-3"):
                     self._synth_panel(ctrl)

@@ -22,6 +22,11 @@ from MedDDPMSynthSlicerLib import GenerationSettings, SceneLogic
 from MedDDPMSynthSlicerLib.scene_io import ras_matrix_of, update_node_from_array
 
 
+#: generations that may wait behind the running one (each takes minutes on a GPU; a page clicking
+#: Generate in a loop must not book the server for hours)
+MAX_QUEUED = 3
+
+
 class WebSession:
     def __init__(self, scene, work_dir: Path):
         self.work_dir = Path(tempfile.mkdtemp(prefix="session_", dir=work_dir))
@@ -60,6 +65,11 @@ class WebSession:
         finally:
             self.scene.RemoveNode(labelmap)
         self.logic.name_segments_by_label(segmentation)
+        try:  # labels the model does not know: refused here, the scene and the loaded mask as they were
+            self.logic.segment_mapping(segmentation)
+        except MedDDPMError as error:
+            self.scene.RemoveNode(segmentation)
+            raise MedDDPMError(f"the mask's labels do not fit the model: {error}") from None
         reference = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{name} (mask)")
         update_node_from_array(reference, labels.astype(np.float32), ras_matrix_of(image))
         reference.CreateDefaultDisplayNodes()
@@ -87,9 +97,13 @@ class WebSession:
         return self.job is not None
 
     def request(self, kind: str, settings: GenerationSettings) -> None:
-        """Queue a generation ('generate') or local re-generation ('regenerate'); starts it if idle."""
+        """Queue a generation ('generate') or local re-generation ('regenerate'); starts it if idle.
+        At most MAX_QUEUED wait behind the running one: more clicks are refused, not piled up."""
         if self.segmentation is None:
             raise MedDDPMError("load a mask first")
+        if len(self.queue) >= MAX_QUEUED:
+            raise MedDDPMError(f"{len(self.queue)} generations are already waiting (at most {MAX_QUEUED}); wait for "
+                               "them or cancel")
         self.queue.append((kind, settings))
         self.done = False
         self.tick()

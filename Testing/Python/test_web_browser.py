@@ -1,5 +1,6 @@
 """The browser front in real Chromium (Debian's ``chromium``, driven by Playwright): a real
-``medddpm-synth serve`` (trame-slicer) on 127.0.0.1 with a token and the tiny demo model; upload the
+``medddpm-synth serve`` (trame-slicer) on 127.0.0.1 with the tiny demo model, opened at the URL it prints
+(which carries the access token it generated, as Jupyter does); upload the
 example mask, Generate, watch the progress bar finish, check the result shows in the slice view
 (screenshot kept as a test artefact), download the image+mask zip and reload it, shift the tumour and
 re-generate locally, queue and cancel, refuse a bad upload and a wrong token."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ctypes.util
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (co
 
 REPO = Path(__file__).resolve().parents[2]
 MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
-TOKEN = "test-token-0123456789"
+TOKEN = ""  # the token the server generated, read from the URL it prints (set by the server fixture)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 try:
@@ -86,18 +88,23 @@ def server(tmp_path_factory):
     env.pop("MEDDDPMSYNTH_TOKEN", None)
     log = open(home / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "MedDDPMSynthLib", "serve", "--port", str(port),
-                             "--token", TOKEN, "--model", "demo"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--model", "demo"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    global TOKEN
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + WAIT_S  # importing VTK and MRML takes a while on 2 (busy) cores
     while True:
+        printed = re.search(rf"{re.escape(url)}/\?token=(\S+)", (home / "server.log").read_text())
         try:
-            urllib.request.urlopen(f"{url}/?token={TOKEN}", timeout=2).read()
-            break
+            if printed:  # no --token: the server generated one and printed the URL with it
+                TOKEN = printed.group(1)
+                urllib.request.urlopen(f"{url}/?token={TOKEN}", timeout=2).read()
+                break
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the server did not answer within {WAIT_S} s:\n" + (home / "server.log").read_text())
-            time.sleep(0.3)
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the server did not answer within {WAIT_S} s:\n" + (home / "server.log").read_text())
+        time.sleep(0.3)
     yield url
     proc.terminate()
     try:
@@ -216,6 +223,12 @@ def test_wrong_token_is_refused(server, browser):
     assert "access token" in page.text_content("body")
     assert page.goto(f"{server}/").status == 403
     assert page.goto(f"{server}/download").status == 403
+    # another site's page cannot open the app's websocket, even knowing the token
+    page.goto("about:blank")
+    opened = page.evaluate("""url => new Promise(done => {
+        const ws = new WebSocket(url); ws.onopen = () => done(true); ws.onerror = () => done(false); })""",
+                           f"{server.replace('http', 'ws')}/ws?token={TOKEN}")
+    assert opened is False
     page.close()
 
 

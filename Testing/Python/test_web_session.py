@@ -116,3 +116,112 @@ def test_paint_and_erase_in_the_served_app(tmp_path):
     erased, _ = app.session.logic.label_array(app.session.segmentation)
     assert (erased == 2).sum() < (painted == 2).sum()
     app._close()
+
+
+# ------------------------------------------------------------------------ hostile or odd input (issue 20)
+
+
+def _served_app(tmp_path, name: str, **kwargs):
+    from trame.app import get_server
+
+    from MedDDPMSynthWeb.app import SynthWebApp
+
+    return SynthWebApp(get_server(name, client_type="vue3"), work_dir=tmp_path, **kwargs)
+
+
+def _send_upload(app, *chunks) -> None:
+    """What the page's upload button sends: each chunk a list of files, then the empty end marker."""
+    import asyncio
+
+    async def send():
+        for chunk in chunks:
+            await app.ui.upload.load_chunk(chunk)
+        await app.ui.upload.load_chunk([])
+
+    asyncio.run(send())
+
+
+def _file(path, name=None) -> dict:
+    data = path.read_bytes()
+    return {"name": name or path.name, "size": len(data), "type": "", "content": data}
+
+
+def test_a_refused_upload_never_wedges_the_upload(tmp_path):
+    """Unknown labels, malformed entries, two files, too many bytes over several chunks: each refused with
+    one message, and the next good upload loads (before, unknown labels left every later upload refused
+    as "one mask file at a time")."""
+    app = _served_app(tmp_path, "wedge_test", upload_limit=4 * MASK.stat().st_size)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(MASK)))
+    labels[labels == 2] = 7  # a label the whole-head model does not know
+    odd = tmp_path / "odd.nii.gz"
+    odd_image = sitk.GetImageFromArray(labels)
+    odd_image.CopyInformation(sitk.ReadImage(str(MASK)))
+    sitk.WriteImage(odd_image, str(odd))
+
+    bad_uploads = {
+        "do not fit the model": [[_file(odd)]],
+        "malformed": [[{"name": "x.nii.gz", "content": "not bytes"}]],
+        "malformed ": [["just a string"]],
+        "one mask file at a time": [[_file(MASK), _file(MASK, "again.nii.gz")]],
+        # files sent in several chunks pile up in the button's buffer: the second one is refused at once
+        "one mask file at a time ": [[_file(MASK)], [_file(MASK, "b.nii.gz")], [_file(MASK, "c.nii.gz")]],
+        "upload limit": [[{**_file(MASK), "content": b"\0" * (5 * MASK.stat().st_size)}]],
+    }
+    for phrase, chunks in bad_uploads.items():
+        _send_upload(app, *chunks)
+        assert phrase.strip() in app.state.synth_error, (phrase, app.state.synth_error)
+        assert app.ui.upload.files == [] and app.session.segmentation is None
+        assert not _node_ids(app.session.scene, "vtkMRMLSegmentationNode")
+    _send_upload(app, [_file(MASK)])
+    assert app.state.synth_mask == "demo_mask" and app.state.synth_error == ""
+    # and once a mask is loaded, a refused one keeps it
+    _send_upload(app, [_file(odd)])
+    assert "do not fit the model" in app.state.synth_error and app.session.mask_name == "demo_mask"
+    assert len(_node_ids(app.session.scene, "vtkMRMLSegmentationNode")) == 1
+    app._close()
+
+
+def test_the_model_choice_is_a_catalogue_name_or_demo(tmp_path):
+    with pytest.raises(MedDDPMError, match="unknown model"):
+        _served_app(tmp_path, "model_path_test", model=str(MASK))  # a server path, even an existing file
+    assert not list(tmp_path.iterdir())  # the refused start left no session folder
+    app = _served_app(tmp_path, "model_choice_test")
+    assert app.state.synth_models == ["demo"]
+    app.session.load_mask(sitk.ReadImage(str(MASK)), "demo_mask")
+    for path in ("/etc/shadow", "/etc/passwd", str(REPO / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt")):
+        app.state.synth_model = path
+        app._on_model_changed(path)
+        assert "unknown model" in app.state.synth_error and "choose one of demo" in app.state.synth_error
+        app.request("generate")
+        assert "unknown model" in app.state.synth_error and not app.session.busy and not app.session.queue
+    app._close()
+
+
+def test_the_generate_queue_is_bounded(tmp_path):
+    from MedDDPMSynthSlicerLib import GenerationSettings
+    from MedDDPMSynthWeb.session import MAX_QUEUED
+
+    session = WebSession(new_scene(), tmp_path)
+    session.load_mask(sitk.ReadImage(str(MASK)), "demo_mask")
+    settings = GenerationSettings(model="demo", sampler="ddim", steps=2)
+    try:
+        session.request("generate", settings)  # starts the engine
+        assert session.busy
+        for _ in range(MAX_QUEUED):
+            session.request("generate", settings)
+        with pytest.raises(MedDDPMError, match=f"already waiting \\(at most {MAX_QUEUED}\\)"):
+            session.request("generate", settings)
+        assert len(session.queue) == MAX_QUEUED
+    finally:
+        session.close()
+
+
+def test_an_absurd_shift_is_refused_not_a_silent_removal(tmp_path):
+    session = WebSession(new_scene(), tmp_path)
+    session.load_mask(sitk.ReadImage(str(MASK)), "demo_mask")
+    before = session.tumour_voxels()
+    for vector in ([1e308, 0.0, 0.0], [0.0, -1e308, 1e308], [5000.0, 0.0, 0.0]):
+        with pytest.raises(MedDDPMError, match="longer than the mask is across"):
+            session.edit("shift", vector)
+        assert session.tumour_voxels() == before > 0
+    session.close()
