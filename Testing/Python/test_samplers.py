@@ -122,8 +122,10 @@ def test_bad_sampler_settings(tiny_model, tiny_io, settings, phrase):
 def test_bf16_network_stays_close_to_fp32(tiny_model, tiny_io):
     from MedDDPMSynthLib.sampling import make_eps_fn
 
-    x = torch.from_numpy(tiny_io["eps_in_xt"])
-    cond = torch.from_numpy(tiny_io["eps_in_cond"])
+    # every other voxel of the recorded inputs (3 samples, t = 9, 4, 0): bf16 kernels are slow where the CPU
+    # lacks bf16 instructions (82 s with ONEDNN_MAX_CPU_ISA=AVX2 at full size)
+    x = torch.from_numpy(tiny_io["eps_in_xt"][:, :, ::2, ::2, ::2].copy())
+    cond = torch.from_numpy(tiny_io["eps_in_cond"][:, :, ::2, ::2, ::2].copy())
     t = torch.from_numpy(tiny_io["eps_in_t"])
     fp32 = make_eps_fn(tiny_model.diffusion, "fp32")(x, cond, t)
     bf16 = make_eps_fn(tiny_model.diffusion, "bf16")(x, cond, t)
