@@ -124,3 +124,16 @@ def save_random_checkpoint(path: Path, config, timesteps: int, seed: int = 0, no
     sd = model.state_dict()
     save_official_checkpoint(path, sd, sd, step=1)
     return path
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: restore SIGINT's default disposition.
+
+    A suite started as a background job (``pytest &`` from a non-interactive shell) inherits SIGINT ignored, and
+    so would every child; a Python child that starts with SIGINT ignored never installs its KeyboardInterrupt
+    handler, so the signal would be silently dropped and the test would wait for the whole run. Ctrl-C at a
+    terminal reaches a foreground command whose SIGINT is at its default; this gives the child exactly that.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

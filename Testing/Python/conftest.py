@@ -11,7 +11,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 OFFICIAL = REPO / "Testing" / "Data" / "official"  # copied from shared/fixtures/official (see its README)
-SHARED_DATA = REPO.parent / "shared" / "data"  # public example masks, beside the repo (optional)
 
 TINY_DEMO = OFFICIAL / "tiny_wholehead_ckpt.pt"
 DEMO_ENV = "MEDDDPMSYNTH_DEMO_MODEL"

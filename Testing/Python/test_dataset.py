@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cli_helpers import OFFICIAL, REPO, head_labels, message_lines, run_cli, snapshot, write_mask
+from cli_helpers import OFFICIAL, REPO, head_labels, interruptible, message_lines, run_cli, snapshot, write_mask
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 
@@ -242,12 +242,16 @@ def test_ctrl_c_on_the_command_line_keeps_only_complete_cases(home, masks, tmp_p
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDDDPMSYNTH_HOME": str(home)}
     command = [sys.executable, "-m", "MedDDPMSynthLib", "dataset", "--masks", str(masks), "-o", str(out), *FAST,
                "--samples-per-mask", "30"]
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "manifest.csv").is_file() and time.monotonic() < deadline and process.poll() is None:
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=interruptible)
+    # wait for the event (the first complete case in the manifest), polling; the deadline only catches a hang
+    deadline = time.monotonic() + 600
+    while not (out / "manifest.csv").is_file():
+        assert process.poll() is None, f"the command ended (exit {process.returncode}) before its first case"
+        assert time.monotonic() < deadline, "no manifest.csv after 600 s"
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=300)
     assert process.returncode == 130, err[-2000:]
     rows = (out / "manifest.csv").read_text().splitlines()[1:]
     cases = sorted(r.split(",")[0] for r in rows)

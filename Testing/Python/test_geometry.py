@@ -29,11 +29,8 @@ WHOLE_HEAD = CANONICAL_DIRECTIONS["whole_head"]
 
 
 def samples_dir() -> Path:
-    """The public Med-DDPM example masks beside the repository (/work/shared/data/med-ddpm-samples)."""
-    folder = Path(__file__).resolve().parents[3] / "shared" / "data" / "med-ddpm-samples"
-    if not folder.is_dir():
-        pytest.skip(f"example masks not available ({folder} is absent)")
-    return folder
+    """The official Med-DDPM example masks, kept with the tests (see that folder's README for provenance)."""
+    return REPO / "Testing" / "Data" / "med-ddpm-samples"
 
 
 def rotation(ax_deg: float, ay_deg: float) -> tuple[float, ...]:

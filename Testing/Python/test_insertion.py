@@ -4,12 +4,13 @@ normalisation, and the anonymize command."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedDDPMSynthLib import InputError
+from MedDDPMSynthLib import InputError, load_model
 from MedDDPMSynthLib.cli import main
 from MedDDPMSynthLib.head_mask import auto_head_mask
 from MedDDPMSynthLib.insertion import insert_tumour
@@ -17,6 +18,11 @@ from MedDDPMSynthLib.models import load_named_model
 from MedDDPMSynthLib.normalisation import IntensityRange
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
+
+TINY_CKPT = Path(__file__).resolve().parents[2] / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt"
+# the tiny test model on a 16^3 grid of 12 mm voxels (192 mm, the whole test scan): an eighth of the demo
+# setting's 32^3 voxels per network pass, for the tests that run whole samplers
+COARSE = dict(grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +61,7 @@ def test_intensity_range_round_trip():
 
 def test_insert_keeps_the_scan_outside_bit_for_bit(tmp_path):
     scan, tumour = _scan(tmp_path)
-    result = insert_tumour(load_named_model("demo"), [scan], tumour, seed=2, margin_mm=4, harmonize=2)
+    result = insert_tumour(load_model(TINY_CKPT, **COARSE), [scan], tumour, seed=2, margin_mm=4, harmonize=2)
     out = result.images[0]
     assert out.GetPixelID() == scan.GetPixelID() and out.GetSize() == scan.GetSize()
     assert out.GetOrigin() == scan.GetOrigin() and out.GetDirection() == scan.GetDirection()
@@ -94,8 +100,10 @@ def test_insert_refusals(tmp_path, case, phrase):
 
 def test_insert_and_anonymize_commands(tmp_path, capsys):
     scan, _ = _scan(tmp_path)
+    coarse = ["--name", "coarse", "--grid", "16,16,16", "--spacing", "12,12,12"]
+    assert main(["models", "import", str(TINY_CKPT), *coarse]) == 0
     args = ["insert", "--scan", str(tmp_path / "scan.nii.gz"), "--tumor", str(tmp_path / "tumour.nii.gz"),
-            "-o", str(tmp_path / "ins"), "--harmonize", "1", "--quiet"]
+            "-o", str(tmp_path / "ins"), "--model", "coarse", "--harmonize", "1", "--quiet"]
     assert main(args) == 0
     record = json.loads((tmp_path / "ins" / "insertion.json").read_text())
     assert record["outputs"] == ["scan_with_tumor.nii.gz"]
@@ -105,7 +113,8 @@ def test_insert_and_anonymize_commands(tmp_path, capsys):
     assert main(args) == 2 and "already exists" in capsys.readouterr().err  # nothing overwritten
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "ins").iterdir()}
 
-    assert main(["anonymize", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "anon"), "--quiet"]) == 0
+    assert main(["anonymize", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "anon"), "--model", "coarse",
+                 "--quiet"]) == 0
     image = sitk.ReadImage(str(tmp_path / "anon" / "scan_anon_s00_t1c.nii.gz"))
     assert image.GetSize() == scan.GetSize()
     assert np.allclose(image.GetDirection(), scan.GetDirection(), atol=1e-6)

@@ -1,6 +1,7 @@
 """Parity with the official Med-DDPM code, against tensors recorded by running it (Testing/Data/official).
 
-Tolerances are those of the fixtures' README (CPU fp32). Measured max |diff| are printed with -s.
+Tolerances are those of the fixtures' README (CPU fp32), except the middle-block check (relative: see MIDDLE_RTOL).
+Measured max |diff| are printed with -s.
 """
 
 from __future__ import annotations
@@ -95,6 +96,20 @@ def _eps_inputs(io):
     return x, torch.from_numpy(io["eps_in_t"])
 
 
+# The official tensors were recorded on another CPU; ours differ from them only by float32 rounding, whose
+# size depends on the kernels oneDNN/MKL/ATen pick (AVX-512 or AVX2) and on the threads' summation order.
+# Measured on an AMD EPYC (AVX-512) with 1, 2 and 4 threads, each with the default kernels, with
+# ONEDNN_MAX_CPU_ISA=AVX2, and with that + ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 (4 threads
+# gave exactly the 2-thread numbers):
+#   eps (the network's output, max |ref| 2.25):  max|diff| 2.7e-6 .. 4.8e-6  -> atol 1e-5 kept as it was
+#   middle block (intermediate, max |ref| 4.35): max|diff| 2.4e-6 .. 1.05e-5 = 0.55e-6 .. 2.41e-6 of max |ref|
+# Rounding error scales with the tensor's magnitude, so the intermediate check is relative to it: 5e-6 of
+# max |ref| (2x the worst measured); an absolute 1e-5 failed there with the default AVX-512 kernels (1.049e-5
+# with 1 thread, 1.025e-5 with 2). Downstream: one step <= 0.46 of its bound, teacher-forced <= 4.7e-5 (2e-4),
+# full run <= 2.0e-4 (2e-3): those tolerances stay.
+MIDDLE_RTOL = 5e-6
+
+
 def test_denoiser_eps_and_middle_block(tiny_model, tiny_io):
     net = tiny_model.diffusion.denoise_fn
     captured = {}
@@ -103,7 +118,8 @@ def test_denoiser_eps_and_middle_block(tiny_model, tiny_io):
         eps = net(*_eps_inputs(tiny_io))
     hook.remove()
     assert _maxdiff(eps, tiny_io["eps_out_ema"]) <= 1e-5
-    assert _maxdiff(captured["mid"], tiny_io["middle_block_out"]) <= 1e-5
+    reference = tiny_io["middle_block_out"]
+    assert _maxdiff(captured["mid"], reference) <= MIDDLE_RTOL * np.abs(reference).max()
 
 
 def test_model_key_weights_are_the_negative_control(tiny_raw_checkpoint, tiny_io):

@@ -27,10 +27,12 @@ def test_repaint_schedule_counts():
 
 
 def test_api_keeps_outside_exactly(tiny_model, tiny_io):
-    labels = tiny_io["label_volume_xyz"]
+    # every other voxel of the recorded 32 x 32 x 16 label volume (head and tumour): the same claims on 8x
+    # fewer voxels per network pass
+    labels = tiny_io["label_volume_xyz"][::2, ::2, ::2]
     previous = tiny_model.generate(labels, seed=1)[0]
     region = np.zeros(labels.shape, bool)
-    region[10:20, 10:20, 4:10] = True
+    region[5:10, 5:10, 2:5] = True
     new = tiny_model.generate(labels, seed=2, keep_image=previous, regenerate=region, harmonize=2)[0]
     assert np.array_equal(new[:, ~region], previous[:, ~region])
     assert np.abs(new[:, region] - previous[:, region]).mean() > 0.1
@@ -38,14 +40,18 @@ def test_api_keeps_outside_exactly(tiny_model, tiny_io):
         tiny_model.generate(labels, keep_image=previous, regenerate=np.zeros_like(region))
 
 
-def _head_mask(tmp_path, name, tumour_shift=0):
-    """Oblique, anisotropic head (label 1) with a tumour (label 2), 40 x 36 x 24 voxels."""
+SMALL_GRID = (20, 20, 20)  # voxels of the test model's 6 mm: fits the half-size head (scale=0.5) below
+
+
+def _head_mask(tmp_path, name, tumour_shift=0, scale=1.0):
+    """Oblique, anisotropic head (label 1) with a tumour (label 2), 40 x 36 x 24 voxels (of 5 x 5.5 x 8 mm
+    times ``scale``)."""
     k, j, i = np.mgrid[:24, :36, :40]
     head = ((i - 20) / 17) ** 2 + ((j - 18) / 15) ** 2 + ((k - 12) / 10) ** 2 < 1
     tumour = ((i - 14 - tumour_shift) / 4) ** 2 + ((j - 18) / 4) ** 2 + ((k - 12) / 3) ** 2 < 1
     labels = head.astype(np.uint8) + (tumour & head).astype(np.uint8)
     image = sitk.GetImageFromArray(labels)
-    image.SetSpacing((5.0, 5.5, 8.0))
+    image.SetSpacing(tuple(scale * s for s in (5.0, 5.5, 8.0)))
     image.SetOrigin((-90.0, 80.0, -100.0))
     rotation = sitk.VersorTransform((0.2, 0.1, 1.0), 0.3).GetMatrix()
     image.SetDirection(rotation)
@@ -57,11 +63,14 @@ def _head_mask(tmp_path, name, tumour_shift=0):
 def test_file_workflow_shift_and_regenerate(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDDDPMSYNTH_HOME", str(tmp_path / "home"))
     model = load_named_model("demo")
-    first_mask, moved_mask = _head_mask(tmp_path, "m.nii.gz"), _head_mask(tmp_path, "moved.nii.gz", 8)
-    first = generate_files(GenerateRequest(first_mask, tmp_path / "first"), model)
+    # a half-size head (~85 mm) on a 20^3 grid of the test model's 6 mm voxels: a quarter of its 32^3 voxels
+    # per network pass, still oblique, anisotropic and resampled both ways; the tumour moves by 20 mm
+    first_mask, moved_mask = _head_mask(tmp_path, "m.nii.gz", scale=0.5), _head_mask(tmp_path, "moved.nii.gz", 8, 0.5)
+    first = generate_files(GenerateRequest(first_mask, tmp_path / "first", grid_xyz=SMALL_GRID), model)
     previous = first.files[0]
     second = generate_files(
-        GenerateRequest(moved_mask, tmp_path / "second", seed=3, keep=previous, margin_mm=5, harmonize=2), model
+        GenerateRequest(moved_mask, tmp_path / "second", seed=3, grid_xyz=SMALL_GRID, keep=previous, margin_mm=5,
+                        harmonize=2), model
     )
     old, new = sitk.ReadImage(str(previous)), sitk.ReadImage(str(second.files[0]))
     region = regeneration_region(
@@ -84,8 +93,8 @@ def first_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MEDDDPMSYNTH_HOME", str(folder / "home"))
     model = load_named_model("demo")
-    mask = _head_mask(folder, "m.nii.gz")
-    first = generate_files(GenerateRequest(mask, folder / "first"), model)
+    mask = _head_mask(folder, "m.nii.gz", scale=0.5)
+    first = generate_files(GenerateRequest(mask, folder / "first", grid_xyz=SMALL_GRID), model)
     other = sitk.Image([10, 10, 10], sitk.sitkUInt8)
     other[5, 5, 5] = 1
     sitk.WriteImage(other, str(folder / "other.nii.gz"))
@@ -111,7 +120,7 @@ def test_bad_regeneration_requests(first_run, change, phrase):
             args[key] = folder / args[key]
     before = sorted(str(p) for p in folder.rglob("*"))
     with pytest.raises(InputError, match=phrase):
-        generate_files(GenerateRequest(mask, folder / "second", **args), model)
+        generate_files(GenerateRequest(mask, folder / "second", grid_xyz=SMALL_GRID, **args), model)
     assert sorted(str(p) for p in folder.rglob("*")) == before  # nothing written
 
 

@@ -211,15 +211,16 @@ def test_cancel_kills_the_engine_and_leaves_nothing(model_home, tmp_path):
     logic = SceneLogic(scene, temp_dir=tmp_path)
     before = scene.GetNumberOfNodes()
     job = logic.start_generation(segmentation, fast(steps=10, samples=4))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # waits for the event (2 steps done); the deadline only catches a hang
     while job.running and job.engine.done < 2 and time.monotonic() < deadline:
         job.poll()
         time.sleep(0.05)
-    assert job.running and job.engine.done >= 2 and job.engine.total == 40  # mid-sampling
+    assert job.running and job.engine.done >= 2 and job.engine.total == 40, "no 2 sampling steps in 600 s"
     assert 0 < job.fraction() < 1 and job.eta_seconds() > 0  # what the progress bar shows
     started = time.monotonic()
     logic.cancel_generation(job)
-    assert time.monotonic() - started < 1.0
+    # killed, not waited for: the 38 steps left take many seconds; 5 s leaves room for a busy machine's kill + reap
+    assert time.monotonic() - started < 5.0
     with pytest.raises(ProcessLookupError):
         os.kill(job.engine.pid, 0)
     with pytest.raises(GenerationCancelled):
