@@ -30,6 +30,20 @@ def tiny_demo():
         yield TINY_DEMO
 
 
+@pytest.fixture(scope="module")
+def tiny_home(tmp_path_factory):
+    """A model catalogue holding the tiny model as 'tiny16' (16^3 at 12 mm: a sample takes a fraction of a
+    second); tests set MEDDDPMSYNTH_HOME to it."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDDDPMSYNTH_HOME", str(home))
+        from MedDDPMSynthLib.models import import_model
+
+        import_model(OFFICIAL / "tiny_wholehead_ckpt.pt", name="tiny16", grid_xyz=(16, 16, 16),
+                     spacing_mm=(12.0, 12.0, 12.0))
+    return home
+
+
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
     return OFFICIAL

@@ -14,18 +14,6 @@ import pytest
 from cli_helpers import TINY_CKPT, head_labels, message_lines, run_cli, write_mask
 
 
-@pytest.fixture(scope="module")
-def tiny_home(tmp_path_factory):
-    """A catalogue with the tiny model as 'tiny16' (16^3 at 12 mm: a sample takes a fraction of a second)."""
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDDDPMSYNTH_HOME", str(home))
-        from MedDDPMSynthLib.models import import_model
-
-        import_model(TINY_CKPT, name="tiny16", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
-    return home
-
-
 
 
 def test_samples_are_written_as_they_come_not_kept_until_the_end(tiny_home, tmp_path, monkeypatch):

@@ -381,18 +381,6 @@ def _(t: Env):
 # ---------------------------------------------------------------------------------------- running
 
 
-@pytest.fixture(scope="module")
-def tiny_home(tmp_path_factory):
-    """A catalogue with the tiny model as 'tiny16' (16^3 at 12 mm: a sample takes a fraction of a second)."""
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDDDPMSYNTH_HOME", str(home))
-        from MedDDPMSynthLib.models import import_model
-
-        import_model(TINY_CKPT, name="tiny16", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
-    return home
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_is_refused_cleanly(name, tiny_home, tmp_path, monkeypatch, capsys):
     row = CASES[name]
