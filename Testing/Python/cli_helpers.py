@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -137,3 +139,29 @@ def interruptible() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@dataclass
+class RefusalRow:
+    """One row of a refusal table: a bad input and what its one-line message must say."""
+
+    build: Callable[..., list]  # (the table's setup) -> command-line arguments
+    phrase: str  # names the problem
+    fix: str  # says what to do
+    code: int = 2
+    usage: bool = False  # an argparse usage error (usage line + "... error: ...")
+
+
+def refusal_table():
+    """An empty table and its ``@case(name, phrase, fix, code=2, usage=False)`` registering decorator."""
+    cases: dict[str, RefusalRow] = {}
+
+    def case(name: str, phrase: str, fix: str, code: int = 2, usage: bool = False):
+        def register(build):
+            assert name not in cases
+            cases[name] = RefusalRow(build, phrase, fix, code, usage)
+            return build
+
+        return register
+
+    return cases, case

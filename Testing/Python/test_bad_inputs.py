@@ -16,7 +16,6 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -28,6 +27,7 @@ from cli_helpers import (
     head_labels,
     image_from_xyz,
     message_lines,
+    refusal_table,
     run_cli,
     save_random_checkpoint,
     snapshot,
@@ -57,25 +57,7 @@ class Setup:
         return write_mask(self.dir / name, labels_xyz, spacing)
 
 
-@dataclass
-class Row:
-    build: Callable[[Setup], list]  # -> command-line arguments
-    phrase: str  # names the problem
-    fix: str  # says what to do
-    code: int = 2
-    usage: bool = False  # an argparse usage error (usage line + "... error: ...")
-
-
-CASES: dict[str, Row] = {}
-
-
-def case(name: str, phrase: str, fix: str, code: int = 2, usage: bool = False):
-    def register(build):
-        assert name not in CASES
-        CASES[name] = Row(build, phrase, fix, code, usage)
-        return build
-
-    return register
+CASES, case = refusal_table()  # name -> RefusalRow; @case(name, phrase, fix) registers a row
 
 
 # ------------------------------------------------------------------------------------ mask files

@@ -25,7 +25,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cli_helpers import TINY_CKPT, head_labels, image_from_xyz, message_lines, run_cli, write_mask
+from cli_helpers import TINY_CKPT, head_labels, image_from_xyz, message_lines, refusal_table, run_cli, write_mask
 from cli_helpers import snapshot as _snapshot
 
 FAST = ["--sampler", "ddim", "--steps", "2", "--quiet", "--device", "cpu"]
@@ -90,25 +90,7 @@ class Env:
         return write_mask(self.dir / name, head_labels() if labels is None else labels)
 
 
-@dataclass
-class Row:
-    build: Callable[[Env], list]
-    phrase: str
-    fix: str
-    code: int = 2
-    usage: bool = False
-
-
-CASES: dict[str, Row] = {}
-
-
-def case(name: str, phrase: str, fix: str, code: int = 2, usage: bool = False):
-    def register(build):
-        assert name not in CASES
-        CASES[name] = Row(build, phrase, fix, code, usage)
-        return build
-
-    return register
+CASES, case = refusal_table()  # name -> RefusalRow; @case(name, phrase, fix) registers a row
 
 
 # ------------------------------------------------------------------------ unbounded work (hangs)
