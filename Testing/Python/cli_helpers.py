@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -165,3 +166,17 @@ def refusal_table():
         return register
 
     return cases, case
+
+
+def assert_one_clear_refusal(row: RefusalRow, code: int, out: str, err: str, lines: list[str], usage_error: str) -> None:
+    """What every refusal-table row must show: its exit code, no traceback, exactly one ``error:`` line (or
+    argparse's usage line then ``usage_error``, a regex) naming the problem and the fix."""
+    assert code == row.code, err
+    assert "Traceback" not in err + out
+    if row.usage:
+        assert lines[0].startswith("usage:") and re.match(usage_error, lines[-1]), err
+        message = lines[-1]
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        message = lines[0]
+    assert row.phrase in message and row.fix in message, message
