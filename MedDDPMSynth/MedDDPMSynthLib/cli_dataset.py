@@ -87,11 +87,13 @@ def run(args: argparse.Namespace) -> int:
         )
         bar = None
 
+        stderr = _LineTracker(sys.stderr)
+
         def progress(done: int, total: int) -> None:
             nonlocal bar
             if bar is None:
                 label = "cases" if info.world == 1 else f"cases (rank {info.rank}/{info.world})"
-                bar = tqdm(total=total, unit="case", desc=label, file=sys.stderr, dynamic_ncols=True,
+                bar = tqdm(total=total, unit="case", desc=label, file=stderr, dynamic_ncols=True,
                            disable=args.quiet or not info.main)
             bar.total = total
             bar.update(done - bar.n)
@@ -99,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             summary = build_dataset(request, model, args.model, info.rank, info.world, progress)
         except KeyboardInterrupt as interrupt:
-            if bar is not None:  # end the bar's line first, so the message is a line of its own
+            if bar is not None:
                 bar.close()
+            if not stderr.at_line_start:  # the bar's line (even one cut short by the signal) ends first
+                print(file=sys.stderr)
             print("cancelled: only complete cases were kept; run the same command again to continue",
                   file=sys.stderr)
             return 143 if isinstance(interrupt, Terminated) else 130
@@ -118,3 +122,20 @@ def run(args: argparse.Namespace) -> int:
           f"{len(summary.skipped_edits)} skipped by the edit batch{where}; "
           f"{summary.complete_in_folder} complete case(s) in {args.output}")
     return 0
+
+
+class _LineTracker:
+    """A text stream that remembers whether what was last written to it ended its line, so a message
+    after an interrupted progress bar starts on a line of its own whenever the signal came."""
+
+    def __init__(self, stream):
+        self.stream, self.at_line_start = stream, True
+
+    def write(self, text: str) -> int:
+        written = self.stream.write(text)
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()

