@@ -23,22 +23,18 @@ from MedDDPMSynthLib import tumor_edit
 from MedDDPMSynthLib.errors import InputError
 
 from . import segments
-from .scene_io import LPS_FROM_RAS, node_ids, ras_matrix_of, scene_guard, update_node_from_array
+from .scene_io import LPS_FROM_RAS, node_ids, numpy_of, ras_matrix_of, scene_guard, update_node_from_array, vtk_matrix_of
 
 
 def _matrix_of(transform_node) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     transform_node.GetMatrixTransformToWorld(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return numpy_of(matrix)
 
 
 def set_matrix(transform_node, matrix_ras: np.ndarray) -> None:
     """Set a linear transform node's 4x4 (RAS) as the interaction handles would."""
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(matrix_ras[r][c]))
-    transform_node.SetMatrixTransformToParent(matrix)
+    transform_node.SetMatrixTransformToParent(vtk_matrix_of(matrix_ras))
 
 
 def move_matrix(centre_ras, translation_ras=(0.0, 0.0, 0.0), scale=1.0, angles_ras_deg=(0.0, 0.0, 0.0)) -> np.ndarray:

@@ -20,19 +20,27 @@ LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 GEOMETRY_TOLERANCE = 1e-4  # mm and direction cosines: "the same grid"
 
 
+def numpy_of(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def vtk_matrix_of(matrix) -> vtk.vtkMatrix4x4:
+    vtk_matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vtk_matrix.SetElement(r, c, float(matrix[r][c]))
+    return vtk_matrix
+
+
 def ijk_to_ras(node) -> np.ndarray:
     """The node's 4x4 IJK->RAS matrix as numpy."""
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return numpy_of(matrix)
 
 
 def set_ijk_to_ras(node, matrix: np.ndarray) -> None:
-    vtk_matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            vtk_matrix.SetElement(r, c, float(matrix[r, c]))
-    node.SetIJKToRASMatrix(vtk_matrix)
+    node.SetIJKToRASMatrix(vtk_matrix_of(matrix))
 
 
 def itk_geometry(ijk_to_ras_matrix: np.ndarray) -> dict:
