@@ -63,6 +63,20 @@ def normalization(channels: int) -> GroupNorm32:
     return GroupNorm32(GROUPS, channels, eps=1e-5, affine=True)
 
 
+class SiLU(nn.SiLU):
+    """SiLU that overwrites its input when no gradient is recorded (inference). Used only right after a
+    GroupNorm, whose fresh output nothing else reads, so a full-size activation is never allocated twice;
+    the values are those of the out-of-place kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+def _inference() -> bool:
+    """No autograd graph is recorded: intermediate tensors may be updated in place."""
+    return not torch.is_grad_enabled()
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1000.0) -> torch.Tensor:
     """Sinusoidal embedding of raw integer steps: [cos(t f_k), sin(t f_k)], f_k = max_period^(-k/half)."""
     half = dim // 2
@@ -98,12 +112,12 @@ class ResBlock(TimestepBlock):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float = 0.0):
         super().__init__()
         self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), nn.Conv3d(channels, out_channels, 3, padding=1)
+            normalization(channels), SiLU(), nn.Conv3d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
             normalization(out_channels),
-            nn.SiLU(),
+            SiLU(),
             nn.Dropout(p=dropout),
             nn.Conv3d(out_channels, out_channels, 3, padding=1),
         )
@@ -113,9 +127,15 @@ class ResBlock(TimestepBlock):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
-        e = self.emb_layers(emb).type(h.dtype)
-        h = h + e[(...,) + (None,) * 3]
-        return self.skip_connection(x) + self.out_layers(h)
+        e = self.emb_layers(emb).type(h.dtype)[(...,) + (None,) * 3]
+        # in inference the sums go in place (same values: IEEE addition is commutative), so no third
+        # full-size tensor exists beside x and h; with autograd they stay out of place
+        h = h.add_(e) if _inference() else h + e
+        h = self.out_layers(h)
+        skip = self.skip_connection(x)
+        if _inference() and skip.dtype == h.dtype:
+            return h.add_(skip)
+        return skip + h
 
 
 class AttentionBlock(nn.Module):
@@ -220,7 +240,7 @@ class UNet3D(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), nn.Conv3d(ch, config.out_channels, 3, padding=1)
+            normalization(ch), SiLU(), nn.Conv3d(ch, config.out_channels, 3, padding=1)
         )
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
@@ -235,5 +255,8 @@ class UNet3D(nn.Module):
             hs.append(h)
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+            # concatenate first, then run the block: the pre-concatenation h and the popped skip are
+            # freed before the block allocates its own activations (peak memory of the official order)
+            h = torch.cat([h, hs.pop()], dim=1)
+            h = block(h, emb)
         return self.out(h)
