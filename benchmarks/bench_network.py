@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""One U-Net evaluation, ours against the official layer structure: time, peak memory, equality.
+
+Each case runs in a fresh subprocess (clean peak memory) with random weights (seed 0) loaded into both
+networks from the same state dict: ``ours`` is :class:`MedDDPMSynthLib.unet.UNet3D`, ``reference`` is
+``benchmarks/reference_unet.py`` (the official structure, written from the reference notes). One JSON line
+per case: seconds per evaluation (median), peak memory (CUDA max allocated; CPU peak RSS, and the growth
+of the peak over the RSS before the first evaluation, i.e. the activations), and - in the ``ours`` case,
+for grids up to ``--parity-max`` voxels - the max |difference| to the reference's output on the same input.
+The ratio lines (``"ratio": ...``) divide ours by the reference, measured in the same run.
+
+``--profile`` instead lists, per layer, the convolutions that run in ATen's ``slow_conv3d_forward``
+(im2col + GEMM) rather than oneDNN (mkldnn), with their input shapes.
+
+  python benchmarks/bench_network.py --grids demo,64,128 --evals 3          # -> results_network_cpu.jsonl
+  python benchmarks/bench_network.py --grids demo,64 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+WHOLE_HEAD = dict(in_channels=3, out_channels=1, model_channels=64, channel_mult=(1, 1, 2, 3, 4),
+                  num_res_blocks=1, attention_ds=(8,))
+BRATS = dict(in_channels=8, out_channels=4, model_channels=64, channel_mult=(1, 1, 2, 3, 4),
+             num_res_blocks=2, attention_ds=())
+DEMO = dict(in_channels=3, out_channels=1, model_channels=32, channel_mult=(1, 2, 2, 4),
+            num_res_blocks=1, attention_ds=(8,))
+GRIDS = {
+    # name: (config, (D, H, W) of the model tensor); the demo's X,Y,Z = 48,64,48 -> D,H,W = 48,64,48
+    "demo": (DEMO, (48, 64, 48)),
+    "64": (WHOLE_HEAD, (64, 64, 64)),
+    "96": (WHOLE_HEAD, (96, 96, 96)),
+    "128": (WHOLE_HEAD, (128, 128, 128)),
+    "brats": (BRATS, (144, 192, 192)),
+    "smoke": (dict(WHOLE_HEAD, model_channels=32, channel_mult=(1, 1, 2)), (16, 16, 16)),
+}
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+def build(grid: str, variant: str, device: torch.device):
+    """(network in eval mode, config) with the seed-0 weights of our network, for either variant."""
+    from MedDDPMSynthLib.unet import UNet3D, UNetConfig
+    from reference_unet import ReferenceUNet
+
+    config, _ = GRIDS[grid]
+    torch.manual_seed(0)
+    ours = UNet3D(UNetConfig(**config))
+    for p in ours.parameters():  # zero-initialised output convs would make every output equal
+        torch.nn.init.normal_(p, std=0.02)
+    if variant == "ours":
+        return ours.to(device).eval(), config
+    reference = ReferenceUNet(**config)
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    return reference.to(device).eval(), config
+
+
+def inputs(grid: str, batch: int, device: torch.device):
+    config, dhw = GRIDS[grid]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, config["in_channels"], *dhw, generator=g).to(device)
+    return x, torch.full((batch,), 200, dtype=torch.long, device=device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_case(case: dict) -> dict:
+    device = torch.device(case["device"])
+    net, config = build(case["grid"], case["variant"], device)
+    x, t = inputs(case["grid"], case["batch"], device)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[case["precision"]]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        torch.cuda.reset_peak_memory_stats()
+    before = _rss_gib()
+    times = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        for i in range(case["warmup"] + case["evals"]):
+            _sync(device)
+            start = time.perf_counter()
+            out = net(x, t)
+            _sync(device)
+            if i >= case["warmup"]:
+                times.append(time.perf_counter() - start)
+            del out
+    line = {**case, "dhw": list(GRIDS[case["grid"]][1]), "config": config, "threads": torch.get_num_threads(),
+            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "seconds_per_eval": round(statistics.median(times), 4), "seconds_all": [round(s, 4) for s in times]}
+    if device.type == "cuda":
+        line["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        line["peak_kind"] = "cuda_max_allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        line.update(peak_gib=round(peak, 3), peak_kind="cpu_peak_rss", rss_before_gib=round(before, 3),
+                    activation_peak_gib=round(peak - before, 3))
+    voxels = x.shape[0] * x[0, 0].numel()
+    if case["variant"] == "ours" and dtype is None and voxels <= case["parity_max"]:
+        reference, _ = build(case["grid"], "reference", device)
+        with torch.no_grad():
+            line["max_abs_diff_vs_reference"] = float((net(x, t) - reference(x, t)).abs().max())
+    line["torch"] = torch.__version__
+    return line
+
+
+def profile_slow_convs(case: dict) -> dict:
+    """Which convolutions fall to slow_conv3d_forward, by layer name, with their input shapes."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    device = torch.device(case["device"])
+    net, _ = build(case["grid"], "ours", device)
+    x, t = inputs(case["grid"], case["batch"], device)
+    ranges = {}
+    for name, module in net.named_modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv1d)):
+            module.register_forward_pre_hook(lambda m, a, n=name: ranges.setdefault(n, []).append(
+                record_function(f"layer:{n}").__enter__()))
+            module.register_forward_hook(lambda m, a, o, n=name: ranges[n].pop().__exit__(None, None, None))
+    with torch.no_grad():
+        net(x, t)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            net(x, t)
+    slow, kernels = [], {}
+    total_conv_us = 0.0
+    for event in prof.events():
+        if not event.name.startswith("layer:"):
+            continue
+        children = [c.name for c in event.cpu_children]
+        stack = list(event.cpu_children)
+        names = set()
+        while stack:
+            child = stack.pop()
+            names.add(child.name)
+            stack.extend(child.cpu_children)
+        kernel = next((k for k in ("aten::slow_conv3d_forward", "aten::mkldnn_convolution", "aten::_convolution")
+                       if k in names), children[0] if children else "?")
+        kernels[kernel] = kernels.get(kernel, 0) + 1
+        total_conv_us += event.cpu_time_total
+        if "aten::slow_conv3d_forward" in names:
+            module = net.get_submodule(event.name[len("layer:"):])
+            slow.append({"layer": event.name[len("layer:"):], "input_shape": event.input_shapes[0] if event.input_shapes
+                         else None, "kernel": list(module.weight.shape[2:]), "stride": list(module.stride),
+                         "ms": round(event.cpu_time_total / 1000, 2)})
+    slow_ms = sum(s["ms"] for s in slow)
+    return {"bench": "slow_conv3d_profile", "grid": case["grid"], "batch": case["batch"],
+            "threads": torch.get_num_threads(), "conv_calls_by_kernel": kernels, "slow_calls": len(slow),
+            "slow_ms": round(slow_ms, 1), "all_conv_ms": round(total_conv_us / 1000, 1), "slow_layers": slow,
+            "torch": torch.__version__}
+
+
+def _child(case: dict) -> dict:
+    child = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True)
+    if child.returncode != 0:
+        tail = child.stderr.strip().splitlines()
+        return {**case, "error": tail[-1] if tail else f"exit {child.returncode}"}
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--grids", default="demo,64,128", help=f"comma list of {','.join(GRIDS)}")
+    parser.add_argument("--variants", default="ours,reference")
+    parser.add_argument("--precisions", default="fp32", help="fp32,bf16 (bf16: ours only)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--evals", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--parity-max", type=int, default=64**3, help="largest grid (voxels) checked for equality")
+    parser.add_argument("--profile", action="store_true", help="list the convolutions that run slow_conv3d_forward")
+    parser.add_argument("--out", help="also append the JSON lines to this file")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case in this process
+    args = parser.parse_args()
+    if args.case:
+        case = json.loads(args.case)
+        print(json.dumps(profile_slow_convs(case) if case.get("profile") else run_case(case)))
+        return
+    sink = open(args.out, "a") if args.out else None
+    for grid in args.grids.split(","):
+        rows = {}
+        cases = ([dict(grid=grid, device=args.device, batch=args.batch, profile=True)] if args.profile else
+                 [dict(grid=grid, variant=v, precision=p, device=args.device, batch=args.batch, evals=args.evals,
+                       warmup=args.warmup, parity_max=args.parity_max)
+                  for p in args.precisions.split(",") for v in args.variants.split(",")
+                  if p == "fp32" or v == "ours"])
+        lines = []
+        for case in cases:
+            line = _child(case)
+            lines.append(line)
+            if "error" not in line and not args.profile:
+                rows[(line["variant"], line["precision"])] = line
+        ours, ref = rows.get(("ours", "fp32")), rows.get(("reference", "fp32"))
+        if ours and ref:
+            ratio = {"bench": "ratio_ours_to_reference", "grid": grid, "batch": args.batch, "device": args.device,
+                     "time_ratio": round(ours["seconds_per_eval"] / ref["seconds_per_eval"], 3),
+                     "peak_ratio": round(ours["peak_gib"] / ref["peak_gib"], 3)}
+            if "activation_peak_gib" in ours:
+                ratio["activation_peak_ratio"] = round(ours["activation_peak_gib"] / ref["activation_peak_gib"], 3)
+            lines.append(ratio)
+        bf16 = rows.get(("ours", "bf16"))
+        if ours and bf16:
+            lines.append({"bench": "bf16_speedup", "grid": grid, "device": args.device,
+                          "speedup": round(ours["seconds_per_eval"] / bf16["seconds_per_eval"], 3)})
+        for line in lines:
+            text = json.dumps(line)
+            print(text, flush=True)
+            if sink:
+                sink.write(text + "\n")
+                sink.flush()
+
+
+if __name__ == "__main__":
+    main()
