@@ -13,7 +13,7 @@ The ratio lines (``"ratio": ...``) divide ours by the reference, measured in the
 (im2col + GEMM) rather than oneDNN (mkldnn), with their input shapes.
 
   python benchmarks/bench_network.py --grids demo,64,128 --evals 3          # -> results_network_cpu.jsonl
-  python benchmarks/bench_network.py --grids demo,64 --profile
+  python benchmarks/bench_network.py --grids demo,64 --profile --variants ours-aten,ours
 """
 
 from __future__ import annotations
@@ -58,12 +58,16 @@ def build(grid: str, variant: str, device: torch.device):
     from MedDDPMSynthLib.unet import UNet3D, UNetConfig
     from reference_unet import ReferenceUNet
 
+    import MedDDPMSynthLib.unet as unet
+
     config, _ = GRIDS[grid]
+    if variant == "ours-aten":  # our network with ATen's own kernel choice (slow_conv3d_forward for small inputs)
+        unet._ONEDNN = False
     torch.manual_seed(0)
     ours = UNet3D(UNetConfig(**config))
     for p in ours.parameters():  # zero-initialised output convs would make every output equal
         torch.nn.init.normal_(p, std=0.02)
-    if variant == "ours":
+    if variant.startswith("ours"):
         return ours.to(device).eval(), config
     reference = ReferenceUNet(**config)
     reference.load_state_dict(ours.state_dict(), strict=True)
@@ -112,7 +116,7 @@ def run_case(case: dict) -> dict:
         line.update(peak_gib=round(peak, 3), peak_kind="cpu_peak_rss", rss_before_gib=round(before, 3),
                     activation_peak_gib=round(peak - before, 3))
     voxels = x.shape[0] * x[0, 0].numel()
-    if case["variant"] == "ours" and dtype is None and voxels <= case["parity_max"]:
+    if case["variant"].startswith("ours") and dtype is None and voxels <= case["parity_max"]:
         reference, _ = build(case["grid"], "reference", device)
         with torch.no_grad():
             line["max_abs_diff_vs_reference"] = float((net(x, t) - reference(x, t)).abs().max())
@@ -125,7 +129,7 @@ def profile_slow_convs(case: dict) -> dict:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     device = torch.device(case["device"])
-    net, _ = build(case["grid"], "ours", device)
+    net, _ = build(case["grid"], case["variant"], device)
     x, t = inputs(case["grid"], case["batch"], device)
     ranges = {}
     for name, module in net.named_modules():
@@ -144,10 +148,12 @@ def profile_slow_convs(case: dict) -> dict:
             continue
         children = [c.name for c in event.cpu_children]
         stack = list(event.cpu_children)
-        names = set()
+        names, shape = set(), None
         while stack:
             child = stack.pop()
             names.add(child.name)
+            if child.name == "aten::slow_conv3d_forward":
+                shape = child.input_shapes[0] if child.input_shapes else None
             stack.extend(child.cpu_children)
         kernel = next((k for k in ("aten::slow_conv3d_forward", "aten::mkldnn_convolution", "aten::_convolution")
                        if k in names), children[0] if children else "?")
@@ -155,11 +161,10 @@ def profile_slow_convs(case: dict) -> dict:
         total_conv_us += event.cpu_time_total
         if "aten::slow_conv3d_forward" in names:
             module = net.get_submodule(event.name[len("layer:"):])
-            slow.append({"layer": event.name[len("layer:"):], "input_shape": event.input_shapes[0] if event.input_shapes
-                         else None, "kernel": list(module.weight.shape[2:]), "stride": list(module.stride),
+            slow.append({"layer": event.name[len("layer:"):], "input_shape": shape, "kernel": list(module.weight.shape[2:]), "stride": list(module.stride),
                          "ms": round(event.cpu_time_total / 1000, 2)})
     slow_ms = sum(s["ms"] for s in slow)
-    return {"bench": "slow_conv3d_profile", "grid": case["grid"], "batch": case["batch"],
+    return {"bench": "slow_conv3d_profile", "grid": case["grid"], "variant": case["variant"], "batch": case["batch"],
             "threads": torch.get_num_threads(), "conv_calls_by_kernel": kernels, "slow_calls": len(slow),
             "slow_ms": round(slow_ms, 1), "all_conv_ms": round(total_conv_us / 1000, 1), "slow_layers": slow,
             "torch": torch.__version__}
@@ -177,7 +182,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--grids", default="demo,64,128", help=f"comma list of {','.join(GRIDS)}")
-    parser.add_argument("--variants", default="ours,reference")
+    parser.add_argument("--variants", default="ours,reference",
+                        help="ours, reference (official structure), ours-aten (ours with ATen's convolution choice)")
     parser.add_argument("--precisions", default="fp32", help="fp32,bf16 (bf16: ours only)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--evals", type=int, default=3)
@@ -194,7 +200,8 @@ def main() -> None:
     sink = open(args.out, "a") if args.out else None
     for grid in args.grids.split(","):
         rows = {}
-        cases = ([dict(grid=grid, device=args.device, batch=args.batch, profile=True)] if args.profile else
+        cases = ([dict(grid=grid, variant=v, device=args.device, batch=args.batch, profile=True)
+                  for v in args.variants.split(",") if v != "reference"] if args.profile else
                  [dict(grid=grid, variant=v, precision=p, device=args.device, batch=args.batch, evals=args.evals,
                        warmup=args.warmup, parity_max=args.parity_max)
                   for p in args.precisions.split(",") for v in args.variants.split(",")
