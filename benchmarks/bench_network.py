@@ -65,10 +65,13 @@ def build(grid: str, variant: str, device: torch.device):
         unet._ONEDNN = False
     torch.manual_seed(0)
     ours = UNet3D(UNetConfig(**config))
-    for p in ours.parameters():  # zero-initialised output convs would make every output equal
-        torch.nn.init.normal_(p, std=0.02)
     if variant.startswith("ours"):
-        return ours.to(device).eval(), config
+        ours = ours.to(device).eval()
+        if variant == "ours-channels-last":
+            ours = ours.to(memory_format=torch.channels_last_3d)
+        if variant == "ours-compile":
+            ours = torch.compile(ours)
+        return ours, config
     reference = ReferenceUNet(**config)
     reference.load_state_dict(ours.state_dict(), strict=True)
     return reference.to(device).eval(), config
@@ -90,6 +93,8 @@ def run_case(case: dict) -> dict:
     device = torch.device(case["device"])
     net, config = build(case["grid"], case["variant"], device)
     x, t = inputs(case["grid"], case["batch"], device)
+    if case["variant"] == "ours-channels-last":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[case["precision"]]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -97,10 +102,22 @@ def run_case(case: dict) -> dict:
     before = _rss_gib()
     times = []
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        call = lambda: net(x, t)  # noqa: E731
+        if case["variant"] == "ours-cudagraph":  # one evaluation captured once, then replayed
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    net(x, t)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = net(x, t)
+            call = lambda: (graph.replay(), static_out)[1]  # noqa: E731
         for i in range(case["warmup"] + case["evals"]):
             _sync(device)
             start = time.perf_counter()
-            out = net(x, t)
+            out = call()
             _sync(device)
             if i >= case["warmup"]:
                 times.append(time.perf_counter() - start)
@@ -170,6 +187,38 @@ def profile_slow_convs(case: dict) -> dict:
             "torch": torch.__version__}
 
 
+def cuda_cpu_parity(case: dict) -> dict:
+    """One evaluation and one official DDPM step on the GPU (fp32, TF32 off) against the CPU, same input."""
+    from MedDDPMSynthLib import GaussianDiffusion, UNetConfig
+    from MedDDPMSynthLib.sampling import ddpm_step, exact_math
+
+    config, dhw = GRIDS[case["grid"]]
+    net, _ = build(case["grid"], "ours", torch.device("cpu"))
+    diffusion = GaussianDiffusion(UNetConfig(**config), timesteps=250)
+    diffusion.denoise_fn.load_state_dict(net.state_dict())
+    diffusion.eval()
+    g = torch.Generator().manual_seed(2)
+    c_img = config["out_channels"]
+    x = torch.randn(1, c_img, *dhw, generator=g)
+    cond = torch.randn(1, config["in_channels"] - c_img, *dhw, generator=g).sign()
+    z = torch.randn(1, c_img, *dhw, generator=g)
+    line = {"bench": "cuda_cpu_parity", "grid": case["grid"], "dhw": list(dhw), "threshold": 1e-4}
+    with torch.no_grad(), exact_math(True):
+        for t in case["steps"]:
+            tt = torch.full((1,), t, dtype=torch.long)
+            eps_cpu, step_cpu = diffusion.predict_eps(x, cond, tt), ddpm_step(diffusion, x, cond, t, z)
+            gpu = diffusion.to(case["device"])
+            dev = [v.to(case["device"]) for v in (x, cond, tt, z)]
+            eps_gpu = gpu.predict_eps(dev[0], dev[1], dev[2]).cpu()
+            step_gpu = ddpm_step(gpu, dev[0], dev[1], t, dev[3]).cpu()
+            diffusion = gpu.cpu()
+            line[f"max_abs_diff_eps_t{t}"] = float((eps_gpu - eps_cpu).abs().max())
+            line[f"max_abs_diff_step_t{t}"] = float((step_gpu - step_cpu).abs().max())
+    line["device_name"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    line["within_threshold"] = all(v <= 1e-4 for k, v in line.items() if k.startswith("max_abs_diff"))
+    return line
+
+
 def _child(case: dict) -> dict:
     child = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True)
     if child.returncode != 0:
@@ -183,34 +232,39 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--grids", default="demo,64,128", help=f"comma list of {','.join(GRIDS)}")
     parser.add_argument("--variants", default="ours,reference",
-                        help="ours, reference (official structure), ours-aten (ours with ATen's convolution choice)")
-    parser.add_argument("--precisions", default="fp32", help="fp32,bf16 (bf16: ours only)")
+                        help="ours, reference (official structure), ours-aten (ours with ATen's convolution choice), "
+                        "ours-channels-last, ours-compile, ours-cudagraph (CUDA only)")
+    parser.add_argument("--precisions", default="fp32", help="fp32,bf16 (bf16: our variants only)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--evals", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--parity-max", type=int, default=64**3, help="largest grid (voxels) checked for equality")
     parser.add_argument("--profile", action="store_true", help="list the convolutions that run slow_conv3d_forward")
+    parser.add_argument("--cuda-cpu-parity", action="store_true",
+                        help="one evaluation and one DDPM step (t=249 and t=10) on --device against the CPU")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case in this process
     args = parser.parse_args()
     if args.case:
         case = json.loads(args.case)
-        print(json.dumps(profile_slow_convs(case) if case.get("profile") else run_case(case)))
+        run = profile_slow_convs if case.get("profile") else cuda_cpu_parity if case.get("parity") else run_case
+        print(json.dumps(run(case)))
         return
     sink = open(args.out, "a") if args.out else None
     for grid in args.grids.split(","):
         rows = {}
-        cases = ([dict(grid=grid, variant=v, device=args.device, batch=args.batch, profile=True)
+        cases = ([dict(grid=grid, device=args.device, parity=True, steps=[249, 10])] if args.cuda_cpu_parity else
+                 [dict(grid=grid, variant=v, device=args.device, batch=args.batch, profile=True)
                   for v in args.variants.split(",") if v != "reference"] if args.profile else
                  [dict(grid=grid, variant=v, precision=p, device=args.device, batch=args.batch, evals=args.evals,
                        warmup=args.warmup, parity_max=args.parity_max)
                   for p in args.precisions.split(",") for v in args.variants.split(",")
-                  if p == "fp32" or v == "ours"])
+                  if p == "fp32" or v.startswith("ours")])
         lines = []
         for case in cases:
             line = _child(case)
             lines.append(line)
-            if "error" not in line and not args.profile:
+            if "error" not in line and "variant" in line and "precision" in line:
                 rows[(line["variant"], line["precision"])] = line
         ours, ref = rows.get(("ours", "fp32")), rows.get(("reference", "fp32"))
         if ours and ref:
