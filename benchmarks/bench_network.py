@@ -12,7 +12,8 @@ The ratio lines (``"ratio": ...``) divide ours by the reference, measured in the
 ``--profile`` instead lists, per layer, the convolutions that run in ATen's ``slow_conv3d_forward``
 (im2col + GEMM) rather than oneDNN (mkldnn), with their input shapes.
 
-  python benchmarks/bench_network.py --grids demo,64,128 --evals 3          # -> results_network_cpu.jsonl
+  python benchmarks/bench_network.py --grids demo,64,128 --variants ours,ours-aten,reference \\
+      --precisions fp32,bf16 --evals 1 --warmup 0 --paired-rounds 5        # -> results_network_cpu.jsonl
   python benchmarks/bench_network.py --grids demo,64 --profile --variants ours-aten,ours
 """
 
@@ -141,6 +142,52 @@ def run_case(case: dict) -> dict:
     return line
 
 
+def run_paired(case: dict) -> dict:
+    """Seconds per evaluation of several variants in one process, interleaved round by round (the order
+    rotating), so that all of them see the same machine load: on a shared CPU, separate runs minutes apart
+    differ by far more than the variants do. The ratios are medians of the per-round ratios."""
+    import MedDDPMSynthLib.unet as unet
+
+    device = torch.device(case["device"])
+    specs = case["specs"]  # ["ours:fp32", "reference:fp32", "ours-aten:fp32", "ours:bf16", ...]
+    nets = {}
+    for spec in specs:
+        variant = spec.split(":")[0]
+        key = "reference" if variant == "reference" else "ours"  # ours-aten: the same network, ATen's kernels
+        if key not in nets:
+            nets[key] = build(case["grid"], key, device)[0]
+    unet._ONEDNN = torch.backends.mkldnn.is_available()
+    default = unet._ONEDNN
+    x, t = inputs(case["grid"], case["batch"], device)
+    times = {spec: [] for spec in specs}
+    with torch.no_grad():
+        for r in range(case["warmup"] + case["evals"]):
+            order = specs[r % len(specs):] + specs[:r % len(specs)]
+            for spec in order:
+                variant, precision = spec.split(":")
+                unet._ONEDNN = default and variant != "ours-aten"
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    _sync(device)
+                    start = time.perf_counter()
+                    nets["reference" if variant == "reference" else "ours"](x, t)
+                    _sync(device)
+                if r >= case["warmup"]:
+                    times[spec].append(time.perf_counter() - start)
+    unet._ONEDNN = default
+    line = {"bench": "paired_timing", "grid": case["grid"], "dhw": list(GRIDS[case["grid"]][1]), "batch": case["batch"],
+            "device": case["device"], "threads": torch.get_num_threads(), "rounds": case["evals"],
+            "seconds_per_eval": {k: round(statistics.median(v), 4) for k, v in times.items()},
+            "seconds_all": {k: [round(s, 3) for s in v] for k, v in times.items()}}
+    base = "reference:fp32" if "reference:fp32" in times else None
+    if base:
+        line["ratio_to_reference"] = {
+            k: round(statistics.median(a / b for a, b in zip(v, times[base])), 3) for k, v in times.items() if k != base}
+    if "ours:bf16" in times and "ours:fp32" in times:
+        line["bf16_speedup"] = round(statistics.median(a / b for a, b in zip(times["ours:fp32"], times["ours:bf16"])), 3)
+    line["torch"] = torch.__version__
+    return line
+
+
 def profile_slow_convs(case: dict) -> dict:
     """Which convolutions fall to slow_conv3d_forward, by layer name, with their input shapes."""
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -238,6 +285,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--evals", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--paired-rounds", type=int, default=0,
+                        help="also time the variants interleaved in one process for this many rounds (CPU: "
+                        "use this for ratios on a shared machine)")
+    parser.add_argument("--paired-warmup", type=int, default=1, help="untimed rounds before --paired-rounds")
     parser.add_argument("--parity-max", type=int, default=64**3, help="largest grid (voxels) checked for equality")
     parser.add_argument("--profile", action="store_true", help="list the convolutions that run slow_conv3d_forward")
     parser.add_argument("--cuda-cpu-parity", action="store_true",
@@ -247,7 +298,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.case:
         case = json.loads(args.case)
-        run = profile_slow_convs if case.get("profile") else cuda_cpu_parity if case.get("parity") else run_case
+        run = (profile_slow_convs if case.get("profile") else cuda_cpu_parity if case.get("parity")
+               else run_paired if case.get("specs") else run_case)
         print(json.dumps(run(case)))
         return
     sink = open(args.out, "a") if args.out else None
@@ -259,18 +311,28 @@ def main() -> None:
                  [dict(grid=grid, variant=v, precision=p, device=args.device, batch=args.batch, evals=args.evals,
                        warmup=args.warmup, parity_max=args.parity_max)
                   for p in args.precisions.split(",") for v in args.variants.split(",")
-                  if p == "fp32" or v.startswith("ours")])
+                  if p == "fp32" or (v.startswith("ours") and v != "ours-aten")])
         lines = []
         for case in cases:
             line = _child(case)
             lines.append(line)
             if "error" not in line and "variant" in line and "precision" in line:
                 rows[(line["variant"], line["precision"])] = line
+        paired = None
+        if args.paired_rounds and not args.profile and not args.cuda_cpu_parity:
+            specs = [f"{v}:{p}" for p in args.precisions.split(",") for v in args.variants.split(",")
+                     if (p == "fp32" or v == "ours") and v in ("ours", "ours-aten", "reference")]
+            paired = _child(dict(grid=grid, device=args.device, batch=args.batch, specs=specs,
+                                 evals=args.paired_rounds, warmup=args.paired_warmup))
+            lines.append(paired)
         ours, ref = rows.get(("ours", "fp32")), rows.get(("reference", "fp32"))
         if ours and ref:
             ratio = {"bench": "ratio_ours_to_reference", "grid": grid, "batch": args.batch, "device": args.device,
                      "time_ratio": round(ours["seconds_per_eval"] / ref["seconds_per_eval"], 3),
                      "peak_ratio": round(ours["peak_gib"] / ref["peak_gib"], 3)}
+            if paired and "ratio_to_reference" in paired:  # the load-robust number, when measured
+                ratio["time_ratio_separate_runs"] = ratio["time_ratio"]
+                ratio["time_ratio"] = paired["ratio_to_reference"]["ours:fp32"]
             if "activation_peak_gib" in ours:
                 ratio["activation_peak_ratio"] = round(ours["activation_peak_gib"] / ref["activation_peak_gib"], 3)
             lines.append(ratio)

@@ -92,10 +92,10 @@ def main() -> None:
             row = {"run": run, "import_torch": round(_fresh("import torch"), 3),
                    "import_cli": round(_fresh("import MedDDPMSynthLib.cli"), 3)}
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "MedDDPMSynthLib", *argv, "-o", str(out / "cli"), "-q"],
+            subprocess.run([sys.executable, "-m", "MedDDPMSynthLib", *argv, "-o", str(out / "cli"), "--quiet"],
                            check=True, capture_output=True)
             row["command_wall"] = round(time.perf_counter() - started, 3)
-            child = subprocess.run([sys.executable, __file__, "--stage-run", json.dumps([*argv, "-o", str(out / "s")])],
+            child = subprocess.run([sys.executable, __file__, "--stage-run", json.dumps([*argv, "-o", str(out / "s"), "--quiet"])],
                                    check=True, capture_output=True, text=True)
             row.update(json.loads(child.stdout.strip().splitlines()[-1]))
         finally:
