@@ -78,24 +78,29 @@ def _inference() -> bool:
 
 
 class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` that always runs oneDNN (mkldnn) for fp32 inference on the CPU.
+    """``nn.Conv3d`` that runs oneDNN (mkldnn) for fp32 CPU inference on large inputs with few channels.
 
-    ATen picks its own im2col + GEMM kernel (``slow_conv3d_forward``) for a batch of one when the input's
-    N*C*D*H is at most 20480 and the kernel is at most 3 wide - in the Med-DDPM U-Nets the stem (3 input
-    channels), the deepest levels and some 1x1x1 skips: 19 of the demo network's 54 convolutions. oneDNN is
-    2-11x faster on those shapes on one thread (and 2.2x on the 128^3 stem); the results differ from
-    ATen's by float rounding only (~5e-7 relative per convolution), inside the parity tolerances. With
-    autograd, autocast (bf16 already runs oneDNN) or off the CPU the standard path runs."""
+    For a batch of one ATen picks its own im2col + GEMM kernel (``slow_conv3d_forward``) whenever the input's
+    N*C*D*H is at most 20480 and the kernel at most 3 wide: in the Med-DDPM U-Nets the stem (3 input
+    channels: 1*3*48*64 at the demo grid), every convolution of the deepest levels and the 1x1x1 skips
+    there - 19 of the demo network's 54 convolutions, 25 of 65 at 64^3 (benchmarks/bench_network.py
+    --profile). On the stem's large volume oneDNN is 1.6-2.5x faster (1 or 2 threads); on the deepest
+    levels' few voxels it is faster on one thread but slower on two threads of a busy machine, so those keep
+    ATen's choice. Results differ from ATen's by rounding only (~5e-7 relative), inside the parity
+    tolerances. With autograd, autocast (bf16 already runs oneDNN) or off the CPU the standard path runs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and x.dim() == 5 and x.shape[2] * x.shape[3] * x.shape[4] >= ONEDNN_MIN_VOXELS
                 and torch.backends.mkldnn.enabled and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled("cpu") and self.padding_mode == "zeros" and x.dim() == 5):
+                and not torch.is_autocast_enabled("cpu") and self.padding_mode == "zeros"):
             return torch.ops.aten.mkldnn_convolution(
                 x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups)
         return super().forward(x)
 
 
+#: below this many voxels ATen's own kernel choice stands (see Conv3d)
+ONEDNN_MIN_VOXELS = 32**3
 #: False gives ATen's own kernel choice back (benchmarks/bench_network.py --variants ours-aten)
 _ONEDNN = torch.backends.mkldnn.is_available()
 
