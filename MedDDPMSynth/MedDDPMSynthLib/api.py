@@ -244,6 +244,18 @@ def load_model(
     The training grid comes from ``grid_xyz``/``spacing_mm`` (e.g. a catalogue entry), else the file's
     safetensors metadata, else the training run's config.json beside it, else the family's official grid."""
     diffusion, info = load_checkpoint(path, num_heads=num_heads)
+    return model_from_checkpoint(diffusion, info, path, device, grid_xyz, spacing_mm)
+
+
+def model_from_checkpoint(
+    diffusion: GaussianDiffusion,
+    info: CheckpointInfo,
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    grid_xyz: tuple[int, int, int] | None = None,
+    spacing_mm: tuple[float, float, float] | None = None,
+) -> SynthesisModel:
+    """A :class:`SynthesisModel` from an already loaded checkpoint (see :func:`load_model`)."""
     config = diffusion.config
     family = family_for_channels(config.in_channels, config.out_channels)
     dev = resolve_device(device)
