@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import time
-from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +63,25 @@ def _pairs(a: np.ndarray, b: np.ndarray, same: bool) -> float:
     return float(np.mean(scores))
 
 
+def _cases(samplers: str, steps: str) -> list[SamplerSettings]:
+    """NAME[:SPACING[:PRECISION]][@STEPS],... ; without @STEPS every count of --steps."""
+    cases = []
+    for spec in samplers.split(","):
+        spec, _, own_steps = spec.partition("@")
+        name, spacing, precision = (spec.split(":") + ["", ""])[:3]
+        for count in ([int(own_steps)] if own_steps else [int(s) for s in steps.split(",")]):
+            cases.append(SamplerSettings(name, count, spacing=spacing or "uniform", precision=precision or "fp32"))
+    return cases
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo")
     parser.add_argument("--mask", type=Path, default=REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--samplers", default="ddim,dpm++,dpm++:quadratic", help="NAME[:SPACING],...")
+    parser.add_argument("--samplers", default="ddim,dpm++,dpm++:quadratic,dpm++3m:quadratic",
+                        help="NAME[:SPACING[:PRECISION]][@STEPS],... (e.g. dpm++3m:quadratic:bf16@15)")
     parser.add_argument("--steps", default="10,25,50")
     parser.add_argument("--compare-exact-bf16", action="store_true", help="also compare bf16 with fp32 for the exact sampler (slow)")
     args = parser.parse_args()
@@ -90,14 +101,13 @@ def main() -> int:
     print(json.dumps({**common, "sampler": "ddpm", "steps": model.timesteps, "seconds_per_sample": round(ref_seconds, 2),
                       "ms_ssim_ref_ref": round(ref_ref, 4), **ref_stats}), flush=True)
 
-    for spec, steps in product(args.samplers.split(","), [int(s) for s in args.steps.split(",")]):
-        name, _, step_spacing = spec.partition(":")
-        settings = SamplerSettings(name, steps, spacing=step_spacing or "uniform")
+    for settings in _cases(args.samplers, args.steps):
+        name, steps = settings.name, settings.steps
         images, seconds = _sample(model, labels, seeds, settings)
         fast = _unit(images.transpose(0, 3, 2, 1))
         stats = _stats(fast, labels_zyx, spacing_zyx)
         row = {**common, "sampler": name, "spacing": settings.spacing, "steps": steps, "seconds_per_sample": round(seconds, 2),
-               "speedup_vs_exact": round(ref_seconds / seconds, 1),
+               "precision": settings.precision, "speedup_vs_exact": round(ref_seconds / seconds, 1),
                "ms_ssim_to_ref": round(_pairs(fast, ref, same=False), 4), "ms_ssim_ref_ref": round(ref_ref, 4),
                "mmd": float(mmd(list(fast), list(ref))), **stats}
         for key in ("mean_head", "mean_tumour", "tumour_cohens_d"):

@@ -46,6 +46,9 @@ class DatasetRequest:
     format: str = "nnunet"
     seed: int = 0
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    #: how the sampler was chosen (per-case provenance only: it does not change a case, so a folder made
+    #: on a GPU with ``exact`` by default continues on a CPU given ``--sampler exact``)
+    sampler_choice: dict = field(default_factory=dict)
     labels: str | None = None
     batch: int = 1  # samples per network pass; decides the work units (see dataset_plan)
     shard: tuple[int, int] = (0, 1)
@@ -278,7 +281,8 @@ class _Run:
             "seed": seed,
             "model": {"name": self.model_name, "sha256": self.model_sha, "family": self.model.family.name,
                       "grid_xyz": list(self.model.grid_xyz), "spacing_mm": list(self.model.spacing_mm)},
-            "sampler": {**asdict(sampler), "steps": sampler.evaluations(self.model.timesteps)},
+            "sampler": {**asdict(sampler), "steps": sampler.evaluations(self.model.timesteps),
+                        **self.request.sampler_choice},
             "intensity": "raw [-1, 1], background -1",
             "files": [p.relative_to(self.layout.root).as_posix() for p in self.layout.case_files(case)],
             "medddpm_synth": __version__,

@@ -349,9 +349,8 @@ class SceneLogic(MoveMixin):
         if not self.can_regenerate(segmentation_node):
             raise InputError("there is no earlier result of this segmentation in the scene; click Generate first")
         last = self._last[segmentation_node.GetID()]
-        # the engine's in-painting runs on the official ddpm sampler (all T steps)
-        settings = GenerationSettings(**{**(settings or last["settings"]).to_dict(), "samples": 1,
-                                         "sampler": "ddpm", "steps": None, "spacing": "uniform"})
+        # the same sampler as Generate: the engine in-paints on the official sampler or on a fast one's steps
+        settings = GenerationSettings(**{**(settings or last["settings"]).to_dict(), "samples": 1})
         family = last["export"].mapping.family
         export = self.label_map(segmentation_node, reference_volume, mapping or last["export"].mapping, family)
         if export.dimensions != last["export"].dimensions or not np.allclose(

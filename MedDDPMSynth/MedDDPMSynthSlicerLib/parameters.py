@@ -13,6 +13,10 @@ from typing import Annotated
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
+from MedDDPMSynthLib.sampling import SAMPLERS
+
+from .jobs import PRESETS, default_preset_label
+
 
 @parameterNodeWrapper
 class MedDDPMSynthParameterNode:
@@ -21,8 +25,9 @@ class MedDDPMSynthParameterNode:
     model: str = "demo"
     samples: Annotated[int, WithinRange(1, 16)] = 1
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    preset: Annotated[str, Choice(["Preview", "Exact", "Custom"])] = "Preview"
-    sampler: Annotated[str, Choice(["ddpm", "ddim", "dpm++"])] = "dpm++"
+    # the engine's per-device default: Preview on a CPU, Exact on a GPU
+    preset: Annotated[str, Choice([*PRESETS, "Custom"])] = default_preset_label()
+    sampler: Annotated[str, Choice(list(SAMPLERS))] = "dpm++"
     steps: Annotated[int, WithinRange(1, 1000)] = 25
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     shiftStepMm: Annotated[float, WithinRange(0.5, 50.0)] = 5.0

@@ -1,0 +1,37 @@
+"""The sampler options of every command that samples (generate, generate --keep, insert, anonymize,
+dataset): one set of flags, one resolution through :func:`presets.choose_sampler`, one printed line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .presets import PRESET_NAMES, PREVIEW_SAMPLER, PREVIEW_STEPS, SamplerChoice, choose_sampler
+from .sampling import PRECISIONS, SAMPLERS, SPACINGS
+
+SAMPLER_HELP = f"""sampler: without --sampler a run takes 'preview' on a CPU and 'exact' on a GPU, and prints which.
+  preview  the model's recommended fast sampler (default {PREVIEW_SAMPLER}, {PREVIEW_STEPS} steps): seconds on a CPU
+  exact    the official sampler (= ddpm), all T steps: the published quality, minutes to hours on a CPU
+  ddpm / ddim / dpm++ / dpm++3m with --steps, --spacing, --eta: a sampler of your own.
+  In-painting (--keep, insert) with a fast sampler runs RePaint on its sub-sequence of steps."""
+
+
+def add_sampler_options(parser: argparse.ArgumentParser) -> None:
+    """--sampler, --steps, --eta, --spacing, --precision; all default to None (= the preset's value)."""
+    group = parser.add_argument_group("sampler", SAMPLER_HELP.split("\n", 1)[0])
+    group.add_argument("--sampler", choices=(*PRESET_NAMES, *SAMPLERS), default=None,
+                       help="preview / exact (presets) or a sampler by name (default: preview on a CPU, exact on a GPU)")
+    group.add_argument("--steps", type=int, help="network evaluations of a fast sampler (default: the preset's)")
+    group.add_argument("--eta", type=float, help="ddim only: 0 deterministic (default) .. 1 ancestral")
+    group.add_argument("--spacing", choices=SPACINGS, help="fast samplers' step spacing (default: the preset's)")
+    group.add_argument("--precision", choices=tuple(PRECISIONS),
+                       help="fp32 (exact) or bf16 / fp16 autocast (default: the preset's, fp32)")
+
+
+def resolve_sampler(args: argparse.Namespace, model, quiet: bool = False) -> SamplerChoice:
+    """The sampler for this run on ``model`` (a loaded :class:`api.SynthesisModel`); prints its one line."""
+    choice = choose_sampler(model.device, model.timesteps, args.sampler, args.steps, args.eta, args.spacing,
+                            args.precision, metadata=model.info.metadata)
+    if not quiet:
+        print(choice.line(), file=sys.stderr, flush=True)
+    return choice
