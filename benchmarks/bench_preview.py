@@ -6,7 +6,8 @@ own flags as a fresh process (so import, model load, resampling, sampling and wr
 variants interleaved ``--repeats`` times; the lines give the median and every run, and the ratio of each
 variant's median to the first variant's (today's documented preview, ``--sampler dpm++ --steps 25``),
 measured in the same run: the machine may be shared, so compare ratios. A last line splits one default
-run into stages measured in-process (import, model load, mask preparation, sampling, writing).
+run into stages measured in-process (import, model load, mask preparation, then the file workflow:
+sampling, from the spacing of its progress reports, and everything else: resampling, writing, preview PNG).
 
   OMP_NUM_THREADS=2 python benchmarks/bench_preview.py --repeats 3
 """
@@ -27,7 +28,7 @@ MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
 VARIANTS = {
     "dpm++ 25 (the README's preview until now)": ["--sampler", "dpm++", "--steps", "25"],
     "default (no sampler flags)": [],
-    "default, bf16": ["--precision", "bf16"],
+    "default with bf16": ["--precision", "bf16"],
 }
 
 
@@ -56,13 +57,16 @@ t2 = time.perf_counter()
 settings = choose_sampler(model.device, model.timesteps, metadata=model.info.metadata).settings
 _, labels, _, _ = prepare_labels(GenerateRequest(mask=Path(sys.argv[1]), output=Path("unused")), model)
 t3 = time.perf_counter()
-model.generate(labels, sampler=settings)
-t4 = time.perf_counter()
+steps = []  # time of each progress report: evaluation k ends at steps[k-1]
 with tempfile.TemporaryDirectory() as tmp:
-    generate_files(GenerateRequest(mask=Path(sys.argv[1]), output=Path(tmp) / "o", sampler=settings), model)
+    generate_files(GenerateRequest(mask=Path(sys.argv[1]), output=Path(tmp) / "o", sampler=settings), model,
+                   progress=lambda done, total: steps.append(time.perf_counter()))
 t5 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "model_load_s": t2 - t1, "mask_to_model_grid_s": t3 - t2, "sampling_s": t4 - t3,
-                  "whole_generate_files_s": t5 - t4, "outside_sampling_in_generate_files_s": (t5 - t4) - (t4 - t3),
+n = len(steps)
+sampling = (steps[-1] - steps[0]) * n / (n - 1)  # n evaluations, from the spacing of the reports
+print(json.dumps({"import_s": t1 - t0, "model_load_s": t2 - t1, "mask_to_model_grid_s": t3 - t2,
+                  "generate_files_s": t5 - t3, "sampling_s": sampling, "seconds_per_evaluation": sampling / n,
+                  "generate_files_outside_sampling_s": (t5 - t3) - sampling,
                   "settings": [settings.name, settings.steps, settings.spacing, settings.precision]}))
 """
     out = subprocess.run([sys.executable, "-c", code, str(MASK)], check=True, capture_output=True, text=True)
@@ -73,6 +77,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
+    parser.add_argument("--no-stages", action="store_true")
     args = parser.parse_args()
     names = args.variants.split(",")
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -87,7 +92,8 @@ def main() -> int:
         print(json.dumps({"variant": name, "flags": VARIANTS[name], "median_s": round(median, 2),
                           "runs_s": [round(t, 2) for t in times[name]], "ratio_to_first": round(median / base, 3),
                           "threads": torch.get_num_threads()}), flush=True)
-    print(json.dumps({"stages_of_default_run": _stages()}), flush=True)
+    if not args.no_stages:
+        print(json.dumps({"stages_of_default_run": _stages()}), flush=True)
     return 0
 
 

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from MedDDPMSynthLib import SamplerSettings
 from MedDDPMSynthLib.evaluation import mmd, ms_ssim, tumour_contrast
 from MedDDPMSynthLib.models import load_named_model
 from MedDDPMSynthLib.pipeline import GenerateRequest, prepare_labels
+from MedDDPMSynthLib.presets import preset_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,11 +117,12 @@ def main() -> int:
                 row[f"d_{key}"] = round(stats[key] - ref_stats[key], 4)
         print(json.dumps(row), flush=True)
 
-    # bf16 vs fp32 on the same noise: the default preview setting and the exact sampler
-    compared = [SamplerSettings("dpm++", min(25, model.timesteps))] + ([SamplerSettings("ddpm")] if args.compare_exact_bf16 else [])
+    # bf16 vs fp32 on the same noise: the preview preset and the exact sampler
+    compared = [preset_settings("preview", model.timesteps, model.info.metadata)] + \
+        ([SamplerSettings("ddpm")] if args.compare_exact_bf16 else [])
     for settings in compared:
         fp32 = model.generate(labels, seed=0, sampler=settings)
-        bf16 = model.generate(labels, seed=0, sampler=SamplerSettings(settings.name, settings.steps, precision="bf16"))
+        bf16 = model.generate(labels, seed=0, sampler=replace(settings, precision="bf16"))
         diff = np.abs(fp32 - bf16)
         print(json.dumps({**common, "compare": "bf16_vs_fp32", "sampler": settings.name, "steps": settings.steps or
                           model.timesteps, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}),

@@ -14,7 +14,7 @@ from .dataset_layout import FORMATS
 from .dataset_plan import EDITS, EditSettings, parse_shard
 from .errors import Terminated
 from .models import load_named_model
-from .cli_sampler import SAMPLER_HELP, add_sampler_options, resolve_sampler
+from .cli_sampler import SAMPLER_HELP, add_sampler_options, announcer, resolve_sampler
 
 EPILOG = f"""examples:
   # 2 samples per mask, nnU-Net v2 raw layout (imagesTr/, labelsTr/, dataset.json)
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     info, device = setup_distributed(args.device)
     try:
         model = load_named_model(args.model, device=str(device))
-        choice = resolve_sampler(args, model, quiet=not info.main)
+        choice = resolve_sampler(args, model)
         batch = args.batch or (min(4, max(1, args.samples_per_mask)) if device.type == "cuda" else 1)
         request = DatasetRequest(
             masks=args.masks, output=args.output, samples_per_mask=args.samples_per_mask, edits=edits,
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         try:
-            summary = build_dataset(request, model, args.model, info.rank, info.world, progress)
+            summary = build_dataset(request, model, args.model, info.rank, info.world, progress,
+                                    started=announcer(choice, show=info.main))
         except KeyboardInterrupt as interrupt:
             if bar is not None:
                 bar.close()

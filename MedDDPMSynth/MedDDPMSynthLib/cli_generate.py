@@ -11,7 +11,7 @@ from tqdm import tqdm
 from .errors import InputError
 from .models import load_named_model
 from .pipeline import GEOMETRIES, INTENSITIES, GenerateRequest, generate_files
-from .cli_sampler import SAMPLER_HELP, add_sampler_options, resolve_sampler
+from .cli_sampler import SAMPLER_HELP, add_sampler_options, announcer, resolve_sampler
 
 EPILOG = f"""examples:
   # the bundled demo model on the bundled example mask (CPU: the preview sampler, seconds)
@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.batch < 1:
         raise InputError("--samples and --batch must be at least 1; use e.g. --samples 1 --batch 1")
     model = load_named_model(args.model, device=args.device)
-    choice = resolve_sampler(args, model, quiet=args.quiet)
+    choice = resolve_sampler(args, model)
+    announce = announcer(choice)
     request = GenerateRequest(
         mask=args.mask, output=args.output, samples=args.samples, seed=args.seed, batch=args.batch,
         geometry=args.geometry, grid_xyz=args.grid, intensity=args.intensity, labels=args.labels,
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(done: int, steps_total: int) -> None:
         nonlocal bar
+        announce()
         if args.progress_lines:
             print(f"PROGRESS {done} {steps_total}", file=sys.stderr, flush=True)
             return

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .geometry import read_mask
 from .head_mask import METHODS, auto_head_mask
 from .insertion import insert_tumour
-from .cli_sampler import SAMPLER_HELP, add_sampler_options, resolve_sampler
+from .cli_sampler import SAMPLER_HELP, add_sampler_options, announcer, resolve_sampler
 from .models import load_named_model
 from .outputs import StagedOutput, check_destinations, check_folder_name, split_image_name
 from .pipeline import GenerateRequest, generate_files
@@ -35,10 +35,11 @@ ANON_EPILOG = f"""examples:
 """
 
 
-def _progress_bar(quiet: bool):
+def _progress_bar(quiet: bool, announce):
     state = {"bar": None}
 
     def progress(done: int, total: int) -> None:
+        announce()  # the sampler line, once sampling has started (after every refusal)
         if state["bar"] is None:
             state["bar"] = tqdm(total=total, unit="step", desc="generating", file=sys.stderr, disable=quiet)
         state["bar"].update(done - state["bar"].n)
@@ -82,7 +83,7 @@ def add_parser(commands) -> None:
 def run_insert(args: argparse.Namespace) -> int:
     check_folder_name(args.output)
     model = load_named_model(args.model, device=args.device)
-    choice = resolve_sampler(args, model, quiet=args.quiet)
+    choice = resolve_sampler(args, model)
     scan_paths = previous_image_paths(args.scan, model.family.modalities)
     stem_ext = [split_image_name(p) for p in scan_paths]
     outputs = [args.output / f"{stem}_with_tumor{ext or '.nii.gz'}" for stem, ext in stem_ext]
@@ -91,7 +92,7 @@ def run_insert(args: argparse.Namespace) -> int:
                        inputs=[*scan_paths, args.tumor, args.head_mask])
     scans = [read_mask(p, "scan") for p in scan_paths]  # same checks as masks: 3-D, scalar, finite
     head = read_mask(args.head_mask) if args.head_mask else None
-    progress, state = _progress_bar(args.quiet)
+    progress, state = _progress_bar(args.quiet, announcer(choice))
     try:
         result = insert_tumour(model, scans, read_mask(args.tumor), head, args.seed, args.margin, args.harmonize,
                                progress=progress, sampler=choice.settings)
@@ -114,14 +115,14 @@ def run_insert(args: argparse.Namespace) -> int:
 
 def run_anonymize(args: argparse.Namespace) -> int:
     model = load_named_model(args.model, device=args.device)
-    choice = resolve_sampler(args, model, quiet=args.quiet)
+    choice = resolve_sampler(args, model)
     scan = read_mask(args.scan, "scan")
     head = auto_head_mask(scan, method=args.method)
     stem, _ = split_image_name(args.scan)
     tissue = "brain" if "brain" in model.family.condition_names else "head"
     labels = f"{tissue}=1," + ",".join(f"{n}={100 + i}" for i, n in enumerate(model.family.condition_names)
                                       if n != tissue)  # no tumour: the other tissues get unused values
-    progress, state = _progress_bar(args.quiet)
+    progress, state = _progress_bar(args.quiet, announcer(choice))
     with tempfile.TemporaryDirectory() as tmp:
         mask_path = Path(tmp) / f"{stem}_anon.nii.gz"
         sitk.WriteImage(head, str(mask_path), useCompression=True)

@@ -28,10 +28,21 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
                        help="fp32 (exact) or bf16 / fp16 autocast (default: the preset's, fp32)")
 
 
-def resolve_sampler(args: argparse.Namespace, model, quiet: bool = False) -> SamplerChoice:
-    """The sampler for this run on ``model`` (a loaded :class:`api.SynthesisModel`); prints its one line."""
-    choice = choose_sampler(model.device, model.timesteps, args.sampler, args.steps, args.eta, args.spacing,
-                            args.precision, metadata=model.info.metadata)
-    if not quiet:
-        print(choice.line(), file=sys.stderr, flush=True)
-    return choice
+def resolve_sampler(args: argparse.Namespace, model) -> SamplerChoice:
+    """The sampler for this run on ``model`` (a loaded :class:`api.SynthesisModel`); a bad combination of
+    options is refused here, before anything is read or written."""
+    return choose_sampler(model.device, model.timesteps, args.sampler, args.steps, args.eta, args.spacing,
+                          args.precision, metadata=model.info.metadata)
+
+
+def announcer(choice: SamplerChoice, show: bool = True):
+    """A callable that prints the choice's one line on its first call: the commands call it when sampling
+    starts (their first progress report), so a refused input still prints nothing but its error line."""
+    state = {"done": not show}
+
+    def announce() -> None:
+        if not state["done"]:
+            state["done"] = True
+            print(choice.line(), file=sys.stderr, flush=True)
+
+    return announce

@@ -166,11 +166,13 @@ def build_dataset(
     rank: int = 0,
     world: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    started: Callable[[], None] | None = None,
 ) -> DatasetSummary:
     """Make this process's share of the dataset and refresh the index files; see the module docstring.
 
     ``progress(done, total)`` counts this process's cases (written, found complete or skipped) after
-    each one; raising from it (e.g. KeyboardInterrupt) stops the run between two complete cases."""
+    each one; raising from it (e.g. KeyboardInterrupt) stops the run between two complete cases.
+    ``started()`` is called once every input is checked, before the first case."""
     _check_request(request, model)
     masks = list_masks(request.masks)
     mine = select(units(masks, request.samples_per_mask, request.batch), request.shard, rank, world)
@@ -190,7 +192,10 @@ def build_dataset(
             write_json(layout.settings, settings)
     log = _Log(layout, request, rank, world)
     log(f"start: {len(mine)} unit(s) of {len(masks)} mask(s) x {request.samples_per_mask} sample(s); model "
-        f"{model_name} on {model.device}, batch {request.batch}, medddpm-synth {__version__}")
+        f"{model_name} on {model.device}, batch {request.batch}, medddpm-synth {__version__}"
+        + (f"; sampler {request.sampler_choice}" if request.sampler_choice else ""))
+    if started is not None:
+        started()
     run = _Run(layout, request, model, model_name, model_sha, log, progress,
                done=complete_cases(layout, read_manifest(layout)), planned=sum(len(u.samples) for u in mine))
     for mask, blocks in groups:

@@ -181,7 +181,7 @@ def test_official_geometry_equals_the_official_sample_py_output(tmp_path, capsys
     code, _, stderr = run_cli(
         ["generate", "--mask", OFFICIAL / "wholehead_synth_mask.nii.gz", "--model", TINY_CKPT, "-o", out,
          "--seed", int(tiny_io["sample_seed"]), "--device", "cpu", "--geometry", "official", "--intensity", "raw",
-         "--grid", "32,32,16", "--quiet"],
+         "--grid", "32,32,16", "--sampler", "ddpm", "--quiet"],  # the official sampler (the CPU default is the preview)
         capsys,
     )
     assert code == 0, stderr
