@@ -81,9 +81,10 @@ def main() -> int:
     args = parser.parse_args()
     names = args.variants.split(",")
     times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(args.repeats):  # interleaved: a burst of load hits every variant alike
+    for repeat in range(args.repeats):  # interleaved: a burst of load hits every variant alike
         for name in names:
             times[name].append(_run(VARIANTS[name]))
+            print(json.dumps({"run": repeat, "variant": name, "seconds": round(times[name][-1], 2)}), flush=True)
     base = statistics.median(times[names[0]])
     import torch
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .presets import PRESET_NAMES, PREVIEW_SAMPLER, PREVIEW_STEPS, SamplerChoice, choose_sampler
+from .presets import PRESET_NAMES, PREVIEW_PRECISION, PREVIEW_SAMPLER, PREVIEW_STEPS, SamplerChoice, choose_sampler
 from .sampling import PRECISIONS, SAMPLERS, SPACINGS
 
 SAMPLER_HELP = f"""sampler: without --sampler a run takes 'preview' on a CPU and 'exact' on a GPU, and prints which.
-  preview  the model's recommended fast sampler (default {PREVIEW_SAMPLER}, {PREVIEW_STEPS} steps): seconds on a CPU
+  preview  the model's recommended fast sampler (default {PREVIEW_SAMPLER}, {PREVIEW_STEPS} steps, {PREVIEW_PRECISION}): seconds on a CPU
   exact    the official sampler (= ddpm), all T steps: the published quality, minutes to hours on a CPU
   ddpm / ddim / dpm++ / dpm++3m with --steps, --spacing, --eta: a sampler of your own.
   In-painting (--keep, insert) with a fast sampler runs RePaint on its sub-sequence of steps."""
@@ -25,7 +25,8 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eta", type=float, help="ddim only: 0 deterministic (default) .. 1 ancestral")
     group.add_argument("--spacing", choices=SPACINGS, help="fast samplers' step spacing (default: the preset's)")
     group.add_argument("--precision", choices=tuple(PRECISIONS),
-                       help="fp32 (exact) or bf16 / fp16 autocast (default: the preset's, fp32)")
+                       help=f"fp32 (exact) or bf16 / fp16 autocast (default: the preset's: {PREVIEW_PRECISION} for "
+                            "preview, fp32 for exact)")
 
 
 def resolve_sampler(args: argparse.Namespace, model) -> SamplerChoice:

@@ -53,7 +53,7 @@ class GenerationSettings:
     margin_mm: float = 10.0  # local re-generation
     harmonize: int = 3
     #: the engine preset these settings came from (then the engine is asked for it by name, so it records it)
-    preset: str | None = None
+    engine_preset: str | None = None
 
     @classmethod
     def preset(cls, name: str, timesteps: int | None = None, **overrides) -> "GenerationSettings":
@@ -63,15 +63,15 @@ class GenerationSettings:
             raise MedDDPMError(f"unknown preset '{name}'; use {' or '.join(PRESETS)}")
         engine = preset_settings(PRESETS[name], timesteps or 1000)
         values = {"sampler": engine.name, "steps": engine.steps, "spacing": engine.spacing, "eta": engine.eta,
-                  "precision": engine.precision, "preset": PRESETS[name]}
+                  "precision": engine.precision, "engine_preset": PRESETS[name]}
         if {"sampler", "steps", "spacing", "eta", "precision"} & set(overrides):
-            values["preset"] = None  # no longer the preset: the engine gets the options themselves
+            values["engine_preset"] = None  # no longer the preset: the engine gets the options themselves
         return replace(cls(**values), **overrides)
 
     def arguments(self) -> list[str]:
         args = ["--model", self.model, "--samples", str(self.samples), "--seed", str(self.seed), "--device", self.device]
-        if self.preset:
-            return [*args, "--sampler", self.preset]
+        if self.engine_preset:
+            return [*args, "--sampler", self.engine_preset]
         args += ["--sampler", self.sampler, "--spacing", self.spacing, "--eta", str(self.eta), "--precision", self.precision]
         if self.steps and self.sampler != "ddpm":
             args += ["--steps", str(self.steps)]

@@ -15,7 +15,9 @@ import torch
 from cli_helpers import head_labels, run_cli, write_mask
 from MedDDPMSynthLib import GaussianDiffusion, SamplerSettings, SeededNoise
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.presets import PREVIEW_SAMPLER, PREVIEW_STEPS, choose_sampler, default_preset, preset_settings
+from MedDDPMSynthLib.presets import (
+    PREVIEW_PRECISION, PREVIEW_SAMPLER, PREVIEW_STEPS, choose_sampler, default_preset, preset_settings,
+)
 from MedDDPMSynthLib.repaint_fast import fast_repaint_evaluations
 from MedDDPMSynthLib.sampling import Inpainting, repaint_schedule, run_sampler
 from MedDDPMSynthLib.unet import UNetConfig
@@ -36,7 +38,8 @@ def test_the_default_is_preview_on_a_cpu_and_exact_on_a_gpu(device, preset, name
     choice = choose_sampler(torch.device(device), 250)
     assert default_preset(device) == preset and choice.preset == preset and choice.settings.name == name
     assert choice.settings == (SamplerSettings("ddpm") if preset == "exact" else
-                               SamplerSettings(PREVIEW_SAMPLER, PREVIEW_STEPS, spacing="quadratic"))
+                               SamplerSettings(PREVIEW_SAMPLER, PREVIEW_STEPS, spacing="quadratic",
+                                               precision=PREVIEW_PRECISION))
     assert ("CPU" if device == "cpu" else "GPU") in choice.reason and choice.line().startswith(f"sampler: {preset} (")
     assert choice.record() == {"preset": preset, "reason": choice.reason}
 
@@ -48,8 +51,8 @@ def test_ddpm_and_exact_give_the_official_sampler_everywhere_and_options_overrid
             assert choice.settings == SamplerSettings("ddpm") and choice.preset == "exact"
     custom = choose_sampler("cpu", 250, "dpm++", steps=25)
     assert custom.settings == SamplerSettings("dpm++", 25) and custom.preset is None
-    more = choose_sampler("cuda", 250, "preview", steps=30, precision="bf16")
-    assert (more.settings.name, more.settings.steps, more.settings.precision) == (PREVIEW_SAMPLER, 30, "bf16")
+    more = choose_sampler("cuda", 250, "preview", steps=30, precision="fp32")
+    assert (more.settings.name, more.settings.steps, more.settings.precision) == (PREVIEW_SAMPLER, 30, "fp32")
     assert more.preset == "preview+options"
     assert choose_sampler("cpu", 250, steps=20).settings.steps == 20  # --steps alone: the device's preset, fewer steps
     with pytest.raises(InputError, match="always runs all steps"):
@@ -61,8 +64,8 @@ def test_ddpm_and_exact_give_the_official_sampler_everywhere_and_options_overrid
 def test_a_model_recommends_its_own_preview_and_small_models_get_half_their_steps():
     meta = {"preview_sampler": "dpm++", "preview_steps": "20", "preview_spacing": "uniform"}
     assert preset_settings("preview", 250, meta) == SamplerSettings("dpm++", 20)
-    assert preset_settings("preview", 10) == SamplerSettings("ddim", 5)  # T = 10 test models
-    assert choose_sampler("cpu", 10).settings == SamplerSettings("ddim", 5)
+    tiny = SamplerSettings("ddim", 5, precision=PREVIEW_PRECISION)  # T = 10 test models: half their steps
+    assert preset_settings("preview", 10) == tiny and choose_sampler("cpu", 10).settings == tiny
 
 
 # ------------------------------------------------------------------------------- DPM-Solver++(3M)
@@ -161,7 +164,7 @@ def test_every_sampling_command_takes_the_sampler_options_and_records_the_choice
     code, _, err = run_cli(["generate", "--mask", mask, "-o", tmp_path / "default", *base[:-1]], capsys)
     lines = [line for line in err.splitlines() if line.startswith("sampler: ")]
     assert code == 0, err
-    assert lines == ["sampler: preview (ddim, 5 steps, uniform spacing, fp32): the default on a CPU; "
+    assert lines == [f"sampler: preview (ddim, 5 steps, uniform spacing, {PREVIEW_PRECISION}): the default on a CPU; "
                                    "--sampler exact (or ddpm) for the official sampler"]
     prov = json.loads((tmp_path / "default" / "provenance.json").read_text())["sampler"]
     assert (prov["name"], prov["steps"], prov["preset"], prov["reason"]) == ("ddim", 5, "preview", "the default on a CPU")
@@ -187,10 +190,10 @@ def test_every_sampling_command_takes_the_sampler_options_and_records_the_choice
     assert (record["name"], record["steps"], record["preset"], record["reason"]) == ("ddim", 3, None, "--sampler ddim")
 
     code, _, err = run_cli(["anonymize", tmp_path / "scan.nii.gz", "-o", tmp_path / "anon", *scan,
-                            "--sampler", "preview", "--precision", "bf16"], capsys)
+                            "--sampler", "preview", "--precision", "fp32"], capsys)
     prov = json.loads((tmp_path / "anon" / "provenance.json").read_text())["sampler"]
     assert code == 0, err
-    assert (prov["name"], prov["precision"], prov["preset"]) == ("ddim", "bf16", "preview+options")
+    assert (prov["name"], prov["precision"], prov["preset"]) == ("ddim", "fp32", "preview+options")
 
     masks = tmp_path / "masks"
     masks.mkdir()
@@ -201,3 +204,18 @@ def test_every_sampling_command_takes_the_sampler_options_and_records_the_choice
     assert code == 0, err
     assert (record["name"], record["preset"], record["reason"]) == ("ddpm", "exact", "--sampler exact")
     assert "sampler: exact (ddpm, all steps, fp32): --sampler exact" in err
+
+
+def test_the_slicer_and_browser_fronts_default_to_the_engine_presets():
+    from MedDDPMSynthLib.api import resolve_device
+    from MedDDPMSynthSlicerLib.jobs import GenerationSettings, default_preset_label
+
+    assert default_preset_label("cpu") == "Preview"
+    preview, exact = GenerationSettings.preset("Preview", 250), GenerationSettings.preset("Exact", 250)
+    assert (preview.sampler, preview.steps, preview.spacing) == (PREVIEW_SAMPLER, PREVIEW_STEPS, "quadratic")
+    assert preview.arguments()[-2:] == ["--sampler", "preview"] and exact.arguments()[-2:] == ["--sampler", "exact"]
+    shorter = GenerationSettings.preset("Preview", 250, steps=5).arguments()  # no longer the preset itself
+    assert shorter[shorter.index("--sampler") + 1] == PREVIEW_SAMPLER and shorter[shorter.index("--steps") + 1] == "5"
+    from MedDDPMSynthWeb.panel import DEFAULTS, SAMPLERS
+
+    assert DEFAULTS["synth_sampler"] == default_preset(resolve_device("auto")) and SAMPLERS[:2] == ("preview", "exact")
