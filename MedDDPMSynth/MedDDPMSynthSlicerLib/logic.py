@@ -25,7 +25,7 @@ from MedDDPMSynthLib.families import Family, family_for_channels
 
 from . import export as export_module
 from . import process, segments
-from .jobs import GenerationJob, GenerationSettings, new_folder, output_files, write_image
+from .jobs import GenerationJob, GenerationSettings, default_preset_label, new_folder, output_files, write_image
 from .move import MoveMixin
 from .scene_io import (
     GEOMETRY_TOLERANCE,
@@ -139,7 +139,8 @@ class SceneLogic(MoveMixin):
     def start_generation(self, segmentation_node, settings: GenerationSettings | None = None,
                          reference_volume=None, mapping=None) -> GenerationJob:
         """Check the input, then start the engine in the background; poll the returned job."""
-        settings = settings or GenerationSettings()
+        if settings is None:  # the engine's per-device default: Preview on a CPU, Exact on a GPU
+            settings = GenerationSettings.preset(default_preset_label(), self.model_timesteps(GenerationSettings.model))
         family = self.model_family(settings.model)
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
         folder = new_folder(self.temp_dir)
