@@ -63,7 +63,7 @@ def test_ddpm_and_exact_give_the_official_sampler_everywhere_and_options_overrid
 
 def test_a_model_recommends_its_own_preview_and_small_models_get_half_their_steps():
     meta = {"preview_sampler": "dpm++", "preview_steps": "20", "preview_spacing": "uniform"}
-    assert preset_settings("preview", 250, meta) == SamplerSettings("dpm++", 20)
+    assert preset_settings("preview", 250, meta) == SamplerSettings("dpm++", 20, precision=PREVIEW_PRECISION)
     tiny = SamplerSettings("ddim", 5, precision=PREVIEW_PRECISION)  # T = 10 test models: half their steps
     assert preset_settings("preview", 10) == tiny and choose_sampler("cpu", 10).settings == tiny
 
