@@ -1,7 +1,8 @@
 """Reverse samplers behind one interface: ``ddpm`` (the official ancestral sampler, exact), ``ddim``
 (any number of steps, eta, uniform or quadratic spacing), ``dpm++`` (DPM-Solver++ 2M, data prediction
 with x0 clipping) and ``dpm++3m`` (third order, in dpm_solver_3m.py). In-painting (RePaint) runs on the
-official sampler, or on a fast sampler's sub-sequence of steps (repaint_fast.py). All take the same condition, noise source, progress and cancel callbacks.
+official sampler, or on a fast sampler's sub-sequence of steps (repaint_fast.py). All take the same
+condition, noise source, progress and cancel callbacks.
 
 Random numbers come from a :class:`SeededNoise` on the CPU and are moved to the model's device, so a
 seed gives the same noise on every machine. With one integer seed the draws follow the official
