@@ -4,7 +4,6 @@ dataset): one set of flags, one resolution through :func:`presets.choose_sampler
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .presets import PRESET_NAMES, PREVIEW_PRECISION, PREVIEW_SAMPLER, PREVIEW_STEPS, SamplerChoice, choose_sampler
 from .sampling import PRECISIONS, SAMPLERS, SPACINGS
@@ -38,12 +37,13 @@ def resolve_sampler(args: argparse.Namespace, model) -> SamplerChoice:
 
 def announcer(choice: SamplerChoice, show: bool = True):
     """A callable that prints the choice's one line on its first call: the commands call it when sampling
-    starts (their first progress report), so a refused input still prints nothing but its error line."""
+    starts (their first progress report), so a refused input prints nothing but its error line; on stdout,
+    with the command's other results, so a failure later on is still one line on stderr."""
     state = {"done": not show}
 
     def announce() -> None:
         if not state["done"]:
             state["done"] = True
-            print(choice.line(), file=sys.stderr, flush=True)
+            print(choice.line(), flush=True)
 
     return announce

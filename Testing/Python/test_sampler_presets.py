@@ -161,8 +161,8 @@ def test_every_sampling_command_takes_the_sampler_options_and_records_the_choice
     mask = write_mask(tmp_path / "mask.nii.gz", head_labels(size=(20, 20, 16), spacing=(8, 8, 8)), spacing=(8, 8, 8))
     base = ["--model", "tiny16", "--device", "cpu", "--quiet"]
 
-    code, _, err = run_cli(["generate", "--mask", mask, "-o", tmp_path / "default", *base[:-1]], capsys)
-    lines = [line for line in err.splitlines() if line.startswith("sampler: ")]
+    code, out, err = run_cli(["generate", "--mask", mask, "-o", tmp_path / "default", *base[:-1]], capsys)
+    lines = [line for line in out.splitlines() if line.startswith("sampler: ")]
     assert code == 0, err
     assert lines == [f"sampler: preview (ddim, 5 steps, uniform spacing, {PREVIEW_PRECISION}): the default on a CPU; "
                                    "--sampler exact (or ddpm) for the official sampler"]
@@ -198,12 +198,12 @@ def test_every_sampling_command_takes_the_sampler_options_and_records_the_choice
     masks = tmp_path / "masks"
     masks.mkdir()
     (masks / "case0.nii.gz").write_bytes(mask.read_bytes())
-    code, _, err = run_cli(["dataset", "--masks", masks, "-o", tmp_path / "ds", "--model", "tiny16", "--device", "cpu",
-                            "--quiet", "--sampler", "exact"], capsys)
+    code, out, err = run_cli(["dataset", "--masks", masks, "-o", tmp_path / "ds", "--model", "tiny16", "--device", "cpu",
+                              "--quiet", "--sampler", "exact"], capsys)
     record = json.loads(next((tmp_path / "ds" / "provenance").glob("*.json")).read_text())["sampler"]
     assert code == 0, err
     assert (record["name"], record["preset"], record["reason"]) == ("ddpm", "exact", "--sampler exact")
-    assert "sampler: exact (ddpm, all steps, fp32): --sampler exact" in err
+    assert "sampler: exact (ddpm, all steps, fp32): --sampler exact" in out
 
 
 def test_the_slicer_and_browser_fronts_default_to_the_engine_presets():
