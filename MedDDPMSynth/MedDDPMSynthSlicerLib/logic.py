@@ -25,7 +25,7 @@ from MedDDPMSynthLib.families import Family, family_for_channels
 
 from . import export as export_module
 from . import process, segments
-from .jobs import GenerationJob, GenerationSettings, new_folder, output_files, write_image
+from .jobs import GenerationJob, GenerationSettings, default_preset_label, new_folder, output_files, write_image
 from .move import MoveMixin
 from .scene_io import (
     GEOMETRY_TOLERANCE,
@@ -139,7 +139,8 @@ class SceneLogic(MoveMixin):
     def start_generation(self, segmentation_node, settings: GenerationSettings | None = None,
                          reference_volume=None, mapping=None) -> GenerationJob:
         """Check the input, then start the engine in the background; poll the returned job."""
-        settings = settings or GenerationSettings()
+        if settings is None:  # the engine's per-device default: Preview on a CPU, Exact on a GPU
+            settings = GenerationSettings.preset(default_preset_label(), self.model_timesteps(GenerationSettings.model))
         family = self.model_family(settings.model)
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
         folder = new_folder(self.temp_dir)
@@ -349,9 +350,8 @@ class SceneLogic(MoveMixin):
         if not self.can_regenerate(segmentation_node):
             raise InputError("there is no earlier result of this segmentation in the scene; click Generate first")
         last = self._last[segmentation_node.GetID()]
-        # the engine's in-painting runs on the official ddpm sampler (all T steps)
-        settings = GenerationSettings(**{**(settings or last["settings"]).to_dict(), "samples": 1,
-                                         "sampler": "ddpm", "steps": None, "spacing": "uniform"})
+        # the same sampler as Generate: the engine in-paints on the official sampler or on a fast one's steps
+        settings = GenerationSettings(**{**(settings or last["settings"]).to_dict(), "samples": 1})
         family = last["export"].mapping.family
         export = self.label_map(segmentation_node, reference_volume, mapping or last["export"].mapping, family)
         if export.dimensions != last["export"].dimensions or not np.allclose(

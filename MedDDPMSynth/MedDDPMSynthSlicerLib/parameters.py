@@ -13,6 +13,8 @@ from typing import Annotated
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
+from .jobs import PRESETS
+
 
 @parameterNodeWrapper
 class MedDDPMSynthParameterNode:
@@ -21,8 +23,10 @@ class MedDDPMSynthParameterNode:
     model: str = "demo"
     samples: Annotated[int, WithinRange(1, 16)] = 1
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    preset: Annotated[str, Choice(["Preview", "Exact", "Custom"])] = "Preview"
-    sampler: Annotated[str, Choice(["ddpm", "ddim", "dpm++"])] = "dpm++"
+    # Preview: the engine's CPU default; reading the device needs torch, which the module installs on first
+    # use, so the widget switches a GPU machine to Exact then (Widget.applyDeviceDefault)
+    preset: Annotated[str, Choice([*PRESETS, "Custom"])] = "Preview"
+    sampler: Annotated[str, Choice(["ddpm", "ddim", "dpm++", "dpm++3m"])] = "dpm++"
     steps: Annotated[int, WithinRange(1, 1000)] = 25
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     shiftStepMm: Annotated[float, WithinRange(0.5, 50.0)] = 5.0

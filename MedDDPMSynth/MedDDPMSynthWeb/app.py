@@ -24,6 +24,7 @@ from trame_slicer.rca_view import register_rca_factories
 
 from MedDDPMSynthLib.errors import MedDDPMError
 from MedDDPMSynthSlicerLib import GenerationSettings
+from MedDDPMSynthSlicerLib.jobs import PRESETS
 
 from . import security
 from .move_mode import MoveMode
@@ -183,15 +184,20 @@ class SynthWebApp(TrameApp):
             self.state.synth_steps = timesteps
 
     def _settings(self) -> GenerationSettings:
-        sampler = str(self.state.synth_sampler or "dpm++")
+        sampler = str(self.state.synth_sampler or "preview")
         if sampler not in SAMPLERS:
             raise MedDDPMError(f"unknown sampler '{sampler}'; choose {', '.join(SAMPLERS)}")
         try:
             steps, samples, seed = (int(self.state[k] or 0) for k in ("synth_steps", "synth_samples", "synth_seed"))
         except (TypeError, ValueError):
             raise MedDDPMError("steps, samples and seed must be whole numbers") from None
-        return GenerationSettings(model=self._checked_model(self.state.synth_model), sampler=sampler, steps=steps or None,
-                                  samples=max(1, min(samples, 8)), seed=seed,
+        model = self._checked_model(self.state.synth_model)
+        common = {"model": model, "samples": max(1, min(samples, 8)), "seed": seed}
+        if sampler in PRESETS.values():  # the engine's preset; a Steps value other than 0 overrides its steps
+            label = next(k for k, v in PRESETS.items() if v == sampler)
+            return GenerationSettings.preset(label, self.session.logic.model_timesteps(model), **common,
+                                             **({"steps": steps} if steps and sampler != "exact" else {}))
+        return GenerationSettings(sampler=sampler, steps=steps or None, **common,
                                   spacing="uniform" if sampler == "ddim" else "quadratic")
 
     def request(self, kind: str) -> None:
