@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
 
+from .progress_bar import progress_bar
 from .dataset import DatasetRequest, build_dataset
 from .dataset_layout import FORMATS
 from .dataset_plan import EDITS, EditSettings, parse_shard
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             nonlocal bar
             if bar is None:
                 label = "cases" if info.world == 1 else f"cases (rank {info.rank}/{info.world})"
-                bar = tqdm(total=total, unit="case", desc=label, file=stderr, dynamic_ncols=True,
+                bar = progress_bar(total=total, unit="case", desc=label, file=stderr, dynamic_ncols=True,
                            disable=args.quiet or not info.main)
             bar.total = total
             bar.update(done - bar.n)

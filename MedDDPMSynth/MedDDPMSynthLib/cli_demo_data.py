@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
 
+from .progress_bar import progress_bar
 from .cli_train import _floats, _ints
 from .demo_data import build_dataset
 
@@ -40,7 +40,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bar = tqdm(total=args.cases, unit="case", desc="demo data", file=sys.stderr, disable=args.quiet)
+    bar = progress_bar(total=args.cases, unit="case", desc="demo data", file=sys.stderr, disable=args.quiet)
 
     def progress(done: int, total: int) -> None:
         bar.total = total

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
 
+from .progress_bar import progress_bar
 from .errors import InputError
 from .models import load_named_model
 from .pipeline import GEOMETRIES, INTENSITIES, GenerateRequest, generate_files
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"PROGRESS {done} {steps_total}", file=sys.stderr, flush=True)
             return
         if bar is None:
-            bar = tqdm(total=steps_total, unit="step", desc="generating", file=sys.stderr, disable=args.quiet,
+            bar = progress_bar(total=steps_total, unit="step", desc="generating", file=sys.stderr, disable=args.quiet,
                        dynamic_ncols=True)
         bar.update(done - bar.n)
 

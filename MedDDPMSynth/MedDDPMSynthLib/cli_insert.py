@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 import SimpleITK as sitk
-from tqdm import tqdm
 
+from .progress_bar import progress_bar
 from .geometry import read_mask
 from .head_mask import METHODS, auto_head_mask
 from .insertion import insert_tumour
@@ -41,7 +41,7 @@ def _progress_bar(quiet: bool, announce):
     def progress(done: int, total: int) -> None:
         announce()  # the sampler line, once sampling has started (after every refusal)
         if state["bar"] is None:
-            state["bar"] = tqdm(total=total, unit="step", desc="generating", file=sys.stderr, disable=quiet)
+            state["bar"] = progress_bar(total=total, unit="step", desc="generating", file=sys.stderr, disable=quiet)
         state["bar"].update(done - state["bar"].n)
 
     return progress, state

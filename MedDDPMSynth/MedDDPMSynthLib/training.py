@@ -42,8 +42,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from .progress_bar import progress_bar
 from .api import check_grid_size
 from .checkpoint import _atomic_write, read_state_dict, save_official_checkpoint
 from .diffusion import GaussianDiffusion
@@ -341,7 +341,7 @@ class Trainer:
         Ctrl-C (KeyboardInterrupt) propagates; the last complete checkpoint stays valid."""
         until = self.config.steps if until is None else until
         batches, losses, smoothed = iter(self._loader()), [], None
-        bar = tqdm(total=until, initial=self.step, desc="training", unit="step", file=sys.stderr,
+        bar = progress_bar(total=until, initial=self.step, desc="training", unit="step", file=sys.stderr,
                    disable=self.quiet or not self.dist.main, dynamic_ncols=True)
         with bar:
             while self.step < until:
