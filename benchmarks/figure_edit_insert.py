@@ -58,7 +58,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="folder for the intermediate files")
     parser.add_argument("--model", default="demo")
     parser.add_argument("--vector", default="-14,-12,0", help="tumour shift in mm (RAS)")
-    parser.add_argument("--steps", default="25", help="dpm++ steps of the first image (default 25)")
+    parser.add_argument("--sampler", default="preview", help="sampler preset or name of every step (default preview, "
+                        "the CPU default; exact: the official 250-step sampler and RePaint)")
     parser.add_argument("--harmonize", default="3", help="RePaint resampling rounds of both edits (default 3)")
     args = parser.parse_args()
     work = args.work
@@ -66,12 +67,13 @@ def main() -> int:
     started = time.perf_counter()
 
     # 1. a synthetic brain, 2. the tumour moved, 3. only the tumour's neighbourhood regenerated
-    _run("generate", "--mask", MASK, "--model", args.model, "-o", work / "first", "--sampler", "dpm++", "--steps", args.steps,
+    _run("generate", "--mask", MASK, "--model", args.model, "-o", work / "first", "--sampler", args.sampler,
          "--seed", "3", "--overwrite", "--quiet")
     first = next((work / "first").glob("*_s00*.nii.gz"))
     _run("tumor", "shift", "--mask", MASK, "--ras", f"--vector={args.vector}", "-o", work / "moved.nii.gz", "--overwrite")
     _run("generate", "--mask", work / "moved.nii.gz", "--model", args.model, "-o", work / "second", "--keep", first,
-         "--previous-mask", MASK, "--margin", "8", "--seed", "4", "--harmonize", args.harmonize, "--overwrite", "--quiet")
+         "--previous-mask", MASK, "--margin", "8", "--seed", "4", "--harmonize", args.harmonize, "--sampler", args.sampler,
+         "--overwrite", "--quiet")
     second = next((work / "second").glob("*_s00*.nii.gz"))
 
     # 4. the example tumour drawn onto the real MNI T1 (its own 1 mm grid), inserted by the model
@@ -81,7 +83,7 @@ def main() -> int:
     sitk.WriteImage(sitk.Cast(tumour, sitk.sitkUInt8), str(work / "mni_tumour.nii.gz"))
     sitk.WriteImage(scan, str(work / "mni_t1.nii.gz"))
     _run("insert", "--scan", work / "mni_t1.nii.gz", "--tumor", work / "mni_tumour.nii.gz", "--model", args.model,
-         "-o", work / "inserted", "--seed", "5", "--harmonize", args.harmonize, "--overwrite", "--quiet")
+         "-o", work / "inserted", "--seed", "5", "--harmonize", args.harmonize, "--sampler", args.sampler, "--overwrite", "--quiet")
     inserted = next(p for p in (work / "inserted").glob("*.nii.gz") if "mask" not in p.name)
 
     mask, moved = sitk.ReadImage(str(MASK)), sitk.ReadImage(str(work / "moved.nii.gz"))
