@@ -98,7 +98,7 @@ SEGMENT_EVENTS = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.Se
 
 
 class MedDDPMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Thin shell: the .ui, the parameter node, and :class:`MedDDPMSynthSlicerLib.widget.WidgetController`."""
+    """Thin shell: the .ui, the parameter node, and :class:`MedDDPMSynthSlicerUI.widget.WidgetController`."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -111,7 +111,7 @@ class MedDDPMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        from MedDDPMSynthSlicerLib.widget import WidgetController
+        from MedDDPMSynthSlicerUI.widget import WidgetController
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedDDPMSynth.ui"))
         self.layout.addWidget(uiWidget)
@@ -204,7 +204,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
         self.notReadyReason = None
 
     def getParameterNode(self):
-        from MedDDPMSynthSlicerLib.parameters import MedDDPMSynthParameterNode
+        from MedDDPMSynthSlicerUI.parameters import MedDDPMSynthParameterNode
 
         return MedDDPMSynthParameterNode(super().getParameterNode())
 
@@ -215,7 +215,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
         if self._sceneLogic is not None:
             return True
         try:
-            from MedDDPMSynthSlicerLib.dependencies import missing_packages, torch_problem
+            from MedDDPMSynthSlicerUI.dependencies import missing_packages, torch_problem
 
             self.notReadyReason = "missing: " + ", ".join(missing_packages()) if missing_packages() else torch_problem()
             if self.notReadyReason:
@@ -230,7 +230,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
     def sceneLogic(self):
         try:
             if self._sceneLogic is None or self._sceneLogic.scene is not slicer.mrmlScene:
-                from MedDDPMSynthSlicerLib.dependencies import ensure_dependencies
+                from MedDDPMSynthSlicerUI.dependencies import ensure_dependencies
 
                 # testing mode: a missing dependency raises instead of being installed (no dialog either)
                 ensure_dependencies(ask=not slicer.app.testingEnabled())
@@ -270,7 +270,7 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        from MedDDPMSynthSlicerLib.dependencies import missing_packages, torch_problem
+        from MedDDPMSynthSlicerUI.dependencies import missing_packages, torch_problem
 
         missing = missing_packages()
         if slicer.app.testingEnabled() and (missing or torch_problem()):

@@ -11,7 +11,6 @@ generator; for one sample this is exactly the official RNG protocol.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointInfo, load_checkpoint, model_options, run_config_beside
+from .checkpoint import CheckpointInfo, load_checkpoint, model_options
 from .diffusion import GaussianDiffusion
+from .labels import check_values
 from .errors import CheckpointError, InputError, RuntimeFailure
 from .families import Family, family_for_channels
+from .model_grid import training_grid
 from .model_options import ModelOptions
 from .sampling import (
     CancelCheck,
@@ -72,24 +73,6 @@ def check_grid_size(grid_xyz, model_channels: int = 64, what: str = "--grid") ->
             f"(256^3) supported: one sample would need about {grid_memory_gib(grid_xyz, model_channels):,.0f} GiB; "
             "give a smaller grid (the official ones are 128,128,128 and 192,192,144)"
         )
-
-
-def _grid_from_metadata(metadata: dict[str, str], key: str, cast, path) -> tuple | None:
-    """A grid or spacing triple from safetensors metadata: three positive finite numbers, or a
-    CheckpointError (a zero spacing would divide by zero later, a malformed one raise ValueError)."""
-    value = metadata.get(key)
-    if not value:
-        return None
-    try:
-        values = tuple(cast(v) for v in value.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise CheckpointError(
-            f"{path} has invalid '{key}' metadata ({value[:40]!r}): it must be three positive numbers; fix the "
-            "file with 'medddpm-synth models export --grid X,Y,Z --spacing A,B,C' or give --grid"
-        )
-    return values
 
 
 @dataclass
@@ -215,14 +198,7 @@ def check_label_array(labels_xyz: np.ndarray, divisor: int = 1) -> np.ndarray:
     labels = np.asarray(labels_xyz)
     if labels.ndim != 3:
         raise InputError(f"the mask must be a 3-D volume, got {labels.ndim}-D shape {labels.shape}; give a 3-D label map")
-    if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all():
-            raise InputError("the mask contains NaN or infinite values; give an integer label map")
-        if not np.array_equal(labels, np.round(labels)):
-            raise InputError("the mask has non-integer values; give an integer label map (not a probability map)")
-        labels = labels.astype(np.int64)
-    elif labels.dtype.kind not in "iub":
-        raise InputError(f"the mask has data type {labels.dtype}; give an integer label map")
+    labels = check_values(labels)  # the one label-value check (finite, integer, sane size and range)
     bad = [s for s in labels.shape if s % divisor]
     if bad:
         raise InputError(
@@ -247,12 +223,9 @@ def load_model(
     config = diffusion.config
     family = family_for_channels(config.in_channels, config.out_channels)
     dev = resolve_device(device)
-    run = run_config_beside(path)
-    file_grid = _grid_from_metadata(info.metadata, "grid_xyz", int, path) or run.get("grid_xyz")
-    grid = tuple(grid_xyz or file_grid or family.grid_xyz)
-    spacing = tuple(spacing_mm or _grid_from_metadata(info.metadata, "spacing_mm", float, path) or run.get("spacing_mm")
-                    or family.spacing_mm)
+    grid, spacing, from_file = training_grid(path, info, family, grid_xyz, spacing_mm)
+    grid, spacing = tuple(grid), tuple(spacing)
     check_grid_size(grid, config.model_channels, f"the grid of {Path(path).name}")
     model = SynthesisModel(diffusion.to(dev), family, info, dev, grid, spacing)
-    model.grid_is_default = grid_xyz is None and not file_grid
+    model.grid_is_default = not from_file
     return model

@@ -10,10 +10,10 @@ import contextlib
 import json
 import math
 import os
-import secrets
 from pathlib import Path
 
 from .errors import MedDDPMError, OutputError
+from .outputs import atomic_write
 
 HOME_ENV = "MEDDDPMSYNTH_HOME"
 CATALOGUE_VERSION = 1
@@ -104,33 +104,9 @@ def _write_catalogue(entries: list[dict]) -> None:
     path = catalogue_path()
     text = json.dumps({"version": CATALOGUE_VERSION, "models": entries}, indent=2) + "\n"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_temp_file(path.parent, ".models.json")
-        try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            _unlink_quietly(tmp)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write the model catalogue {path}: {exc.strerror or exc}; make the folder writable "
-            f"or set {HOME_ENV} to another folder"
-        ) from None
-
-
-def _new_temp_file(folder: Path, stem: str) -> Path:
-    """A new empty hidden file in ``folder``. Unlike mkstemp's 0600 files it gets the usual permissions
-    (umask), so that a data home shared by a group stays readable after a rename."""
-    while True:
-        path = folder / f"{stem}.{secrets.token_hex(6)}.part"
-        try:
-            with open(path, "xb"):
-                return path
-        except FileExistsError:
-            continue
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable=True)
+    except OutputError as exc:
+        raise OutputError(f"{exc}; or set {HOME_ENV} to another folder") from None
 
 
 def _unlink_quietly(path: Path | None) -> None:

@@ -14,7 +14,6 @@ import os
 import pickle
 import pickletools
 import re
-import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -25,11 +24,11 @@ from typing import Mapping
 import torch
 
 from .diffusion import GaussianDiffusion
-from .errors import CheckpointError, OutputError
+from .errors import CheckpointError
 from .model_options import CHECKPOINT_KEY, ModelOptions
 from .schedule import BUFFER_NAMES
 from .unet import GROUPS, UNetConfig
-from .write_errors import short_reason, write_advice
+from .outputs import atomic_write
 
 PREFIX = "denoise_fn."
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -331,21 +330,6 @@ def load_checkpoint(path: str | os.PathLike, num_heads: int = 1) -> tuple[Gaussi
     return build_model(state, info.path, num_heads, model_options(info).prediction), info
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
-        raise OutputError(f"cannot write {path}: {short_reason(exc)}; {write_advice(exc)}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_official_checkpoint(
     path: str | os.PathLike, model_state: Mapping, ema_state: Mapping, step: int,
     options: ModelOptions = ModelOptions(),
@@ -355,7 +339,7 @@ def save_official_checkpoint(
     payload = {"step": int(step), "model": OrderedDict(model_state), "ema": OrderedDict(ema_state)}
     if options.non_default():
         payload[CHECKPOINT_KEY] = options.non_default()
-    _atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp), durable=True)
 
 
 def save_safetensors(
@@ -370,7 +354,7 @@ def save_safetensors(
         .detach().cpu().contiguous()
         for k, v in state.items()
     }
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})), durable=True)
 
 
 def run_config_beside(checkpoint: str | os.PathLike) -> dict:

@@ -12,9 +12,12 @@ import contextlib
 import signal
 import sys
 
-from . import __version__, cli_dataset, cli_demo_data, cli_evaluate, cli_generate, cli_insert, cli_models, cli_serve, cli_train, cli_tumor
+from importlib.metadata import entry_points
+
+from . import __version__, cli_dataset, cli_demo_data, cli_evaluate, cli_generate, cli_insert, cli_models, cli_train, cli_tumor
 from .cli_numbers import guard_numbers
 from .errors import MedDDPMError, Terminated
+from .protocol import error_line
 
 EPILOG = """examples:
   medddpm-synth generate --mask MedDDPMSynth/Resources/Examples/demo_mask.nii.gz --model demo -o out/
@@ -47,8 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.add_parser(commands)
     cli_evaluate.add_parser(commands)
     cli_dataset.add_parser(commands)
-    cli_serve.add_parser(commands)
+    _add_front_commands(commands)
     return guard_numbers(parser)
+
+
+#: entry-point group of the sub-commands that fronts add (pyproject.toml: ``serve`` from MedDDPMSynthWeb)
+COMMANDS_GROUP = "medddpm_synth.commands"
+
+
+def _add_front_commands(commands) -> None:
+    """The sub-commands of installed fronts; a front that is listed but not importable (the Slicer
+    extension ships the engine alone) adds nothing."""
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            add_parser = entry.load()
+        except ImportError:
+            continue
+        add_parser(commands)
 
 
 def _raise_terminated(_signum, _frame):
@@ -75,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.run(args)
         except MedDDPMError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(error_line(error), file=sys.stderr)
             return error.exit_code
         except Terminated:
             print("terminated: nothing was written", file=sys.stderr)

@@ -9,12 +9,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .cli_generate import add_step_spacing, step_spacing
+from .devices import DEVICES
 from .dataset import DatasetRequest, build_dataset
 from .dataset_layout import FORMATS
 from .dataset_plan import EDITS, EditSettings, parse_shard
 from .errors import Terminated
 from .models import load_named_model
-from .sampling import PRECISIONS, SAMPLERS, SPACINGS, SamplerSettings
+from .sampling import PRECISIONS, SAMPLERS, SamplerSettings
 
 EPILOG = """examples:
   # 2 samples per mask, nnU-Net v2 raw layout (imagesTr/, labelsTr/, dataset.json)
@@ -61,9 +63,9 @@ def add_parser(commands) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="ddpm (default, exact) / ddim / dpm++")
     p.add_argument("--steps", type=int, help="network evaluations for ddim / dpm++ (default: all T)")
     p.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic (default) .. 1 ancestral")
-    p.add_argument("--spacing", choices=SPACINGS, default="uniform", help="ddim / dpm++ step spacing")
+    add_step_spacing(p)
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="fp32 (default) / bf16 / fp16")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--batch", type=int, help="samples per network pass (default: up to 4 on a GPU, 1 on the CPU)")
     p.add_argument("--shard", metavar="I/N", help="make only shard I of N (0-based), e.g. one per Slurm array task")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         request = DatasetRequest(
             masks=args.masks, output=args.output, samples_per_mask=args.samples_per_mask, edits=edits,
             format=args.format, seed=args.seed, labels=args.labels, batch=batch, shard=shard,
-            sampler=SamplerSettings(args.sampler, args.steps, args.eta, args.spacing, args.precision),
+            sampler=SamplerSettings(args.sampler, args.steps, args.eta, step_spacing(args), args.precision),
         )
         bar = None
 

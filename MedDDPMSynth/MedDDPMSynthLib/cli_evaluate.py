@@ -59,9 +59,7 @@ def add_parser(commands) -> None:
 
 def _tissue_and_tumour(family_name: str) -> tuple[int, tuple[int, ...]]:
     family = FAMILIES[family_name]
-    tissue = "brain" if "brain" in family.condition_names else "head"
-    labels = dict(zip(family.condition_names, family.condition_labels))
-    return labels.pop(tissue), tuple(labels.values())
+    return family.tissue_label, family.tumour_labels
 
 
 def _json_safe(value):

@@ -8,10 +8,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .devices import DEVICES
 from .errors import InputError
 from .models import load_named_model
 from .pipeline import GEOMETRIES, INTENSITIES, GenerateRequest, generate_files
 from .sampling import PRECISIONS, SAMPLERS, SPACINGS, SamplerSettings
+from .protocol import progress_line, warning_line, wrote_line
 
 EPILOG = """examples:
   # the bundled demo model on the bundled example mask
@@ -42,6 +44,26 @@ def _grid(text: str) -> tuple[int, int, int]:
     return values
 
 
+def add_step_spacing(parser: argparse.ArgumentParser) -> None:
+    """``--step-spacing`` (which time steps ddim / dpm++ visit), and ``--spacing``, its old name, kept as a
+    deprecated alias: elsewhere (``train``, ``models import``) --spacing is the voxel spacing in mm."""
+    parser.add_argument("--step-spacing", choices=SPACINGS, default=None,
+                        help="ddim / dpm++ time-step spacing (default uniform)")
+    parser.add_argument("--spacing", dest="deprecated_spacing", choices=SPACINGS, default=None, help=argparse.SUPPRESS)
+
+
+def step_spacing(args: argparse.Namespace) -> str:
+    """The time-step spacing asked for; the deprecated ``--spacing`` still means it here, with a warning."""
+    old, new = getattr(args, "deprecated_spacing", None), args.step_spacing
+    if old is None:
+        return new or "uniform"
+    if new is not None and new != old:
+        raise InputError(f"--spacing {old} and --step-spacing {new} disagree; give --step-spacing only")
+    print(warning_line("--spacing is deprecated for the time-step spacing; use --step-spacing (--spacing is the "
+                       "voxel spacing in mm in 'train' and 'models import')"), file=sys.stderr)
+    return old
+
+
 def add_parser(commands) -> None:
     p = commands.add_parser(
         "generate",
@@ -61,10 +83,10 @@ def add_parser(commands) -> None:
                    help="ddpm (default): the official sampler, all T steps, exact; ddim / dpm++: fewer steps (--steps)")
     p.add_argument("--steps", type=int, help="network evaluations for ddim / dpm++ (default: all T)")
     p.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic (default) .. 1 ancestral")
-    p.add_argument("--spacing", choices=SPACINGS, default="uniform", help="ddim / dpm++ step spacing (default uniform)")
+    add_step_spacing(p)
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="fp32 (default, exact) or bf16 / fp16 autocast (faster on GPUs)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--grid", type=_grid, metavar="X,Y,Z", help="model grid in voxels (default: the model's own)")
     p.add_argument("--labels", metavar="NAME=V,...", help="which mask values are which tissue, e.g. head=1,tumor=2+3")
     p.add_argument("--geometry", choices=GEOMETRIES, default="physical",
@@ -93,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         mask=args.mask, output=args.output, samples=args.samples, seed=args.seed, batch=args.batch,
         geometry=args.geometry, grid_xyz=args.grid, intensity=args.intensity, labels=args.labels,
         overwrite=args.overwrite,
-        sampler=SamplerSettings(args.sampler, args.steps, args.eta, args.spacing, args.precision),
+        sampler=SamplerSettings(args.sampler, args.steps, args.eta, step_spacing(args), args.precision),
         keep=args.keep, previous_mask=args.previous_mask, margin_mm=args.margin, harmonize=args.harmonize,
     )
     request.sampler.check(model.timesteps)
@@ -103,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     def progress(done: int, steps_total: int) -> None:
         nonlocal bar
         if args.progress_lines:
-            print(f"PROGRESS {done} {steps_total}", file=sys.stderr, flush=True)
+            print(progress_line(done, steps_total), file=sys.stderr, flush=True)
             return
         if bar is None:
             bar = tqdm(total=steps_total, unit="step", desc="generating", file=sys.stderr, disable=args.quiet,
@@ -116,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(warning_line(warning), file=sys.stderr)
     steps = result.provenance["sampler"]["steps"]
     print(f"{model.family.title}; {request.sampler.name}, {steps} steps, {request.sampler.precision}, {model.device}")
     for path in result.files:
-        print(f"wrote {path}")
+        print(wrote_line(path))
     return 0

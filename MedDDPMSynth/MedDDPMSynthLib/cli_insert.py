@@ -11,7 +11,8 @@ from pathlib import Path
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from .geometry import read_mask
+from .devices import DEVICES
+from .mask_io import read_mask
 from .head_mask import METHODS, auto_head_mask
 from .insertion import insert_tumour
 from .models import load_named_model
@@ -51,7 +52,7 @@ def add_parser(commands) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--margin", type=float, default=5.0, metavar="MM", help="regenerated margin around the tumour")
     p.add_argument("--harmonize", type=int, default=3, metavar="R", help="RePaint resampling rounds (default 3)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_insert)
@@ -64,7 +65,7 @@ def add_parser(commands) -> None:
     a.add_argument("--model", default="demo")
     a.add_argument("--method", choices=METHODS, default="otsu", help="head mask threshold (default otsu)")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    a.add_argument("--device", default="auto", choices=DEVICES)
     a.add_argument("--overwrite", action="store_true")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(run=run_anonymize)
@@ -106,7 +107,7 @@ def run_anonymize(args: argparse.Namespace) -> int:
     scan = read_mask(args.scan, "scan")
     head = auto_head_mask(scan, method=args.method)
     stem, _ = split_image_name(args.scan)
-    tissue = "brain" if "brain" in model.family.condition_names else "head"
+    tissue = model.family.tissue_name
     labels = f"{tissue}=1," + ",".join(f"{n}={100 + i}" for i, n in enumerate(model.family.condition_names)
                                       if n != tissue)  # no tumour: the other tissues get unused values
     progress, state = _progress_bar(args.quiet)

@@ -1,8 +1,7 @@
 """``medddpm-synth models ...``: list, import, verify, remove and describe the stored checkpoints.
 
 The main command line adds this with :func:`add_parser` and calls :func:`run`; a ``MedDDPMError``
-propagates to it (it prints ``error: <message>`` and exits with ``error.exit_code``). :func:`main`
-does the same for standalone use and tests.
+propagates to it (it prints ``error: <message>`` and exits with ``error.exit_code``).
 """
 
 from __future__ import annotations

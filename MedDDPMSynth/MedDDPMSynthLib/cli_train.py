@@ -14,7 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoint import _atomic_write, infer_config, model_options, read_state_dict
+from .devices import DEVICES
+from .checkpoint import infer_config, model_options, read_state_dict
+from .outputs import atomic_write
 from . import errors
 from .errors import CheckpointError, GenerationCancelled, InputError, OutputError
 from .families import FAMILIES, family_for_channels
@@ -108,7 +110,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run_group.add_argument("--save-every", type=int, help="checkpoint interval in steps (default 1000)")
     run_group.add_argument("--log-every", type=int, help="log interval in steps (default 1)")
     run_group.add_argument("--workers", type=int, help="data loading processes (default 0: in the main process)")
-    run_group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
+    run_group.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     run_group.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
                            help="continue from CKPT (default OUTDIR/model-last.pt) and its .train-state.pt")
     run_group.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty output folder")
@@ -216,4 +218,4 @@ def _write_config(args: argparse.Namespace, config: TrainConfig, trainer: Traine
         "device": str(trainer.device), "resumed_from": None if args.resume is None else str(_resume_path(args)),
     }
     text = json.dumps(info, indent=2)
-    _atomic_write(args.output / "config.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(args.output / "config.json", lambda tmp: Path(tmp).write_text(text))

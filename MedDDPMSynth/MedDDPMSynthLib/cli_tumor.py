@@ -17,7 +17,8 @@ import SimpleITK as sitk
 from . import tumor_edit
 from .errors import InputError
 from .families import FAMILIES
-from .geometry import read_mask
+from .geometry import ras_to_lps
+from .mask_io import read_mask
 from .labels import ALIASES, LabelMapping, check_values, to_official
 from .outputs import StagedOutput, check_destinations, check_folder_name, check_name_lengths, split_image_name
 
@@ -154,7 +155,7 @@ def _guess_family(mask: sitk.Image, labels: str | None) -> str:
 def _lps(values, args) -> list[float]:
     """RAS -> LPS: negate x and y. Angles too: F Rz Ry Rx F = Rz(az) Ry(-ay) Rx(-ax) for F = diag(-1, -1, 1)."""
     values = list(values)
-    return [-values[0], -values[1], values[2]] if args.ras else values
+    return ras_to_lps(values) if args.ras else values
 
 
 def _single_edit(args, label_map, family):

@@ -1,7 +1,9 @@
 """Where a synthetic dataset's files go, and its index files: dataset.json, manifest.csv, contact sheet.
 
 ``nnunet`` (default) is the nnU-Net v2 raw layout: ``imagesTr/<case>_<CCCC>.nii.gz`` (one file per
-modality), ``labelsTr/<case>.nii.gz``, ``dataset.json``. ``folders`` is the layout ``medddpm-synth train``
+modality), ``labelsTr/<case>.nii.gz``, ``dataset.json``. It is the one nnU-Net writer of the project: the
+Slicer module's export (``MedDDPMSynthSlicerLib.export``) adds its cases through :class:`Layout` and
+:func:`updated_dataset_json`, so both write the same channel names and labels into one folder. ``folders`` is the layout ``medddpm-synth train``
 reads: ``masks/<case>.nii.gz`` and ``images/<case>.nii.gz`` (BraTS ``images/<case>_<modality>.nii.gz``).
 Both add ``provenance/<case>.json``, ``manifest.csv``, ``contact_sheet.png``, the run settings
 ``medddpm_dataset.json`` and per-process logs in ``logs/``.
@@ -28,7 +30,6 @@ from .outputs import atomic_write, preview_png
 FORMATS = ("nnunet", "folders")
 FILE_ENDING = ".nii.gz"
 MANIFEST_COLUMNS = ("case", "mask", "mask_sha256", "edit", "sample", "seed", "files")
-CHANNEL_NAMES = {"t1c": "T1c", "t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 CONTACT_SHEET_CASES = 36  # the first cases by id; enough to eyeball a run, cheap to redraw
 CONTACT_SHEET_COLUMNS = 6
 
@@ -122,17 +123,46 @@ def write_manifest(layout: Layout, rows: dict[str, dict]) -> None:
     atomic_write(layout.manifest, lambda p: p.write_text(text))
 
 
-def nnunet_dataset_json(family: Family, num_training: int) -> dict:
-    """nnU-Net v2 dataset.json: the family's official labels (consecutive already: BraTS 4 = brain)."""
+DESCRIPTION = ("Synthetic MRI made by medddpm-synth (Med-DDPM) from label masks; "
+               "per-case provenance in provenance/<case>.json")
+
+
+def nnunet_dataset_json(family: Family, num_training: int, description: str = DESCRIPTION) -> dict:
+    """nnU-Net v2 dataset.json: the family's channel names and official labels (consecutive already:
+    BraTS 4 = brain)."""
     labels = {"background": 0, **{n: v for v, n in sorted(zip(family.condition_labels, family.condition_names))}}
     return {
-        "channel_names": {str(c): CHANNEL_NAMES.get(m, m) for c, m in enumerate(family.modalities)},
+        "channel_names": {str(c): name for c, name in enumerate(family.channel_names)},
         "labels": labels,
         "numTraining": int(num_training),
         "file_ending": FILE_ENDING,
-        "description": "Synthetic MRI made by medddpm-synth (Med-DDPM) from label masks; "
-                       "per-case provenance in provenance/<case>.json",
+        "description": description,
     }
+
+
+def updated_dataset_json(layout: Layout, num_training: int, description: str = DESCRIPTION) -> dict:
+    """The folder's dataset.json for ``num_training`` cases: the existing one with its count updated, or a
+    new one. An existing file that describes other channels or labels (another family's dataset) is refused."""
+    wanted = nnunet_dataset_json(layout.family, num_training, description)
+    if not layout.dataset_json.is_file():
+        return wanted
+    path = layout.dataset_json
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{path} is not valid JSON; fix or delete it, or export into another folder") from None
+    if not isinstance(existing, dict) or existing.get("channel_names") != wanted["channel_names"] \
+            or existing.get("labels") != wanted["labels"]:
+        found = existing.get("channel_names") if isinstance(existing, dict) else None
+        raise InputError(f"{path} describes other channels or labels ({found}; these cases have "
+                         f"{wanted['channel_names']}); export these volumes into another dataset folder")
+    return {**existing, "numTraining": int(num_training)}
+
+
+def case_ids(layout: Layout) -> set[str]:
+    """The cases whose label file the folder holds."""
+    folder = layout.label("x").parent
+    return {p.name[: -len(FILE_ENDING)] for p in folder.glob(f"*{FILE_ENDING}")} if folder.is_dir() else set()
 
 
 def _thumbnail(layout: Layout, case: str, tumour_labels: list[int]) -> np.ndarray:

@@ -24,7 +24,8 @@ import SimpleITK as sitk
 from . import tumor_edit
 from .errors import InputError
 from .families import Family
-from .outputs import image_extension, split_image_name
+from .mask_io import list_images
+from .outputs import split_image_name
 
 EDITS = ("none", "shift-grid", "scale-sweep")
 ORIGINAL = "orig"  # the variant name of the unedited mask (always part of the dataset)
@@ -101,7 +102,7 @@ def list_masks(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"the masks folder {folder} does not exist or is not a folder; check --masks")
-    masks = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_extension(p))
+    masks = list_images(folder)
     if not masks:
         raise InputError(f"no mask files (.nii.gz, .nii, .nrrd, .mha) in {folder}; put one label map per case there")
     stems: dict[str, Path] = {}

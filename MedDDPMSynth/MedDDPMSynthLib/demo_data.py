@@ -6,7 +6,7 @@ elastic, bias field, gamma, noise) and a random synthetic tumour per case (necro
 oedema, optional mass effect). Case ``i`` depends only on ``(seed, i)``: building is resumable.
 Labels: whole-head family, 0 background, 1 brain (plays "head"), 2 tumour. Sub-structure map: BraTS
 values, 1 necrotic, 2 oedema, 3 enhancing, 4 brain. Images: skull-stripped T1 brains (0 outside the mask),
-float32 in [0, 1]; the trainer applies the model's normalisation (reference section 4.3).
+float32 in [0, 1]; the trainer applies the model's normalisation (normalisation.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .families import WHOLE_HEAD
-from .geometry import CANONICAL_DIRECTIONS, plan_physical
+from .geometry import plan_physical
 from .outputs import atomic_write as _atomic_write
 
 TEMPLATE_FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
@@ -311,7 +311,7 @@ def make_pair(template: Template, rng: np.random.Generator, grid_xyz=WHOLE_HEAD.
     work = _working(template, float(np.clip(min(spacing_mm), 1.0, 4.0)))
     t1, sub, info = _add_tumour(rng, work, radius_mm, mass_effect)
     plan = plan_physical(_as_image(work.brain, work.reference), grid_xyz, spacing_mm,
-                         CANONICAL_DIRECTIONS["whole_head"])
+                         WHOLE_HEAD.direction)
     grid = plan.model_grid.reference_image()
     transform, info["augmentation"] = _spatial_transform(rng, grid) if augment else (sitk.Transform(), None)
     sub_out = sitk.Resample(_as_image(sub, work.reference), grid, transform, sitk.sitkNearestNeighbor, 0)
@@ -331,7 +331,7 @@ def _dataset_meta(n, seed, grid_xyz, spacing_mm, folder: Path) -> dict:
         "format": "medddpm-synth demo dataset", "generator_version": GENERATOR_VERSION,
         "n": int(n), "seed": int(seed),
         "grid_xyz": [int(v) for v in grid_xyz], "spacing_mm": [float(v) for v in spacing_mm],
-        "direction": list(CANONICAL_DIRECTIONS["whole_head"]),
+        "direction": list(WHOLE_HEAD.direction),
         "pairs": "masks/case_NNNN.nii.gz <-> images/case_NNNN.nii.gz (same stem); case i uses rng seed [seed, i]",
         "labels": {"0": "background", "1": "brain (the whole-head family's head label)", "2": "tumour"},
         "substructures": {str(v): k for k, v in SUBSTRUCTURES.items()},

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .model_options import PREDICTIONS
-from .schedule import BUFFER_NAMES, cosine_betas, schedule_buffers
+from .schedule import cosine_betas, schedule_buffers
 from .unet import UNet3D, UNetConfig
 
 
@@ -67,9 +67,6 @@ class GaussianDiffusion(nn.Module):
     @property
     def condition_channels(self) -> int:
         return self.config.in_channels - self.config.out_channels
-
-    def buffers_dict(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in BUFFER_NAMES}
 
     def network(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The raw network output; it sees the noisy image channels first, the condition channels after."""

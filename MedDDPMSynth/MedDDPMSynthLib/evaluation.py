@@ -27,8 +27,8 @@ import SimpleITK as sitk
 import torch
 
 from .errors import InputError
-from .mask_io import _check_nifti_data
-from .outputs import image_extension, preview_png, split_image_name
+from .mask_io import list_images, read_mask
+from .outputs import preview_png, split_image_name
 
 MS_SSIM_KERNEL, MS_SSIM_SIGMA = 7, 1.5
 MS_SSIM_WEIGHTS = tuple(w / (0.0448 + 0.2856 + 0.3001) for w in (0.0448, 0.2856, 0.3001))
@@ -173,8 +173,7 @@ def _images_in(folder, what: str) -> dict[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"the {what} folder {folder} does not exist or is not a folder; check the path")
-    files = {split_image_name(p)[0]: p for p in sorted(folder.iterdir())
-             if p.is_file() and not p.name.startswith(".") and image_extension(p)}
+    files = {split_image_name(p)[0]: p for p in list_images(folder)}
     if not files:
         raise InputError(f"the {what} folder {folder} holds no .nii.gz/.nii/.nrrd/.mha images")
     return files
@@ -211,18 +210,9 @@ def find_cases(generated_dir, reference_dir=None, masks_dir=None) -> tuple[list[
 
 
 def _read(path: Path, shape=None) -> np.ndarray:
-    _check_nifti_data(Path(path), "image")  # ITK reads NIfTI NaN as 0: an all-NaN image would score as black
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise InputError(f"{path} could not be read as an image; remove it or replace it") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path} is not a scalar 3-D volume; evaluate compares 3-D images")
+    # the engine's checked reader: NaN would turn every metric into noise (and ITK reads NIfTI NaN as 0)
+    image = read_mask(path, "image")
     array = sitk.GetArrayFromImage(image)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():  # NaN would turn every metric into noise
-        bad = int(array.size - np.isfinite(array).sum())
-        raise InputError(f"{path} has {bad:,} NaN or infinite voxels of {array.size:,}; metrics need finite images: "
-                         "regenerate it, or move it out of the folder")
     if shape is not None and array.shape != shape:
         raise InputError(f"{path} has size {image.GetSize()}, unlike the other files of its case; "
                          "compare images on the same grid")
@@ -320,3 +310,20 @@ def _concatenate(panels: list[np.ndarray], axis: int, gap: int = 6) -> np.ndarra
         pad[other], pad[axis] = (0, size - panel.shape[other]), (0, gap)
         padded.append(np.pad(panel, pad))
     return np.concatenate(padded, axis=axis)
+
+
+def seam_score(image: sitk.Image, region: sitk.Image, band: int = 3) -> dict:
+    """Mean gradient magnitude on the region's boundary and in ``band``-voxel bands just inside and just
+    outside it; a visible seam shows as a boundary value well above both bands."""
+    # copies, not views: a view of a temporary image reads freed memory once the image is collected
+    gradient = sitk.GetArrayFromImage(sitk.GradientMagnitude(sitk.Cast(image, sitk.sitkFloat32)))
+
+    def grown(radius: int) -> np.ndarray:
+        op = sitk.BinaryDilate if radius > 0 else sitk.BinaryErode
+        return sitk.GetArrayFromImage(op(region, [abs(radius)] * 3) if radius else region) > 0
+
+    boundary = grown(1) & ~grown(-1)
+    inside = grown(-1) & ~grown(-1 - band)
+    outside = grown(1 + band) & ~grown(1)
+    mean = lambda m: float(gradient[m].mean()) if m.any() else float("nan")  # noqa: E731
+    return {"boundary": mean(boundary), "inside": mean(inside), "outside": mean(outside)}

@@ -25,21 +25,36 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .mask_io import MASK_SUFFIXES, read_mask  # noqa: F401 (re-exported: the geometry layer's input)
-
-# Directions (row-major, as SimpleITK reports them) of the grids the released weights were trained on,
-# read with SimpleITK 2.5 from the official example masks:
-#   whole_head: med-ddpm-samples/whole_head/mask/sample_0.nii.gz (128^3, 1.5 mm, RAS affine in NIfTI terms)
-#   brats:      med-ddpm-samples/brats2021/seg/BraTS2021_00529_seg.nii.gz (192x192x144, 1 mm, LPS affine)
-CANONICAL_DIRECTIONS: dict[str, tuple[float, ...]] = {
-    "whole_head": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),
-    "brats": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
-}
+from .labels import check_values
 
 # ------------------------------------------------------------------------------------------- grids
 
 
-def _grid_of(image: sitk.Image) -> dict:
+#: Slicer's RAS and ITK's LPS differ by the sign of the first two axes (the one RAS <-> LPS conversion)
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def ras_to_lps(values) -> list[float]:
+    """A RAS vector, point, or rotation angles about R, A, S (degrees) in LPS terms (its own inverse)."""
+    x, y, z = (float(v) for v in values)
+    return [-x, -y, z]
+
+
+#: "the same grid" for images that went through files or scenes: equal sizes, and spacing, origin (mm) and
+#: direction cosines within this (headers keep some values in float32: about 1e-5 mm of round-off)
+SAME_GRID_TOLERANCE = 1e-4
+#: a GridMapping is used on the very grid it was planned from (values copied from that image): float64 noise only
+PLANNED_GRID_TOLERANCE = 1e-6
+
+
+def same_grid(a: "sitk.Image | dict", b: "sitk.Image | dict", tolerance: float = SAME_GRID_TOLERANCE) -> bool:
+    """Whether two images (or :func:`grid_of` dicts) lie on the same voxel grid: the one same-grid test."""
+    a, b = (grid_of(g) if isinstance(g, sitk.Image) else g for g in (a, b))
+    return [int(v) for v in a["size"]] == [int(v) for v in b["size"]] and all(
+        np.allclose(a[k], b[k], atol=tolerance) for k in ("spacing", "origin", "direction"))
+
+
+def grid_of(image: sitk.Image) -> dict:
     """JSON-able geometry of an image; Python floats keep SimpleITK's doubles exactly."""
     return {
         "size": [int(v) for v in image.GetSize()],
@@ -109,7 +124,7 @@ class GridMapping:
             resized = sitk.Resample(
                 mask, self.model_grid.reference_image(), sitk.Transform(), sitk.sitkNearestNeighbor, 0
             )
-        return _integer_labels(sitk.GetArrayFromImage(resized).transpose(2, 1, 0))
+        return check_values(sitk.GetArrayFromImage(resized).transpose(2, 1, 0))
 
     def image_to_model(self, image: sitk.Image, background: float = 0.0) -> np.ndarray:
         """A float image on the input grid as a float32 array (X, Y, Z) on the model grid (linear;
@@ -155,11 +170,7 @@ class GridMapping:
         return _count_outside(mask, _label_set(mask, labels), self.model_grid)
 
     def _check_input(self, mask: sitk.Image) -> None:
-        grid = _grid_of(mask)
-        same = grid["size"] == self.input_grid["size"] and all(
-            np.allclose(grid[k], self.input_grid[k], atol=1e-6) for k in ("spacing", "origin", "direction")
-        )
-        if not same:
+        if not same_grid(mask, self.input_grid, PLANNED_GRID_TOLERANCE):
             raise ValueError("this mask is not on the grid the mapping was planned for; plan again for this mask")
 
     def to_dict(self) -> dict:
@@ -208,7 +219,7 @@ def plan_physical(mask: sitk.Image, grid_xyz, spacing_mm, direction, foreground_
     )
     cropped = _count_outside(mask, foreground, grid) / int(foreground.sum())
     labels = None if foreground_labels is None else tuple(int(v) for v in foreground_labels)
-    return GridMapping("physical", grid, _grid_of(mask), float(cropped), labels)
+    return GridMapping("physical", grid, grid_of(mask), float(cropped), labels)
 
 
 def plan_official(mask: sitk.Image, grid_xyz) -> GridMapping:
@@ -223,7 +234,7 @@ def plan_official(mask: sitk.Image, grid_xyz) -> GridMapping:
     if len(size) != 3 or min(size) < 1:
         raise ValueError(f"grid_xyz must be three positive sizes, got {grid_xyz}")
     grid = ModelGrid(size, mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection())
-    return GridMapping("official", grid, _grid_of(mask))
+    return GridMapping("official", grid, grid_of(mask))
 
 
 def _checked_grid_args(grid_xyz, spacing_mm, direction):
@@ -298,11 +309,3 @@ def _index_space_resize(mask: sitk.Image, size_xyz, interpolator=sitk.sitkNeares
         plain, [int(v) for v in size_xyz], sitk.Transform(), interpolator, origin.tolist(),
         scale.tolist(), plain.GetDirection(), 0, plain.GetPixelID(),
     )
-
-
-def _integer_labels(labels: np.ndarray) -> np.ndarray:
-    if labels.dtype.kind != "f":
-        return labels
-    if not np.array_equal(labels, np.round(labels)):
-        raise InputError("the mask has non-integer values; give an integer label map (not a probability map)")
-    return labels.astype(np.int32)

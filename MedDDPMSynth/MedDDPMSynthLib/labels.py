@@ -180,9 +180,7 @@ def _anatomy_findings(official: sitk.Image, family: Family) -> tuple[list[str], 
 
 
 def _tissue_of(family: Family) -> tuple[str, int]:
-    """The non-tumour tissue of a family (whole-head: head, BraTS: brain) and its official label."""
-    name = family.condition_names[-1] if family is BRATS else family.condition_names[0]
-    return name, family.condition_labels[family.condition_names.index(name)]
+    return family.tissue_name, family.tissue_label
 
 
 def _detached_components(official: sitk.Image, family: Family):

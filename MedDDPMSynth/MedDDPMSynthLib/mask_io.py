@@ -1,4 +1,5 @@
-"""Reading label masks (NIfTI, NRRD, MetaImage) with every check that must come before any geometry.
+"""Reading label masks and images (NIfTI, NRRD, MetaImage) with every check that must come before any
+geometry, and listing the image files of a folder: the one checked reader of the engine.
 
 A mask must be one scalar 3-D volume of finite values, of a sane size. ITK's NIfTI reader hides two
 problems (it zero-fills truncated files and turns NaN into 0), so NIfTI voxel data are checked directly.
@@ -17,6 +18,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .labels import MAX_VOXELS
+from .outputs import image_extension
 
 MASK_SUFFIXES = ".nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
 
@@ -59,13 +61,24 @@ def read_mask(path, role: str = "mask") -> sitk.Image:
     except RuntimeError:
         raise InputError(
             f"{path} could not be read as an image (corrupt, incomplete or unsupported format); "
-            f"give a {MASK_SUFFIXES} label file"
+            f"give a {MASK_SUFFIXES} {'label' if role == 'mask' else role} file"
         ) from None
     _check_not_single_slice(path, image)
     _check_spacing(path, image.GetSpacing())
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         _check_finite(path, image, role)
     return image
+
+
+def read_image(path, role: str = "image") -> sitk.Image:
+    """A scalar 3-D intensity image as float32 with every check of :func:`read_mask` (readable, one 3-D
+    volume, sane size and spacing, finite values); ``role`` names it in messages ("image", "scan"...)."""
+    return sitk.Cast(read_mask(path, role), sitk.sitkFloat32)
+
+
+def list_images(folder) -> list[Path]:
+    """The image files at the top of ``folder`` (sorted; hidden files such as staging leftovers skipped)."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".") and image_extension(p))
 
 
 def _check_spacing(path: Path, spacing) -> None:

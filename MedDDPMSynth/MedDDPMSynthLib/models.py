@@ -31,7 +31,6 @@ from .catalogue import (  # noqa: F401 (part of this module's interface)
     HOME_ENV,
     CatalogueError,
     _find,
-    _new_temp_file,
     _read_catalogue,
     _unlink_quietly,
     _write_catalogue,
@@ -41,11 +40,12 @@ from .catalogue import (  # noqa: F401 (part of this module's interface)
     models_dir,
 )
 from .checkpoint import (
-    file_sha256, infer_config, load_checkpoint, model_options, read_state_dict, run_config_beside, save_safetensors,
+    file_sha256, infer_config, load_checkpoint, model_options, read_state_dict, save_safetensors,
 )
 from .api import check_grid_size
+from .model_grid import training_grid
 from .errors import CheckpointError, InputError, MedDDPMError, OutputError
-from .outputs import check_destinations
+from .outputs import atomic_write, check_destinations, new_temp_file
 from .families import family_for_channels
 from .resources import demo_model_file
 
@@ -53,16 +53,11 @@ DEMO_NAME = "demo"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,16}")
 
-_REPO = Path(__file__).resolve().parents[2]
 #: source tree, installed Slicer extension or pip wheel: see MedDDPMSynthLib.resources
 BUNDLED_DEMO = demo_model_file()
-TEST_DEMO = _REPO / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt"
 BUNDLED_NOTE = "bundled demo model"
 #: names another file to use as "demo" (the test suite points it at the tiny random model, for speed)
 DEMO_ENV = "MEDDDPMSYNTH_DEMO_MODEL"
-# the tiny test model has no trained grid; 32^3 voxels of 6 mm cover a head's 192 mm and run in seconds
-TEST_DEMO_GRID, TEST_DEMO_SPACING = (32, 32, 32), (6.0, 6.0, 6.0)
-TEST_DEMO_NOTE = f"tiny random test model, not trained (chosen by {DEMO_ENV})"
 
 # sha256 -> {"name": "model_128.pt", "family": ..., "grid_xyz": [...], "spacing_mm": [...]}.
 # Empty on purpose: the sha256 of an official release is added here only once it has been verified
@@ -112,18 +107,6 @@ def _check_spacing(spacing: object) -> list[float]:
     return [float(v) for v in values]
 
 
-def _metadata_triple(metadata: dict[str, str], key: str, cast, path: Path) -> list | None:
-    value = metadata.get(key)
-    if not value:
-        return None
-    try:
-        return [cast(v) for v in value.split(",")]
-    except ValueError:
-        raise CheckpointError(
-            f"{path} has malformed '{key}' metadata ({value!r}); give the grid with --grid and --spacing"
-        ) from None
-
-
 def _describe(path: Path, grid_xyz: Sequence[int] | None = None, spacing_mm: Sequence[float] | None = None) -> dict:
     """Entry fields that come from the file itself; loading it is the validation."""
     diffusion, info = load_checkpoint(path)  # CheckpointError propagates with its message intact
@@ -131,14 +114,7 @@ def _describe(path: Path, grid_xyz: Sequence[int] | None = None, spacing_mm: Seq
     family = family_for_channels(config.in_channels, config.out_channels)
     sha256 = file_sha256(path)
     known = KNOWN_RELEASES.get(sha256, {})
-    # an explicit argument wins, then the file's own metadata, then its training run, a known release, the family
-    run = run_config_beside(path)
-    if grid_xyz is None:
-        grid_xyz = (_metadata_triple(info.metadata, "grid_xyz", int, path) or run.get("grid_xyz")
-                    or known.get("grid_xyz") or family.grid_xyz)
-    if spacing_mm is None:
-        spacing_mm = (_metadata_triple(info.metadata, "spacing_mm", float, path)
-                      or run.get("spacing_mm") or known.get("spacing_mm") or family.spacing_mm)
+    grid_xyz, spacing_mm, _ = training_grid(path, info, family, grid_xyz, spacing_mm, known)
     entry = {
         "family": family.name,
         "grid_xyz": _check_grid(grid_xyz, config.divisor),
@@ -164,7 +140,7 @@ def _stored_suffix(source: Path, container: str) -> str:
 
 def _copy_to_temp(source: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_file(folder, ".import")
+    tmp = new_temp_file(folder, ".import")
     try:
         shutil.copyfile(source, tmp)
     except BaseException:
@@ -177,7 +153,7 @@ def _move_aside(path: Path) -> Path | None:
     """Rename an existing file out of the way so that a failed import can put it back."""
     if not path.exists():
         return None
-    aside = _new_temp_file(path.parent, f".{path.name}.old")
+    aside = new_temp_file(path.parent, f".{path.name}.old")
     os.replace(path, aside)
     return aside
 
@@ -260,7 +236,8 @@ def export_model(
     This is how a trained run becomes a shippable model (the bundled demo model is made this way): the
     optimiser state and the raw weights are dropped, floats are cast to ``dtype`` (the schedule buffers
     stay fp32) and ``grid_xyz``/``spacing_mm`` travel inside the file, so ``--model FILE`` needs no
-    options. Grid and spacing default to the training run's ``config.json`` beside the checkpoint.
+    options. Grid and spacing default to the file's metadata, else the training run's ``config.json`` beside
+the checkpoint (:func:`model_grid.training_grid`).
     Returns the new file's description (as in the catalogue).
     """
     source, destination = Path(source).expanduser(), Path(destination).expanduser()
@@ -272,9 +249,7 @@ def export_model(
     check_destinations([destination], overwrite, inputs=[source])
     state, info = read_state_dict(source)
     config, _ = infer_config(state, source)
-    run_config = run_config_beside(source)
-    grid = grid_xyz or run_config.get("grid_xyz") or _metadata_triple(info.metadata, "grid_xyz", int, source)
-    spacing = spacing_mm or run_config.get("spacing_mm") or _metadata_triple(info.metadata, "spacing_mm", float, source)
+    grid, spacing, _ = training_grid(source, info, None, grid_xyz, spacing_mm)
     if not grid or not spacing:
         raise InputError(f"the grid of {source} is unknown; give it with --grid X,Y,Z and --spacing A,B,C")
     grid, spacing = _check_grid(list(grid), config.divisor), _check_spacing(list(spacing))
@@ -289,16 +264,13 @@ def export_model(
 @lru_cache(maxsize=4)
 def _describe_demo(path: str, size: int, mtime_ns: int) -> dict:
     # keyed on size and mtime: listing models must not re-hash an unchanged file every time
-    if Path(path) == TEST_DEMO.resolve():
-        return _describe(Path(path), TEST_DEMO_GRID, TEST_DEMO_SPACING)
     return _describe(Path(path))
 
 
 def demo_entry() -> dict:
     """The synthesised catalogue entry of the built-in demo model."""
     path = demo_model_path()
-    note = BUNDLED_NOTE if path == BUNDLED_DEMO else TEST_DEMO_NOTE if path == TEST_DEMO.resolve() else (
-        f"{path.name}, chosen by {DEMO_ENV}")
+    note = BUNDLED_NOTE if path == BUNDLED_DEMO else f"{path.name}, chosen by {DEMO_ENV}"
     entry: dict[str, Any] = {"name": DEMO_NAME, "builtin": True, "note": note, "file": path.name, "source": str(path)}
     if not path.is_file():
         return {**entry, "available": False, "note": f"not installed (expected {path})"}
@@ -432,11 +404,9 @@ def check_unchanged(entry: dict, path: Path) -> None:
         raise _changed(entry, path, f"its sha256 is {actual[:16]}... instead of {str(entry.get('sha256'))[:16]}...")
     cache[entry["file"]] = [*key, actual]
     try:  # best effort: a read-only data home only costs a re-hash next time
-        tmp = _new_temp_file(cache_path.parent, VERIFIED_CACHE)
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_path)
-    except OSError:
-        _unlink_quietly(locals().get("tmp"))
+        atomic_write(cache_path, lambda tmp: tmp.write_text(json.dumps(cache)))
+    except OutputError:
+        pass
 
 
 def remove(name: str) -> dict:

@@ -1,6 +1,6 @@
 """The intensity normalisation the models were trained with, invertible; one home for training and insertion.
 
-``official`` (reference section 4.3, what the released weights need): whole-head, every slice along the
+``official`` (what the released weights need, as the official training scripts do it): whole-head, every slice along the
 third NIfTI axis (Z) min-max to [0, 1] (constant slice -> 0), then 2v - 1 (the official scikit-learn
 MinMaxScaler on (X*Y, Z)); BraTS, each modality volume min-max to [-1, 1].
 ``robust-volume`` (our own models' default): the whole volume from its 0.5th to 99.5th percentile inside

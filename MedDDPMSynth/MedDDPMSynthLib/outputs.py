@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -87,16 +88,40 @@ def check_disk_space(folder: Path, needed_bytes: int) -> None:
         )
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a hidden temporary name in the same folder, then rename: no half-written files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    temporary = path.with_name(f".{path.name[: len(path.name) - len(suffix)]}.{os.getpid()}.tmp{suffix}")
+def new_temp_file(folder: Path, stem: str, suffix: str = "") -> Path:
+    """A new empty hidden file ``<stem>.<random>.tmp<suffix>`` in ``folder`` (same file system as the
+    destination: the rename is atomic). Unlike mkstemp's 0600 files it gets the usual permissions (umask),
+    so that a data home shared by a group stays readable after the rename."""
+    while True:
+        path = Path(folder) / f"{stem}.{secrets.token_hex(6)}.tmp{suffix}"
+        try:
+            with open(path, "xb"):
+                return path
+        except FileExistsError:
+            continue
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = False) -> None:
+    """The one write-then-rename: ``write(temporary)`` writes a hidden file in the same folder, which then
+    replaces ``path``, so readers see the old file or the new one, never half of one. ``durable``: the data
+    reach the disk (fsync) before the rename, for files whose loss costs more than a re-run (checkpoints,
+    the model catalogue). A failed write (full disk, no permission) is one :class:`OutputError`."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if image_extension(path) == ".nii.gz" else path.suffix  # writers read it
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = new_temp_file(path.parent, f".{path.name[: len(path.name) - len(suffix)]}", suffix)
         write(temporary)
+        if durable:
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as exc:  # torch.save and SimpleITK report a full disk as RuntimeError
+        raise OutputError(f"cannot write {path}: {short_reason(exc)}; {write_advice(exc)}") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
 
 
 class StagedOutput:

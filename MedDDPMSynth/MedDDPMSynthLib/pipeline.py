@@ -20,9 +20,9 @@ from . import __version__
 from .api import SynthesisModel, check_grid_size
 from .checkpoint import file_sha256
 from .errors import InputError
-from .geometry import CANONICAL_DIRECTIONS, GridMapping, plan_official, plan_physical, read_mask
+from .geometry import GridMapping, plan_official, plan_physical
 from .labels import LabelMapping, detached_tumour, to_official
-from .mask_io import check_mask_path
+from .mask_io import check_mask_path, read_mask
 from .outputs import (
     StagedOutput,
     check_destinations,
@@ -102,8 +102,14 @@ def _plan_outputs(request: GenerateRequest, modalities: tuple[str, ...]) -> Outp
         return OutputPlan([[out.with_name(f"{stem}_{m}{ext}") for m in modalities]])
     stem, ext = split_image_name(Path(request.mask))
     ext = {".nhdr": ".nrrd", ".mhd": ".mha", "": ".nii.gz"}.get(ext, ext)  # single-file formats only
-    images = [[out / f"{stem}_s{n:02d}_{m}{ext}" for m in modalities] for n in range(request.samples)]
+    images = sample_files(out, stem, ext, request.samples, modalities)
     return OutputPlan(images, out / f"{stem}_mask{ext}", out / "provenance.json", out / "preview.png")
+
+
+def sample_files(folder: Path, stem: str, ext: str, samples: int, modalities: tuple[str, ...]) -> list[list[Path]]:
+    """The one naming rule of the images a folder output holds: ``STEM_sNN_MODALITY.EXT`` per sample and
+    modality (the Slicer module reads the engine's results by it)."""
+    return [[Path(folder) / f"{stem}_s{n:02d}_{m}{ext}" for m in modalities] for n in range(samples)]
 
 
 def _check_request(request: GenerateRequest) -> None:
@@ -135,9 +141,8 @@ def _plan_geometry(request: GenerateRequest, model: SynthesisModel, official: si
         "for another model give --grid, or import it with 'medddpm-synth models import PATH --grid X,Y,Z --spacing A,B,C'"]
     if request.geometry == "official":
         return plan_official(official, grid), notes
-    direction = CANONICAL_DIRECTIONS.get(model.family.name, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     planning = _without_stray_tumour(official, model)  # a brush slip far from the head must not move the grid
-    mapping = plan_physical(planning, grid, model.spacing_mm, direction)
+    mapping = plan_physical(planning, grid, model.spacing_mm, model.family.direction)
     tumour = tumour_labels(model)
     outside = mapping.outside_voxels(planning, tumour)
     if outside:
@@ -170,8 +175,7 @@ def _without_stray_tumour(official: sitk.Image, model: SynthesisModel) -> sitk.I
 
 
 def tumour_labels(model: SynthesisModel) -> list[int]:
-    tissue = {"head", "brain"}
-    return [v for n, v in zip(model.family.condition_names, model.family.condition_labels) if n not in tissue]
+    return list(model.family.tumour_labels)
 
 
 def prepare_labels(request: GenerateRequest, model: SynthesisModel) -> tuple[sitk.Image, np.ndarray, GridMapping, list[str]]:

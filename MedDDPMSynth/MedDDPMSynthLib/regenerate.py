@@ -17,7 +17,8 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .families import Family
-from .geometry import GridMapping, read_mask
+from .geometry import GridMapping, same_grid
+from .mask_io import read_image, read_mask
 from .labels import to_official
 from .outputs import split_image_name
 
@@ -32,10 +33,7 @@ class PreviousResult:
 def _read_image(path: Path) -> sitk.Image:
     if not path.is_file():
         raise InputError(f"previous image not found: {path}; give the image written by the earlier run")
-    try:
-        return sitk.ReadImage(str(path), sitk.sitkFloat32)
-    except RuntimeError:
-        raise InputError(f"cannot read previous image {path}; give a NIfTI/NRRD/MHA image") from None
+    return read_image(path, "previous image")
 
 
 def previous_image_paths(keep: Path, modalities: tuple[str, ...]) -> list[Path]:
@@ -78,13 +76,6 @@ def load_previous(keep: Path, previous_mask: Path | None, family: Family, intens
     return PreviousResult(images, previous_intensity, to_official(read_mask(previous_mask), family))
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return a.GetSize() == b.GetSize() and all(
-        np.allclose(x, y, atol=1e-4) for x, y in
-        ((a.GetSpacing(), b.GetSpacing()), (a.GetOrigin(), b.GetOrigin()), (a.GetDirection(), b.GetDirection()))
-    )
-
-
 #: a margin beyond this covers a whole head anyway, and a ball of that many voxels takes hours to dilate
 MAX_MARGIN_MM = 100.0
 
@@ -102,10 +93,9 @@ def check_margin(margin_mm: float) -> None:
 
 def regeneration_region(old: sitk.Image, new: sitk.Image, family: Family, margin_mm: float) -> sitk.Image:
     """uint8 mask on the new mask's grid: old tumour, new tumour and their surroundings within the margin."""
-    if not _same_grid(old, new):
+    if not same_grid(old, new):
         raise InputError("the previous mask and the new mask are on different grids; edit the previous mask, do not resample it")
-    tissue = {"head", "brain"}
-    tumour_labels = [v for n, v in zip(family.condition_names, family.condition_labels) if n not in tissue]
+    tumour_labels = list(family.tumour_labels)
     union = sitk.Or(_is_any(old, tumour_labels), _is_any(new, tumour_labels))
     if margin_mm > 0:
         radius = [max(1, math.ceil(margin_mm / s)) for s in new.GetSpacing()]
@@ -124,7 +114,7 @@ def _is_any(image: sitk.Image, labels: list[int]) -> sitk.Image:
 def model_inputs(previous: PreviousResult, region: sitk.Image, mapping: GridMapping) -> tuple[np.ndarray, np.ndarray]:
     """Previous images (C, X, Y, Z) in [-1, 1] and the boolean region (X, Y, Z), on the model grid."""
     for image in previous.images:
-        if not _same_grid(image, region):
+        if not same_grid(image, region):
             raise InputError("the previous image is not on the new mask's grid; regenerate from the mask it was made for")
     arrays = [mapping.image_to_model(image, background=-1.0) for image in previous.images]
     known = np.stack(arrays)
@@ -145,20 +135,3 @@ def composite(new: sitk.Image, previous: sitk.Image, region: sitk.Image) -> sitk
     out = sitk.GetImageFromArray(np.where(inside, values, before).astype(before.dtype))
     out.CopyInformation(previous)
     return out
-
-
-def seam_score(image: sitk.Image, region: sitk.Image, band: int = 3) -> dict:
-    """Mean gradient magnitude on the region's boundary and in ``band``-voxel bands just inside and just
-    outside it; a visible seam shows as a boundary value well above both bands."""
-    # copies, not views: a view of a temporary image reads freed memory once the image is collected
-    gradient = sitk.GetArrayFromImage(sitk.GradientMagnitude(sitk.Cast(image, sitk.sitkFloat32)))
-
-    def grown(radius: int) -> np.ndarray:
-        op = sitk.BinaryDilate if radius > 0 else sitk.BinaryErode
-        return sitk.GetArrayFromImage(op(region, [abs(radius)] * 3) if radius else region) > 0
-
-    boundary = grown(1) & ~grown(-1)
-    inside = grown(-1) & ~grown(-1 - band)
-    outside = grown(1 + band) & ~grown(1)
-    mean = lambda m: float(gradient[m].mean()) if m.any() else float("nan")  # noqa: E731
-    return {"boundary": mean(boundary), "inside": mean(inside), "outside": mean(outside)}

@@ -2,7 +2,7 @@
 
 The buffers are part of the official state dict, so their names and order matter for strict loading.
 Everything is computed in float64 and cast to float32 only at the end, exactly as the official wrapper
-registers them (reference section 3.1-3.2).
+registers them (official `diffusion_model/trainer.py`, GaussianDiffusion).
 """
 
 from __future__ import annotations

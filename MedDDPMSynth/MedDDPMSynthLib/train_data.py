@@ -34,12 +34,12 @@ from torch.utils.data import Dataset, DistributedSampler, RandomSampler, Sampler
 from .api import resolve_device
 from .errors import InputError
 from .families import Family
-from .geometry import CANONICAL_DIRECTIONS, MASK_SUFFIXES, plan_physical, read_mask
-from .normalisation import fit_intensity, normalise_per_slice, normalise_per_volume  # noqa: F401 (re-exported)
+from .geometry import plan_physical
+from .mask_io import MASK_SUFFIXES, list_images, read_image, read_mask  # noqa: F401 (read_image: this module's reader)
+from .normalisation import fit_intensity
 from .labels import LabelMapping, to_official
 from .outputs import image_extension, split_image_name
 
-IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 MASK_STEM_SUFFIXES = ("_seg", "_mask", "_label")
 #: tolerated fraction of labelled voxels outside the image before the pair is refused
 MAX_UNCOVERED = 0.01
@@ -48,12 +48,6 @@ MAX_UNCOVERED = 0.01
 #: component per modality (scalar for whole-head, a vector image t1,t1ce,t2,flair for BraTS); ``labels``
 #: are in the official convention. It may change geometry (flip, rotate, scale) as long as both move together.
 Augment = Callable[[sitk.Image, sitk.Image], "tuple[sitk.Image, sitk.Image]"]
-
-
-# ------------------------------------------------------------------------------------ normalisation
-
-
-# shared with tumour insertion: one implementation, see normalisation.py
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -82,7 +76,7 @@ def find_pairs(masks_dir, images_dir, family: Family) -> list[tuple[Path, list[P
     for folder, what in ((masks_dir, "masks"), (images_dir, "images")):
         if not folder.is_dir():
             raise InputError(f"the {what} folder {folder} does not exist or is not a folder; check the path")
-    masks = sorted(p for p in masks_dir.iterdir() if p.is_file() and not p.name.startswith(".") and image_extension(p))
+    masks = list_images(masks_dir)
     if not masks:
         raise InputError(f"no mask files ({MASK_SUFFIXES}) in {masks_dir}; put one label map per case there")
     suffixes = [""] if family.image_channels == 1 else [f"_{m}" for m in family.modalities]
@@ -97,22 +91,6 @@ def find_pairs(masks_dir, images_dir, family: Family) -> list[tuple[Path, list[P
             raise InputError(f"no image for mask {mask.name}: expected {wanted} in {images_dir}; add it or remove the mask")
         pairs.append((mask, images))
     return pairs
-
-
-def read_image(path: Path) -> sitk.Image:
-    """A scalar 3-D image as float32 (a length-1 fourth axis is dropped), or an InputError."""
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise InputError(f"{path} could not be read as an image (corrupt or unsupported); give a {MASK_SUFFIXES} file") from None
-    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
-        image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path} is not a scalar 3-D image (size {image.GetSize()}); give one 3-D volume per file")
-    image = sitk.Cast(image, sitk.sitkFloat32)
-    if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
-        raise InputError(f"{path} contains NaN or infinite values; clean the image first")
-    return image
 
 
 def _uncovered_fraction(labels: sitk.Image, image: sitk.Image) -> float:
@@ -143,7 +121,7 @@ class PairedVolumeDataset(Dataset):
         self.family, self.normalisation = family, normalisation
         self.grid_xyz = tuple(int(v) for v in (grid_xyz or family.grid_xyz))
         self.spacing_mm = tuple(float(v) for v in (spacing_mm or family.spacing_mm))
-        self.direction = CANONICAL_DIRECTIONS.get(family.name, IDENTITY)
+        self.direction = family.direction
         self.labels, self.augment, self.cache = labels, augment, cache
         self.pairs = find_pairs(masks_dir, images_dir, family)
         self._items: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -1,4 +1,4 @@
-"""Training a Med-DDPM model (reference sections 3.3 and 3.5) on one device or many (torchrun + DDP).
+"""Training a Med-DDPM model on one device or many (torchrun + DDP).
 
 Objective: x0 in [-1, 1], t ~ U{0..T-1} per sample, eps ~ N(0, I), loss = L1 (or MSE) between the
 network's output for q_sample(x0, t, eps) with the condition and its target (``prediction``: eps as
@@ -31,7 +31,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -45,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .api import check_grid_size
-from .checkpoint import _atomic_write, read_state_dict, save_official_checkpoint
+from .checkpoint import read_state_dict, save_official_checkpoint
 from .diffusion import GaussianDiffusion
 from .errors import CheckpointError, InputError, OutputError, RuntimeFailure
 from .families import FAMILIES
@@ -53,6 +52,7 @@ from .model_options import NORMALISATIONS, PREDICTIONS, ModelOptions
 from .sampling import PRECISIONS
 from .train_data import EpochOrder, setup_distributed
 from .unet import UNetConfig
+from .outputs import atomic_write, new_temp_file
 from .write_errors import short_reason, write_advice
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
@@ -217,9 +217,8 @@ def _replace_pair(source: Path, target: Path) -> None:
     copies = []
     try:
         for src, dst in ((sidecar_path(source), sidecar_path(target)), (source, target)):
-            fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-            os.close(fd)
-            copies.append((Path(tmp), dst))
+            tmp = new_temp_file(dst.parent, f".{dst.name}")
+            copies.append((tmp, dst))
             shutil.copyfile(src, tmp)
         for tmp, dst in copies:
             os.replace(tmp, dst)
@@ -435,7 +434,7 @@ class Trainer:
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731 - portable files
         # the sidecar first: a failed write (full disk) may leave a state without its checkpoint, which
         # nothing reads, but never a checkpoint without its state
-        _atomic_write(sidecar_path(path), lambda tmp: torch.save(state, tmp))
+        atomic_write(sidecar_path(path), lambda tmp: torch.save(state, tmp), durable=True)
         try:
             save_official_checkpoint(path, cpu(self.model.state_dict()), cpu(self.ema.state_dict()), self.step,
                                      self.config.options)

@@ -4,7 +4,7 @@ Maps are ``sitk.Image`` label maps in a family's OFFICIAL convention (see :func:
 whole-head 0 background, 1 head, 2 tumour; BraTS 1 necrotic, 2 oedema, 3 enhancing, 4 brain. Points and
 vectors are SimpleITK physical coordinates (LPS, mm); rotations are about the fixed physical x, y, z axes.
 
-Rules every edit keeps (the official notebook, reference §6, works in voxel space and breaks some):
+Rules every edit keeps (the official notebook works in voxel space and breaks some):
 
 * the edited tumour leaves its old site, which becomes tissue (head 1 / brain 4);
 * the new tumour is written on top, then clipped to the old tissue ∪ old tumour region (never into the
@@ -35,20 +35,21 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .families import Family
+from .families import Family, family_named
 
 # ------------------------------------------------------------------------------------- label maps
 
 
 @dataclass(frozen=True)
 class _Scheme:
+    """The family's label knowledge (:class:`families.Family`) in the terms the edits use."""
+
     family: str
     tissue: int  # the label vacated tumour becomes, and the region tumours must stay in
     tissue_name: str
     depth_labels: tuple[int, ...]  # label of depth 1, 2, ... (outer to inner layer)
 
 
-_SCHEMES = {"whole_head": _Scheme("whole_head", 1, "head", (2,)), "brats": _Scheme("brats", 4, "brain", (2, 3, 1))}
 #: default radius fractions of the BraTS seed blob of :func:`add` (oedema shell, enhancing shell, core)
 DEFAULT_SUBLABELS = {"edema": 1.0, "enhancing": 0.6, "necrotic": 0.35}
 #: batch edits (shift grid, scale sweep) make at most this many masks: a typo such as a 0.01 mm step
@@ -58,10 +59,8 @@ MAX_CLIPPED_FRACTION = 0.5  # batch results clipping more than this are skipped 
 
 
 def _scheme(family: Family | str) -> _Scheme:
-    name = family if isinstance(family, str) else family.name
-    if name not in _SCHEMES:
-        raise InputError(f"unknown model family '{name}'; use {' or '.join(_SCHEMES)}")
-    return _SCHEMES[name]
+    family = family_named(family)
+    return _Scheme(family.name, family.tissue_label, family.tissue_name, family.tumour_layers)
 
 
 def _labels_of(label_map: sitk.Image, scheme: _Scheme) -> np.ndarray:

@@ -56,7 +56,7 @@ class GenerationSettings:
 
     def arguments(self) -> list[str]:
         args = ["--model", self.model, "--samples", str(self.samples), "--seed", str(self.seed),
-                "--sampler", self.sampler, "--spacing", self.spacing, "--eta", str(self.eta),
+                "--sampler", self.sampler, "--step-spacing", self.spacing, "--eta", str(self.eta),
                 "--precision", self.precision, "--device", self.device]
         if self.steps and self.sampler != "ddpm":
             args += ["--steps", str(self.steps)]
@@ -128,7 +128,3 @@ def write_image(image: sitk.Image, path: Path) -> Path:
     sitk.WriteImage(image, str(path), useCompression=True)
     return path
 
-
-def output_files(folder: Path, samples: int, modalities: tuple[str, ...], stem: str = "mask") -> list[list[Path]]:
-    """The engine's folder layout (pipeline.plan_outputs): STEM_sNN_MODALITY.nii.gz."""
-    return [[folder / f"{stem}_s{n:02d}_{m}.nii.gz" for m in modalities] for n in range(samples)]

@@ -21,9 +21,10 @@ import vtk
 
 from MedDDPMSynthLib import tumor_edit
 from MedDDPMSynthLib.errors import InputError
+from MedDDPMSynthLib.geometry import LPS_FROM_RAS, ras_to_lps
 
 from . import segments
-from .scene_io import LPS_FROM_RAS, node_ids, numpy_of, ras_matrix_of, scene_guard, update_node_from_array, vtk_matrix_of
+from .scene_io import node_ids, numpy_of, ras_matrix_of, scene_guard, update_node_from_array, vtk_matrix_of
 
 
 def _matrix_of(transform_node) -> np.ndarray:
@@ -40,8 +41,7 @@ def set_matrix(transform_node, matrix_ras: np.ndarray) -> None:
 def move_matrix(centre_ras, translation_ras=(0.0, 0.0, 0.0), scale=1.0, angles_ras_deg=(0.0, 0.0, 0.0)) -> np.ndarray:
     """4x4 RAS matrix of a scaling, then a rotation (degrees about R, then A, then S, as
     :meth:`SceneLogic.rotate_tumor`), both about ``centre_ras``, then a translation."""
-    ax, ay, az = (float(a) for a in angles_ras_deg)
-    rotation = LPS_FROM_RAS @ tumor_edit.rotation_matrix([-ax, -ay, az]) @ LPS_FROM_RAS
+    rotation = LPS_FROM_RAS @ tumor_edit.rotation_matrix(ras_to_lps(angles_ras_deg)) @ LPS_FROM_RAS
     linear = rotation @ (np.diag(np.broadcast_to(np.asarray(scale, float), 3)))
     c = np.asarray(centre_ras, float)
     matrix = np.eye(4)
@@ -84,10 +84,10 @@ class MoveMixin:
                    component=None, show_handles: bool = True):
         """Start moving the tumour; returns the linear transform node to drag (its centre of transformation
         is the tumour's centroid, so rotation and scaling handles act about it, as the engine does)."""
-        family = segments.family_of(family)
+        family = self.family_of_segmentation(segmentation_node, family)
         self.cancel_move(segmentation_node)  # one move per segmentation
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
-        tissues = [(t, s) for t, s in export.mapping.ordered() if t != segments.TISSUE[family.name]]
+        tissues = [(t, s) for t, s in export.mapping.ordered() if t != family.tissue_name]
         if not tissues:
             raise InputError(f"segmentation '{segmentation_node.GetName()}' has no tumour segment to move; add a "
                              "segment named 'tumour' (or map one) first")

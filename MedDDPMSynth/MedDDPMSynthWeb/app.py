@@ -32,6 +32,7 @@ from .session import WebSession
 
 TITLE = "MedDDPMSynth"
 POLL_S = 0.3
+MAX_SAMPLES = 8  # per request: one served process is shared, a page must not book it for hours
 
 
 def _eta(seconds) -> str:
@@ -117,7 +118,7 @@ class SynthWebApp(TrameApp):
                 return
             try:
                 name = Path(upload.name).name.split(".")[0] or "mask"
-                self.session.load_mask(image, name)
+                self.session.load_mask(image, name, self._checked_model(self.state.synth_model))
                 self._show_mask()
             except MedDDPMError as error:
                 self._show(error=str(error))
@@ -181,6 +182,8 @@ class SynthWebApp(TrameApp):
             return
         if timesteps and int(self.state.synth_steps or 0) > timesteps:
             self.state.synth_steps = timesteps
+        if self.session.segmentation is not None:  # the loaded mask is now painted for this model's family
+            self.session.logic.set_family(self.session.segmentation, synth_model)
 
     def _settings(self) -> GenerationSettings:
         sampler = str(self.state.synth_sampler or "dpm++")
@@ -190,9 +193,9 @@ class SynthWebApp(TrameApp):
             steps, samples, seed = (int(self.state[k] or 0) for k in ("synth_steps", "synth_samples", "synth_seed"))
         except (TypeError, ValueError):
             raise MedDDPMError("steps, samples and seed must be whole numbers") from None
-        return GenerationSettings(model=self._checked_model(self.state.synth_model), sampler=sampler, steps=steps or None,
-                                  samples=max(1, min(samples, 8)), seed=seed,
-                                  spacing="uniform" if sampler == "ddim" else "quadratic")
+        # the scene logic's policy (steps capped at T, spacing by sampler); the served app only caps the samples
+        return self.session.logic.settings_for(self._checked_model(self.state.synth_model), "Custom", sampler=sampler,
+                                               steps=steps, samples=max(1, min(samples, MAX_SAMPLES)), seed=seed)
 
     def request(self, kind: str) -> None:
         """Queue a generation or local re-generation; a watcher task advances the queue and the progress."""

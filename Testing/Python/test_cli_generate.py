@@ -105,7 +105,8 @@ def test_folder_output_files_provenance_and_preview(tmp_path, capsys):
 
     prov = json.loads(plan.provenance.read_text())
     assert prov["seeds"] == [3]
-    assert prov["model"]["sha256"] == hashlib.sha256(TINY_CKPT.read_bytes()).hexdigest()
+    demo_file = Path(os.environ["MEDDDPMSYNTH_DEMO_MODEL"])  # conftest's tiny model with its test grid
+    assert prov["model"]["sha256"] == hashlib.sha256(demo_file.read_bytes()).hexdigest()
     assert prov["model"]["name"] == "demo" and prov["model"]["family"] == "whole_head"
     assert prov["model"]["grid_xyz"] == [32, 32, 32] and prov["model"]["spacing_mm"] == [6.0, 6.0, 6.0]
     assert prov["mask"]["sha256"] == hashlib.sha256(mask.read_bytes()).hexdigest()
@@ -317,3 +318,24 @@ def test_ctrl_c_cancels_and_leaves_nothing(tmp_path, home):
     assert not out.exists()
     assert not list(tmp_path.rglob(".medddpm-partial-*"))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["mask.nii.gz", "slow.pt"]
+
+
+# ------------------------------------------------------------------------- --step-spacing (was --spacing)
+
+
+def test_step_spacing_has_its_own_name_and_the_old_flag_still_works(tmp_path, capsys):
+    """--step-spacing names the time-step spacing; --spacing (voxel spacing in mm for train / models import)
+    still means the step spacing here, with a deprecation warning, and a disagreeing pair is refused."""
+    mask = small_mask(tmp_path / "mask.nii.gz")
+    fast = ["--sampler", "ddim", "--steps", "3", *SMALL_GRID]
+    generate(capsys, mask, tmp_path / "new", *fast, "--step-spacing", "quadratic")
+    assert json.loads((tmp_path / "new" / "provenance.json").read_text())["sampler"]["spacing"] == "quadratic"
+    code, _, stderr = run_cli(["generate", "--mask", mask, "--model", "demo", "-o", tmp_path / "old", "--device", "cpu",
+                               *fast, "--spacing", "quadratic"], capsys)
+    assert code == 0, stderr
+    assert "warning: --spacing is deprecated for the time-step spacing; use --step-spacing" in stderr
+    assert json.loads((tmp_path / "old" / "provenance.json").read_text())["sampler"]["spacing"] == "quadratic"
+    code, _, stderr = run_cli(["generate", "--mask", mask, "--model", "demo", "-o", tmp_path / "both", "--device", "cpu",
+                               *fast, "--spacing", "quadratic", "--step-spacing", "uniform"], capsys)
+    assert code == 2 and "error: --spacing quadratic and --step-spacing uniform disagree" in stderr
+    assert not (tmp_path / "both").exists()

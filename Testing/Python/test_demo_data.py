@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from MedDDPMSynthLib import demo_data
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.families import WHOLE_HEAD
-from MedDDPMSynthLib.geometry import CANONICAL_DIRECTIONS
+from MedDDPMSynthLib.families import WHOLE_HEAD
 from MedDDPMSynthLib.labels import to_official
 
 GRID = (56, 64, 56)  # 3 mm: the whole brain fits, and a case takes a fraction of a second
@@ -58,7 +58,7 @@ def test_pair_grid_labels_and_tumour_inside_brain(template):
     for item in (mask, image, info["substructures"]):
         assert item.GetSize() == GRID
         assert item.GetSpacing() == SPACING
-        assert item.GetDirection() == CANONICAL_DIRECTIONS["whole_head"]
+        assert item.GetDirection() == WHOLE_HEAD.direction
         assert item.GetOrigin() == mask.GetOrigin()
     assert mask.GetPixelID() == sitk.sitkUInt8 and image.GetPixelID() == sitk.sitkFloat32
     assert set(np.unique(labels)) == {0, 1, 2}

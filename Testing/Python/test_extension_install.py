@@ -55,8 +55,8 @@ def test_installed_tree_holds_the_module_and_its_data(installed):
     expected = {"MedDDPMSynth.py", "Resources/UI/MedDDPMSynth.ui", "Resources/Icons/MedDDPMSynth.png",
                 "Resources/Models/demo_model.safetensors", "Resources/Examples/demo_mask.nii.gz",
                 "Resources/Examples/README.md"}  # the mask's template licence travels with it
-    for package in ("MedDDPMSynthLib", "MedDDPMSynthSlicerLib"):
-        expected |= {f"{package}/{p.name}" for p in (MODULE_DIR / package).glob("*.py")}
+    for package in ("MedDDPMSynthLib", "MedDDPMSynthSlicerLib", "MedDDPMSynthSlicerUI"):
+        expected |= {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / package).rglob("*.py")}
     assert expected - files == set()
     for name in expected:  # installed as they are in the checkout
         assert (folder / name).read_bytes() == (MODULE_DIR / name).read_bytes(), name

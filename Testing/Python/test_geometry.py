@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MedDDPMSynthLib import families
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.geometry import (
-    CANONICAL_DIRECTIONS,
     GridMapping,
     ModelGrid,
     plan_official,
     plan_physical,
-    read_mask,
 )
+from MedDDPMSynthLib.mask_io import read_mask
 
 REPO = Path(__file__).resolve().parents[2]
 OFFICIAL_MASK = REPO / "Testing" / "Data" / "official" / "wholehead_synth_mask.nii.gz"
 LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-WHOLE_HEAD = CANONICAL_DIRECTIONS["whole_head"]
+WHOLE_HEAD = families.WHOLE_HEAD.direction
 
 
 def samples_dir() -> Path:
@@ -146,8 +146,8 @@ def test_canonical_directions_match_the_official_examples():
     folder = samples_dir()
     whole_head = sitk.ReadImage(str(folder / "whole_head" / "mask" / "sample_0.nii.gz"))
     brats = sitk.ReadImage(str(folder / "brats2021" / "seg" / "BraTS2021_00529_seg.nii.gz"))
-    assert whole_head.GetDirection() == CANONICAL_DIRECTIONS["whole_head"]
-    assert brats.GetDirection() == CANONICAL_DIRECTIONS["brats"]
+    assert whole_head.GetDirection() == families.WHOLE_HEAD.direction
+    assert brats.GetDirection() == families.BRATS.direction
     assert (whole_head.GetSize(), whole_head.GetSpacing()) == ((128, 128, 128), (1.5, 1.5, 1.5))
     assert (brats.GetSize(), brats.GetSpacing()) == ((192, 192, 144), (1.0, 1.0, 1.0))
 

@@ -73,8 +73,9 @@ def test_list_shows_demo_first_then_imported(home, source):
     assert [e["name"] for e in listed] == ["demo", "alpha", "zeta"]
     demo = listed[0]
     assert demo["builtin"] and demo["family"] == "whole_head"
-    assert "tiny random test model, not trained" in demo["note"]  # conftest: MEDDDPMSYNTH_DEMO_MODEL
-    assert models.demo_model_path() == TINY.resolve()
+    assert demo["note"] == "tiny_random_test_model.safetensors, chosen by MEDDDPMSYNTH_DEMO_MODEL"  # conftest
+    assert demo["grid_xyz"] == [32, 32, 32] and demo["spacing_mm"] == [6.0, 6.0, 6.0]  # from the file itself
+    assert models.demo_model_path().name == "tiny_random_test_model.safetensors"
     assert not (home / "models" / "demo.pt").exists()
     assert all(e["name"] != "demo" for e in json.loads((home / "models.json").read_text())["models"])
 

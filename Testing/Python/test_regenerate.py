@@ -12,7 +12,8 @@ from MedDDPMSynthLib import WHOLE_HEAD, InputError
 from MedDDPMSynthLib.labels import to_official
 from MedDDPMSynthLib.models import load_named_model
 from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files
-from MedDDPMSynthLib.regenerate import regeneration_region, seam_score
+from MedDDPMSynthLib.evaluation import seam_score
+from MedDDPMSynthLib.regenerate import regeneration_region
 from MedDDPMSynthLib.sampling import repaint_schedule
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)

@@ -175,7 +175,7 @@ def test_export_reloads_with_identical_geometry(generated, tmp_path):
     assert storage.ReadData(volume)
     np.testing.assert_allclose(ijk_to_ras(volume), ijk_to_ras(nodes[0]), atol=TOL)
     dataset = json.loads((tmp_path / "Dataset501_Synth/dataset.json").read_text())
-    assert dataset["channel_names"] == {"0": "t1c"} and dataset["labels"] == {"background": 0, "head": 1, "tumor": 2}
+    assert dataset["channel_names"] == {"0": "T1c"} and dataset["labels"] == {"background": 0, "head": 1, "tumor": 2}
     assert dataset["numTraining"] == 1 and dataset["file_ending"] == ".nii.gz"
     provenance = json.loads((tmp_path / "Dataset501_Synth/provenance/case_1.json").read_text())
     assert provenance["images"][0]["model"] == "tiny16" and provenance["images"][0]["engine_provenance"]["seeds"] == [0]
@@ -184,6 +184,26 @@ def test_export_reloads_with_identical_geometry(generated, tmp_path):
     logic.export_training_pair(nodes, segmentation, tmp_path / "Dataset501_Synth", case_id="case2")
     assert json.loads((tmp_path / "Dataset501_Synth/dataset.json").read_text())["numTraining"] == 2
     assert scene.GetNumberOfNodes() == before
+
+
+def test_export_into_a_folder_made_by_the_dataset_command(generated, tmp_path):
+    """One nnU-Net writer: a Slicer export adds its case to a dataset folder that 'medddpm-synth dataset' made
+    (both write the family's channel names; before, T1c vs t1c made the export refuse the folder)."""
+    from MedDDPMSynthLib.cli import main
+
+    scene, logic, segmentation, reference, nodes = generated
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    sitk.WriteImage(logic.label_map(segmentation).image, str(masks / "head.nii.gz"))
+    folder = tmp_path / "Dataset502_Synth"
+    assert main(["dataset", "--masks", str(masks), "-o", str(folder), "--model", "tiny16", "--sampler", "ddim",
+                 "--steps", "2", "--device", "cpu", "--quiet"]) == 0
+    made = json.loads((folder / "dataset.json").read_text())
+    files = logic.export_training_pair(nodes, segmentation, folder, case_id="from_slicer")
+    assert folder / "imagesTr/from_slicer_0000.nii.gz" in files
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["channel_names"] == made["channel_names"] == {"0": "T1c"}
+    assert dataset["labels"] == made["labels"] and dataset["numTraining"] == made["numTraining"] + 1
 
 
 def test_regenerate_locally_keeps_the_outside(generated):

@@ -95,10 +95,11 @@ def test_logic_method_list_matches_the_scene_logic():
 
 def test_cmake_lists_every_slicer_file_and_resource():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
-    listed = set(re.findall(r"\$\{MODULE_NAME\}SlicerLib/(\w+\.py)", text))
-    present = {p.name for p in (MODULE_DIR / "MedDDPMSynthSlicerLib").glob("*.py")}
-    assert listed == present
-    assert "${MODULE_NAME}Lib/*.py" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    for package in ("SlicerLib", "SlicerUI"):
+        listed = set(re.findall(rf"\$\{{MODULE_NAME\}}{package}/(\w+\.py)", text))
+        present = {p.name for p in (MODULE_DIR / f"MedDDPMSynth{package}").glob("*.py")}
+        assert listed == present, package
+    assert "GLOB_RECURSE MODULE_ENGINE_SCRIPTS" in text and "${MODULE_NAME}Lib/*.py" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
                      "Resources/Models/demo_model.safetensors", "Resources/Examples/demo_mask.nii.gz"):
         assert resource in text and (MODULE_DIR / resource.replace("${MODULE_NAME}", "MedDDPMSynth")).is_file()
@@ -127,12 +128,12 @@ def test_icon_is_a_128_pixel_png():
 def test_ui_has_every_widget_the_widget_code_uses():
     tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "MedDDPMSynth.ui")
     names = {w.get("name") for w in tree.iter("widget")}
-    code = (MODULE_DIR / "MedDDPMSynthSlicerLib" / "widget.py").read_text()
+    code = (MODULE_DIR / "MedDDPMSynthSlicerUI" / "widget.py").read_text()
     used = set(re.findall(r"self\.ui\.(\w+)", code)) | set(re.findall(r'"(\w+(?:ComboBox|Button))"', code))
     used |= {f"shift{n}Button" for n in ("Right", "Left", "Anterior", "Posterior", "Superior", "Inferior")}
     assert used - names == set()
     bound = {p.find("string").text for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
-    fields = set(re.findall(r"^    (\w+): ", (MODULE_DIR / "MedDDPMSynthSlicerLib" / "parameters.py").read_text(), re.M))
+    fields = set(re.findall(r"^    (\w+): ", (MODULE_DIR / "MedDDPMSynthSlicerUI" / "parameters.py").read_text(), re.M))
     assert bound <= fields and {"segmentation", "samples", "seed", "preset", "scaleFactor"} <= bound
     export = next(w for w in tree.iter("widget") if w.get("name") == "exportVolumesComboBox")
     shown = {p.get("name"): p.find("bool").text for p in export.findall("property") if p.find("bool") is not None}
@@ -143,7 +144,7 @@ def test_ui_has_every_widget_the_widget_code_uses():
 
 
 def test_dependencies_are_installed_only_after_the_user_agrees(monkeypatch):
-    from MedDDPMSynthSlicerLib import dependencies
+    from MedDDPMSynthSlicerUI import dependencies
 
     installed = {"tqdm": False, "torch": False}
     real_find_spec = importlib.util.find_spec
@@ -193,7 +194,7 @@ def test_example_mask_is_registered_from_the_installed_copy(module, monkeypatch)
 
 def test_self_test_skips_instead_of_installing_in_testing_mode(module, monkeypatch):
     loaded, _, _ = module
-    from MedDDPMSynthSlicerLib import dependencies
+    from MedDDPMSynthSlicerUI import dependencies
 
     monkeypatch.setattr(dependencies, "missing_packages", lambda: ["torch", "tqdm"])
     monkeypatch.setattr(dependencies, "ensure_dependencies", lambda ask=True: pytest.fail("installs in testing mode"))
@@ -205,7 +206,7 @@ def test_self_test_skips_instead_of_installing_in_testing_mode(module, monkeypat
 
 
 def test_torch_bounds_and_installer_failures_are_user_errors(monkeypatch, tmp_path):
-    from MedDDPMSynthSlicerLib import dependencies
+    from MedDDPMSynthSlicerUI import dependencies
 
     monkeypatch.setattr(dependencies, "missing_packages", lambda: ["tqdm"])
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title: True)
@@ -238,7 +239,7 @@ def test_torch_bounds_and_installer_failures_are_user_errors(monkeypatch, tmp_pa
 def test_pip_ensure_is_used_where_slicer_has_it(monkeypatch):
     from packaging.requirements import Requirement
 
-    from MedDDPMSynthSlicerLib import dependencies
+    from MedDDPMSynthSlicerUI import dependencies
 
     calls = []
     packaging_module = types.ModuleType("slicer.packaging")
@@ -252,7 +253,7 @@ def test_pip_ensure_is_used_where_slicer_has_it(monkeypatch):
 
 def test_broken_engine_import_leaves_the_logic_usable_and_says_why(module, monkeypatch):
     loaded, _, _ = module
-    from MedDDPMSynthSlicerLib import dependencies
+    from MedDDPMSynthSlicerUI import dependencies
 
     logic = loaded.MedDDPMSynthLogic()
     real = dependencies.torch_problem

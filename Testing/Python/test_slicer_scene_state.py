@@ -91,7 +91,7 @@ def test_export_writes_one_case_per_sample_and_refuses_an_edited_label(model_hom
                      "labelsTr/synth_000.nii.gz", "labelsTr/synth_001.nii.gz", "provenance/synth_000.json",
                      "provenance/synth_001.json"]
     meta = json.loads((dataset / "dataset.json").read_text())
-    assert meta["channel_names"] == {"0": "t1c"} and meta["numTraining"] == 2
+    assert meta["channel_names"] == {"0": "T1c"} and meta["numTraining"] == 2
     seeds = [json.loads((dataset / f"provenance/synth_00{n}.json").read_text())["images"][0]["seed"] for n in (0, 1)]
     assert seeds == ["4", "5"]
 

@@ -140,10 +140,10 @@ class FakeTimer:
 
 
 def fake_ui():
-    from MedDDPMSynthSlicerLib.widget import MAPPING_COMBOS, SHIFTS
+    from MedDDPMSynthSlicerUI.widget import MAPPING_COMBOS, SHIFTS
 
     ui = types.SimpleNamespace()
-    for name, _, _ in MAPPING_COMBOS:
+    for name, _ in MAPPING_COMBOS:
         setattr(ui, name, FakeCombo(name))
     for name in ("modelComboBox",):
         setattr(ui, name, FakeCombo(name))
@@ -164,12 +164,12 @@ def panel(monkeypatch, tmp_path, model_home):  # noqa: F811
     qt.QTimer = FakeTimer
     qt.Qt = types.SimpleNamespace(WaitCursor=3, Checked=2, Unchecked=0)
     monkeypatch.setitem(sys.modules, "qt", qt)
-    monkeypatch.delitem(sys.modules, "MedDDPMSynthSlicerLib.widget", raising=False)
+    monkeypatch.delitem(sys.modules, "MedDDPMSynthSlicerUI.widget", raising=False)
     errors = []
     app = types.SimpleNamespace(setOverrideCursor=lambda c: None, restoreOverrideCursor=lambda: None)
     monkeypatch.setattr(slicer, "app", app, raising=False)
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append((text, kw)))
-    widget = importlib.import_module("MedDDPMSynthSlicerLib.widget")
+    widget = importlib.import_module("MedDDPMSynthSlicerUI.widget")
     scene = new_scene()
     logic = SceneLogic(scene, temp_dir=tmp_path)
     module_logic = types.SimpleNamespace(ready=True, sceneLogic=logic)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes.util
 import glob
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (co
 
 REPO = Path(__file__).resolve().parents[2]
 MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
+# the public BraTS2021_00529 segmentation as Med-DDPM's samples ship it (preprocessed labels 1-4, 4 = brain)
+BRATS_SEG = REPO / "Testing" / "Data" / "med-ddpm-samples" / "brats2021" / "seg" / "BraTS2021_00529_seg.nii.gz"
 TOKEN = ""  # the token the server generated, read from the URL it prints (set by the server fixture)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -80,24 +83,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("web_home")
+def _serve(home: Path, model: str):
+    """A real ``medddpm-synth serve --model MODEL`` on a free port with its own model home: yields (url, token)."""
     port = _free_port()
     env = {**os.environ, "MEDDDPMSYNTH_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("MEDDDPMSYNTH_TOKEN", None)
     log = open(home / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "MedDDPMSynthLib", "serve", "--port", str(port),
-                             "--model", "demo"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    global TOKEN
+                             "--model", model], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + WAIT_S  # importing VTK and MRML takes a while on 2 (busy) cores
     while True:
         printed = re.search(rf"{re.escape(url)}/\?token=(\S+)", (home / "server.log").read_text())
         try:
             if printed:  # no --token: the server generated one and printed the URL with it
-                TOKEN = printed.group(1)
-                urllib.request.urlopen(f"{url}/?token={TOKEN}", timeout=2).read()
+                token = printed.group(1)
+                urllib.request.urlopen(f"{url}/?token={token}", timeout=2).read()
                 break
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
@@ -105,13 +106,23 @@ def server(tmp_path_factory):
             proc.kill()
             pytest.fail(f"the server did not answer within {WAIT_S} s:\n" + (home / "server.log").read_text())
         time.sleep(0.3)
-    yield url
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    global TOKEN
+    for url, token in _serve(tmp_path_factory.mktemp("web_home"), "demo"):
+        TOKEN = token
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -248,4 +259,69 @@ def test_queue_and_cancel(server, browser):
     time.sleep(1.5)
     assert page.inner_text(".synth-status").strip() == ""
     assert "v-btn--disabled" in page.get_attribute(".synth-download", "class")  # no result was added
+    page.close()
+
+
+# ------------------------------------------------------------------------------------------- BraTS
+
+
+@pytest.fixture(scope="module")
+def brats_server(tmp_path_factory):
+    """The served app with a tiny random BraTS-format model (8 in / 4 out channels, T = 4) as its model,
+    imported like a downloaded model_brats.pt on a 32 x 32 x 24 grid of 6 mm (BraTS's field of view)."""
+    from cli_helpers import save_random_checkpoint
+
+    from MedDDPMSynthLib import UNetConfig
+
+    home = tmp_path_factory.mktemp("web_brats_home")
+    ckpt = save_random_checkpoint(home / "tinybrats.pt", UNetConfig(8, 4, 32, (1, 1), 1, ()), timesteps=4)
+    env = {**os.environ, "MEDDDPMSYNTH_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "MedDDPMSynthLib", "models", "import", str(ckpt), "--name",
+                           "tinybrats", "--grid", "32,32,24", "--spacing", "6,6,6"], env=env, capture_output=True,
+                          text=True, timeout=WAIT_S)
+    assert done.returncode == 0, done.stderr
+    yield from _serve(home, "tinybrats")
+
+
+def test_brats_mask_generates_four_modalities(brats_server, browser, tmp_path):
+    """A BraTS segmentation (1 necrotic, 2 oedema, 3 enhancing, 4 brain) uploaded to the page works with a
+    BraTS model: its segments are the BraTS tissues, Generate gives the four modalities, and the download
+    holds one case with four channels and the uploaded labels."""
+    url, token = brats_server
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(WAIT_S * 1000)
+    assert page.goto(f"{url}/?token={token}").status == 200
+    page.wait_for_selector(".synth-generate")
+    _upload(page, BRATS_SEG, "BraTS2021_00529_seg")
+    assert page.locator(".synth-error").count() == 0
+    page.fill(".synth-steps input", "2")
+    page.click(".synth-generate")
+    _message(page, "generate finished")
+    assert page.locator(".synth-error").count() == 0
+
+    with page.expect_download() as info:
+        page.click(".synth-download")
+    archive = tmp_path / "pair.zip"
+    info.value.save_as(archive)
+    with zipfile.ZipFile(archive) as z:
+        names = set(z.namelist())
+        z.extractall(tmp_path / "pair")
+    channels = [f"MedDDPMSynth/imagesTr/synth_001_{c:04d}.nii.gz" for c in range(4)]
+    assert set(channels) <= names and "MedDDPMSynth/imagesTr/synth_001_0004.nii.gz" not in names
+
+    dataset = json.loads((tmp_path / "pair/MedDDPMSynth/dataset.json").read_text())
+    assert dataset["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
+    assert dataset["labels"] == {"background": 0, "necrotic": 1, "edema": 2, "enhancing": 3, "brain": 4}
+    mask = sitk.ReadImage(str(BRATS_SEG))
+    label = sitk.ReadImage(str(tmp_path / "pair/MedDDPMSynth/labelsTr/synth_001.nii.gz"))
+    assert _same_geometry(label, mask)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(mask).astype(np.uint8))
+    brain = sitk.GetArrayFromImage(mask) > 0
+    for channel in channels:
+        image = sitk.ReadImage(str(tmp_path / "pair" / channel))
+        assert _same_geometry(image, mask)
+        assert sitk.GetArrayFromImage(image)[brain].std() > 0  # synthetic tissue in every modality
+    provenance = json.loads((tmp_path / "pair/MedDDPMSynth/provenance/synth_001.json").read_text())
+    assert provenance["family"] == "brats"
+    assert [i["channel"] for i in provenance["images"]] == ["t1", "t1ce", "t2", "flair"]
     page.close()

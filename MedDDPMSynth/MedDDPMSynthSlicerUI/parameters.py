@@ -13,6 +13,8 @@ from typing import Annotated
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
+from MedDDPMSynthLib.devices import DEVICES  # torch-free: the panel exists before the dependencies do
+
 
 @parameterNodeWrapper
 class MedDDPMSynthParameterNode:
@@ -24,7 +26,7 @@ class MedDDPMSynthParameterNode:
     preset: Annotated[str, Choice(["Preview", "Exact", "Custom"])] = "Preview"
     sampler: Annotated[str, Choice(["ddpm", "ddim", "dpm++"])] = "dpm++"
     steps: Annotated[int, WithinRange(1, 1000)] = 25
-    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
     shiftStepMm: Annotated[float, WithinRange(0.5, 50.0)] = 5.0
     scaleFactor: Annotated[float, WithinRange(0.25, 4.0)] = 1.2
     rotateDeg: Annotated[float, WithinRange(-180.0, 180.0)] = 15.0

@@ -1,14 +1,15 @@
 """``medddpm-synth serve``: the Slicer module's workflow in a browser (the MedDDPMSynthWeb package).
 
-The web package (trame-slicer, slicer-core) is imported only when the command runs, so the rest of the
-command line works without the ``web`` extra.
+The engine's command line adds this sub-command through the ``medddpm_synth.commands`` entry point
+(pyproject.toml), so the engine never imports the web front. trame-slicer and slicer-core are imported
+only when the command runs, so the rest of the command line works without the ``web`` extra.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .errors import InputError
+from MedDDPMSynthLib.errors import InputError
 
 SERVE_EPILOG = """examples:
   medddpm-synth serve                                   # prints http://127.0.0.1:8080/?token=... (this machine only)
@@ -40,7 +41,7 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     try:
-        from MedDDPMSynthWeb import app, security
+        from . import app, security
     except ImportError as error:
         raise InputError(f"the web front needs extra packages ({error.name} is missing): "
                          'pip install "medddpm-synth[web]"') from None

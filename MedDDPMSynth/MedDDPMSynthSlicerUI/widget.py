@@ -14,9 +14,19 @@ import qt
 import slicer
 
 BY_NAME = "(by name)"
-#: (combo box, whole-head tissue, BraTS tissue)
-MAPPING_COMBOS = (("tissueSegmentComboBox", "head", "brain"), ("tumourSegmentComboBox", "tumor", "necrotic"),
-                  ("edemaSegmentComboBox", None, "edema"), ("enhancingSegmentComboBox", None, "enhancing"))
+#: (combo box, its role): the family's tissue, its innermost tumour layer (whole-head: the tumour, BraTS:
+#: necrotic), or a named BraTS layer (ignored by families without it); the family says which tissue that is
+MAPPING_COMBOS = (("tissueSegmentComboBox", "tissue"), ("tumourSegmentComboBox", "innermost"),
+                  ("edemaSegmentComboBox", "edema"), ("enhancingSegmentComboBox", "enhancing"))
+
+
+def combo_tissue(role: str, family) -> str | None:
+    """The family's tissue a mapping combo box stands for (None when the family has no such tissue)."""
+    if role == "tissue":
+        return family.tissue_name
+    if role == "innermost":
+        return family.paint_order[-1]
+    return role if role in family.condition_names else None
 SHIFTS = {"Right": (1, 0, 0), "Left": (-1, 0, 0), "Anterior": (0, 1, 0), "Posterior": (0, -1, 0),
           "Superior": (0, 0, 1), "Inferior": (0, 0, -1)}
 AXES = {"R": (1, 0, 0), "A": (0, 1, 0), "S": (0, 0, 1)}
@@ -61,7 +71,7 @@ class WidgetController:
         ui.regenerateButton.connect("clicked(bool)", self.onRegenerate)
         ui.exportButton.connect("clicked(bool)", self.onExport)
         ui.exportVolumesComboBox.connect("checkedNodesChanged()", self.updateButtons)
-        for comboName, _, _ in MAPPING_COMBOS:
+        for comboName, _ in MAPPING_COMBOS:
             getattr(ui, comboName).connect("currentIndexChanged(int)", self.updateButtons)
         ui.cancelButton.enabled = False
         self.refreshModels()
@@ -118,7 +128,7 @@ class WidgetController:
         if segmentation is not None:
             seg = segmentation.GetSegmentation()
             segments = [(seg.GetNthSegmentID(n), seg.GetNthSegment(n).GetName()) for n in range(seg.GetNumberOfSegments())]
-        for comboName, _, _ in MAPPING_COMBOS:
+        for comboName, _ in MAPPING_COMBOS:
             combo = getattr(self.ui, comboName)
             chosen = combo.currentData
             combo.blockSignals(True)
@@ -136,22 +146,20 @@ class WidgetController:
     def mapping(self, family):
         """None (segment names decide) or {tissue: segment ID} from the selectors."""
         choice = {}
-        for comboName, wholeHead, brats in MAPPING_COMBOS:
-            tissue = brats if family.name == "brats" else wholeHead
+        for comboName, role in MAPPING_COMBOS:
+            tissue = combo_tissue(role, family)
             segmentId = getattr(self.ui, comboName).currentData
             if tissue and segmentId:
                 choice[tissue] = segmentId
         return choice or None
 
     def settings(self):
-        from MedDDPMSynthSlicerLib.jobs import GenerationSettings
-
         p = self.parameters()
-        common = {"model": p.model, "samples": p.samples, "seed": p.seed, "device": p.device, "margin_mm": p.marginMm,
-                  "harmonize": p.harmonize}
+        choices = {"samples": p.samples, "seed": p.seed, "device": p.device, "margin_mm": p.marginMm,
+                   "harmonize": p.harmonize}
         if p.preset == "Custom":
-            return GenerationSettings(sampler=p.sampler, steps=None if p.sampler == "ddpm" else p.steps, **common)
-        return GenerationSettings.preset(p.preset, self.moduleLogic.sceneLogic.model_timesteps(p.model), **common)
+            choices.update(sampler=p.sampler, steps=p.steps)
+        return self.moduleLogic.sceneLogic.settings_for(p.model, p.preset, **choices)
 
     # ----------------------------------------------------------------------------- generation
 
@@ -341,7 +349,7 @@ class WidgetController:
             return
         with self.userErrors():
             logic = self.moduleLogic.sceneLogic
-            family = logic.model_family(volumes[0].GetAttribute("MedDDPMSynth.model") or p.model) if volumes else None
+            family = logic.family_of_volumes(volumes) if volumes else None
             files = logic.export_training_pair(volumes, p.segmentation, str(p.exportFolder), p.caseId or None,
                                                mapping=self.mapping(family) if family else None, family=family)
             self.setStatus(f"Exported {len(files)} files to {p.exportFolder}")
