@@ -9,7 +9,7 @@ From the Python console::
 
     logic = slicer.util.getModuleLogic("MedDDPMSynth")
     volumes = logic.generate(getNode("Segmentation"))          # blocking; the panel runs it in the background
-    logic.shift_tumor(getNode("Segmentation"), [10, 0, 0])      # RAS mm
+    logic.shift_tumour(getNode("Segmentation"), [10, 0, 0])      # RAS mm
     transform = logic.begin_move(getNode("Segmentation"))       # drag its handles, then:
     logic.apply_move(getNode("Segmentation"))                   # or logic.cancel_move(...)
 """
@@ -193,7 +193,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
     """The module logic: :class:`MedDDPMSynthSlicerLib.logic.SceneLogic` on ``slicer.mrmlScene``.
 
     Its public methods (generate, start_generation, finish_generation, cancel_generation, label_array,
-    shift_tumor, scale_tumor, rotate_tumor, remove_tumor, undo_tumor_edit, begin_move, preview_move,
+    shift_tumour, scale_tumour, rotate_tumour, remove_tumour, undo_tumour_edit, begin_move, preview_move,
     apply_move, cancel_move, regenerate, export_training_pair, import_model, ...) are available directly on this object. The engine's Python
     dependencies are installed on first use, after a confirmation dialog.
     """
@@ -308,13 +308,13 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
             self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(_ijkToRas(reloaded)), ijkToRas, atol=1e-4))
 
         self.delayDisplay("Tumour shift with undo, local re-generation")
-        logic.shift_tumor(segmentation, [6.0, 0.0, 0.0])
+        logic.shift_tumour(segmentation, [6.0, 0.0, 0.0])
         self.assertFalse(np.array_equal(logic.label_array(segmentation)[0], labels))
         if (logic.model_timesteps("demo") or 0) <= 100:  # in-painting runs all T steps: only for a small T
             before = slicer.util.arrayFromVolume(volumes[0]).copy()
             logic.regenerate(segmentation)
             self.assertEqual(slicer.util.arrayFromVolume(volumes[0]).shape, before.shape)
-        self.assertTrue(logic.undo_tumor_edit(segmentation))
+        self.assertTrue(logic.undo_tumour_edit(segmentation))
         self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], labels))
 
         self.delayDisplay("Move tumour: transform with handles, preview, cancel, apply = shift, undo")
@@ -330,10 +330,10 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
         logic.set_move(segmentation, translation_ras=[6.0, 0.0, 0.0])
         logic.apply_move(segmentation)
         moved = logic.label_array(segmentation)[0]
-        self.assertTrue(logic.undo_tumor_edit(segmentation))
-        logic.shift_tumor(segmentation, [6.0, 0.0, 0.0])
+        self.assertTrue(logic.undo_tumour_edit(segmentation))
+        logic.shift_tumour(segmentation, [6.0, 0.0, 0.0])
         self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], moved))
-        self.assertTrue(logic.undo_tumor_edit(segmentation))
+        self.assertTrue(logic.undo_tumour_edit(segmentation))
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Test passed")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .cli_numbers import number_list
 from .cli_generate import add_step_spacing, step_spacing
 from .devices import DEVICES
 from .dataset import DatasetRequest, build_dataset
@@ -35,10 +36,10 @@ exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 cancelled (comple
 
 
 def _factors(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not comma-separated numbers, e.g. 0.75,1.25") from None
+    values = number_list(text, float)
+    if values is None:
+        raise argparse.ArgumentTypeError(f"'{text}' is not comma-separated numbers, e.g. 0.75,1.25")
+    return values
 
 
 def add_parser(commands) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli_train import _floats, _ints
+from .cli_numbers import float_list, int_list
 from .demo_data import build_dataset
 
 EPILOG = """examples:
@@ -31,8 +31,8 @@ def add_parser(commands) -> None:
     )
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (resumable)")
     p.add_argument("--cases", type=int, default=500, help="number of pairs (default 500)")
-    p.add_argument("--grid", type=_ints, default=(48, 64, 48), metavar="X,Y,Z", help="voxels (default 48,64,48)")
-    p.add_argument("--spacing", type=_floats, default=(3.5, 3.5, 3.5), metavar="A,B,C", help="mm (default 3.5,3.5,3.5)")
+    p.add_argument("--grid", type=int_list, default=(48, 64, 48), metavar="X,Y,Z", help="voxels (default 48,64,48)")
+    p.add_argument("--spacing", type=float_list, default=(3.5, 3.5, 3.5), metavar="A,B,C", help="mm (default 3.5,3.5,3.5)")
     p.add_argument("--seed", type=int, default=2026, help="seed of the whole dataset (default 2026)")
     p.add_argument("--template-dir", type=Path, help="folder of the MNI152 files (default: nilearn's data folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

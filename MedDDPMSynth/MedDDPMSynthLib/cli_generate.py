@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .cli_numbers import number_list
 from .devices import DEVICES
 from .errors import InputError
 from .models import load_named_model
@@ -35,11 +36,8 @@ exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 130 cancelled (Ctrl-C
 
 
 def _grid(text: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not X,Y,Z (three integers)") from None
-    if len(values) != 3:
+    values = number_list(text, int)
+    if values is None or len(values) != 3:
         raise argparse.ArgumentTypeError(f"'{text}' is not X,Y,Z (three integers)")
     return values
 

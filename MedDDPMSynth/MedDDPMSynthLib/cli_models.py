@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Sequence
 
+from .cli_numbers import number_list
 from . import models
 from .errors import InputError
 
@@ -72,11 +73,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _parse_triple(text: str | None, cast, option: str, example: str) -> list | None:
     if text is None:
         return None
-    parts = [p.strip() for p in text.replace("x", ",").split(",")]
-    try:
-        values = [cast(p) for p in parts]
-    except ValueError:
-        values = []
+    values = list(number_list(text, cast, ",x") or ())
     if len(values) != 3:
         raise InputError(f"{option} {text!r} must be three comma-separated numbers, e.g. {option} {example}")
     return values

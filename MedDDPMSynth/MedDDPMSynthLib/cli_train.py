@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_numbers import float_list, int_list
 from .devices import DEVICES
 from .checkpoint import infer_config, model_options, read_state_dict
 from .outputs import atomic_write
@@ -50,20 +51,6 @@ CONFIG_OPTIONS = {
 }
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train a Med-DDPM model on masks and images",
@@ -74,14 +61,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, type=Path, help="folder of the matching images")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder for checkpoints and logs")
     p.add_argument("--family", choices=tuple(FAMILIES), help="whole_head (1 image, default) or brats (t1, t1ce, t2, flair)")
-    p.add_argument("--grid", type=_ints, metavar="X,Y,Z", help="model grid in voxels (default: the family's)")
-    p.add_argument("--spacing", type=_floats, metavar="A,B,C", help="model voxel spacing in mm (default: the family's)")
+    p.add_argument("--grid", type=int_list, metavar="X,Y,Z", help="model grid in voxels (default: the family's)")
+    p.add_argument("--spacing", type=float_list, metavar="A,B,C", help="model voxel spacing in mm (default: the family's)")
     p.add_argument("--labels", metavar="NAME=V,...", help="which mask values are which tissue, e.g. head=1,tumor=2+3")
     arch = p.add_argument_group("architecture (fixed once a run has started)")
     arch.add_argument("--channels", type=int, help="base channels (multiple of 32; default 32)")
-    arch.add_argument("--mult", type=_ints, metavar="M,...", help="channel multiplier per level (default 1,2,2,4)")
+    arch.add_argument("--mult", type=int_list, metavar="M,...", help="channel multiplier per level (default 1,2,2,4)")
     arch.add_argument("--res-blocks", type=int, help="res-blocks per level (default 1)")
-    arch.add_argument("--attention", type=_ints, metavar="DS,...", help="downsample factors with attention (default 8; '' none)")
+    arch.add_argument("--attention", type=int_list, metavar="DS,...", help="downsample factors with attention (default 8; '' none)")
     arch.add_argument("--timesteps", type=int, help="diffusion steps T (default 250)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--steps", type=int, help="train up to this optimiser step (default 50000)")

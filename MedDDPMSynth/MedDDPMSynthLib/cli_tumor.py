@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .cli_numbers import number_list
 from . import tumor_edit
 from .errors import InputError
 from .families import FAMILIES
@@ -42,10 +43,7 @@ SINGLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def _numbers(text: str, count: int | None = 3) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        values = []
+    values = list(number_list(text.replace(" ", ""), float) or ())
     if not values or (count is not None and len(values) != count):
         raise argparse.ArgumentTypeError(f"'{text}' is not {count or 'some'} comma-separated numbers")
     return values

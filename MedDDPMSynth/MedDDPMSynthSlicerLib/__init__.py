@@ -27,7 +27,8 @@ LOGIC_METHODS = (
     "set_family", "family_of_segmentation", "family_of_volumes", "load_label_image", "tumour_voxels",
     "segment_mapping", "name_segments_by_label", "label_map", "label_array",
     "start_generation", "finish_generation", "cancel_generation", "generate", "show_volumes",
-    "shift_tumor", "scale_tumor", "rotate_tumor", "remove_tumor", "add_tumor", "can_undo", "undo_tumor_edit",
+    "shift_tumour", "scale_tumour", "rotate_tumour", "remove_tumour", "add_tumour", "can_undo", "undo_tumour_edit",
+    "shift_tumor", "scale_tumor", "rotate_tumor", "remove_tumor", "add_tumor", "undo_tumor_edit",  # earlier spelling
     "edit_history", "begin_move", "set_move", "preview_move", "apply_move", "cancel_move", "is_moving",
     "move_transform",
     "can_regenerate", "start_regeneration", "regenerate", "export_training_pair",

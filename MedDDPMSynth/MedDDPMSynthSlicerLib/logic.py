@@ -352,32 +352,32 @@ class SceneLogic(MoveMixin):
         del stack[:-UNDO_DEPTH]  # bounded: the oldest edits can no longer be undone
         return record
 
-    def shift_tumor(self, segmentation_node, vector_ras_mm, reference_volume=None, mapping=None,
+    def shift_tumour(self, segmentation_node, vector_ras_mm, reference_volume=None, mapping=None,
                     family=None, component=None) -> dict:
         """Move the tumour segment(s) by a RAS vector in mm (kept inside the head/brain); the edit record."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
                           lambda m, f: tumor_edit.shift(m, f, ras_to_lps(vector_ras_mm), component))
 
-    def scale_tumor(self, segmentation_node, factor, reference_volume=None, mapping=None,
+    def scale_tumour(self, segmentation_node, factor, reference_volume=None, mapping=None,
                     family=None, component=None) -> dict:
         """Scale the tumour about its centroid (one factor, or three along R, A, S)."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
                           lambda m, f: tumor_edit.scale(m, f, factor, component))
 
-    def rotate_tumor(self, segmentation_node, angles_ras_deg, reference_volume=None, mapping=None,
+    def rotate_tumour(self, segmentation_node, angles_ras_deg, reference_volume=None, mapping=None,
                      family=None, component=None) -> dict:
         """Rotate the tumour about its centroid: degrees about the R, then A, then S axis."""
         # diag(-1,-1,1) Rz Ry Rx diag(-1,-1,1): the angles about L and P are those about R and A negated
         return self._edit(segmentation_node, reference_volume, mapping, family,
                           lambda m, f: tumor_edit.rotate(m, f, ras_to_lps(angles_ras_deg), component))
 
-    def remove_tumor(self, segmentation_node, reference_volume=None, mapping=None, family=None,
+    def remove_tumour(self, segmentation_node, reference_volume=None, mapping=None, family=None,
                      component=None) -> dict:
         """Erase the tumour (it becomes head/brain)."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
                           lambda m, f: tumor_edit.remove(m, f, component))
 
-    def add_tumor(self, segmentation_node, center_ras_mm, radius_mm: float, reference_volume=None, mapping=None,
+    def add_tumour(self, segmentation_node, center_ras_mm, radius_mm: float, reference_volume=None, mapping=None,
                   family=None) -> dict:
         """Add a ball of tumour at a RAS point (clipped to the head/brain): a paint-brush stroke."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
@@ -395,7 +395,7 @@ class SceneLogic(MoveMixin):
         """The records of the tumour edits that can still be undone, oldest first."""
         return [entry["record"] for entry in self._undo_stack(segmentation_node)]
 
-    def undo_tumor_edit(self, segmentation_node) -> bool:
+    def undo_tumour_edit(self, segmentation_node) -> bool:
         """Put the segments back as they were before the last tumour edit; False if there is none."""
         stack = self._undo_stack(segmentation_node)
         if not stack:
@@ -466,6 +466,13 @@ class SceneLogic(MoveMixin):
     def _family_of_volumes(self, volume_nodes) -> Family:
         model = volume_nodes[0].GetAttribute(attributes.MODEL)
         return self.model_family(model) if model else WHOLE_HEAD
+
+
+# the earlier spelling of the edit methods, kept for scripts written against it (identifiers now say tumour)
+for _name in ("shift", "scale", "rotate", "remove", "add"):
+    setattr(SceneLogic, f"{_name}_tumor", getattr(SceneLogic, f"{_name}_tumour"))
+SceneLogic.undo_tumor_edit = SceneLogic.undo_tumour_edit
+del _name
 
 
 def _wait_or_cancel(job, progress) -> None:

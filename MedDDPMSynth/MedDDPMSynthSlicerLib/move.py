@@ -40,7 +40,7 @@ def set_matrix(transform_node, matrix_ras: np.ndarray) -> None:
 
 def move_matrix(centre_ras, translation_ras=(0.0, 0.0, 0.0), scale=1.0, angles_ras_deg=(0.0, 0.0, 0.0)) -> np.ndarray:
     """4x4 RAS matrix of a scaling, then a rotation (degrees about R, then A, then S, as
-    :meth:`SceneLogic.rotate_tumor`), both about ``centre_ras``, then a translation."""
+    :meth:`SceneLogic.rotate_tumour`), both about ``centre_ras``, then a translation."""
     rotation = LPS_FROM_RAS @ tumor_edit.rotation_matrix(ras_to_lps(angles_ras_deg)) @ LPS_FROM_RAS
     linear = rotation @ (np.diag(np.broadcast_to(np.asarray(scale, float), 3)))
     c = np.asarray(centre_ras, float)

@@ -243,23 +243,23 @@ class WidgetController:
 
     def onShift(self, direction: str) -> None:
         step = self.parameters().shiftStepMm
-        self.edit("shift_tumor", [step * v for v in SHIFTS[direction]])
+        self.edit("shift_tumour", [step * v for v in SHIFTS[direction]])
 
     def onScale(self) -> None:
-        self.edit("scale_tumor", self.parameters().scaleFactor)
+        self.edit("scale_tumour", self.parameters().scaleFactor)
 
     def onRotate(self) -> None:
         axis = AXES[self.ui.rotateAxisComboBox.currentText]
-        self.edit("rotate_tumor", [self.parameters().rotateDeg * v for v in axis])
+        self.edit("rotate_tumour", [self.parameters().rotateDeg * v for v in axis])
 
     def onRemove(self) -> None:
-        self.edit("remove_tumor")
+        self.edit("remove_tumour")
 
     def onUndo(self) -> None:
         if not self.ensureLogic():
             return
         with self.userErrors():
-            self.moduleLogic.sceneLogic.undo_tumor_edit(self.parameters().segmentation)
+            self.moduleLogic.sceneLogic.undo_tumour_edit(self.parameters().segmentation)
         self.updateButtons()
 
     # ----------------------------------------------------------------------------- move tumour

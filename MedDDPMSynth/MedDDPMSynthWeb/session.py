@@ -138,13 +138,13 @@ class WebSession:
         if self.moving:
             raise MedDDPMError("the tumour is being moved; Apply or Cancel the move first")
         if operation == "shift":
-            self.logic.shift_tumor(self.segmentation, value)
+            self.logic.shift_tumour(self.segmentation, value)
         elif operation == "scale":
-            self.logic.scale_tumor(self.segmentation, value)
+            self.logic.scale_tumour(self.segmentation, value)
         elif operation == "remove":
-            self.logic.remove_tumor(self.segmentation)
+            self.logic.remove_tumour(self.segmentation)
         elif operation == "undo":
-            self.logic.undo_tumor_edit(self.segmentation)
+            self.logic.undo_tumour_edit(self.segmentation)
         else:
             raise MedDDPMError(f"unknown edit '{operation}'")
         self.message, self.error = f"{operation} done", ""

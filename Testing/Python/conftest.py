@@ -59,6 +59,26 @@ def tiny_home(tmp_path_factory):
     return home
 
 
+@pytest.fixture(scope="module")
+def model_home(tmp_path_factory):
+    """A private model catalogue holding the tiny official-format model on a 16^3 grid of 12 mm."""
+    home = tmp_path_factory.mktemp("home")
+    # one thread per engine process: a tiny model gains nothing from more, and on a busy 2-core machine
+    # OpenMP threads fighting for the cores make each step several times slower
+    saved = {k: os.environ.get(k) for k in ("MEDDDPMSYNTH_HOME", "OMP_NUM_THREADS")}
+    os.environ.update(MEDDDPMSYNTH_HOME=str(home), OMP_NUM_THREADS="1")
+    from MedDDPMSynthLib.models import import_model
+
+    import_model(OFFICIAL / "tiny_wholehead_ckpt.pt", name="tiny16", grid_xyz=(16, 16, 16),
+                 spacing_mm=(12.0, 12.0, 12.0))
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
     return OFFICIAL

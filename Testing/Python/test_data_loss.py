@@ -105,11 +105,11 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_during_the_write_phase_leaves_nothing(tmp_path, signum, code):
+def test_a_signal_during_the_write_phase_leaves_nothing(tmp_path, signum, code, tiny_demo_file):
     mask = write_mask(tmp_path / "mask.nii.gz")
     out = tmp_path / "new" / "out"
     before = snapshot(tmp_path)
-    env = {**os.environ, "MEDDDPMSYNTH_HOME": str(tmp_path / "home"), "MEDDDPMSYNTH_DEMO_MODEL": str(TINY_CKPT)}
+    env = {**os.environ, "MEDDDPMSYNTH_HOME": str(tmp_path / "home"), "MEDDDPMSYNTH_DEMO_MODEL": str(tiny_demo_file)}
     process = subprocess.Popen(
         [sys.executable, "-c", PAUSED_GENERATE, "generate", "--mask", str(mask), "--model", "demo", "-o", str(out),
          "--samples", "2", "--device", "cpu", "--quiet"],

@@ -11,46 +11,16 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicer_scene_helpers import add_segmentation, matrix, new_scene, standard_head
+from slicer_scene_helpers import NAMES, add_segmentation, fast, matrix, new_scene, standard_head, tumour_centroid_ras
 
 from MedDDPMSynthLib.errors import GenerationCancelled, InputError, MedDDPMError, OutputError
-from MedDDPMSynthSlicerLib import EngineFailure, GenerationSettings, SceneLogic
+from MedDDPMSynthSlicerLib import EngineFailure, SceneLogic
 from MedDDPMSynthSlicerLib.scene_io import update_node_from_array
 from MedDDPMSynthSlicerLib.scene_io import array_from_node, ijk_to_ras, image_from_node, ras_matrix_of
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 
 TOL = 1e-4
-NAMES = {1: "head", 2: "Tumour"}
-
-
-@pytest.fixture(scope="module")
-def model_home(tmp_path_factory):
-    """A private model catalogue holding the tiny official-format model on a 16^3 grid of 12 mm."""
-    home = tmp_path_factory.mktemp("home")
-    # one thread per engine process: a tiny model gains nothing from more, and on a busy 2-core machine
-    # OpenMP threads fighting for the cores make each step several times slower
-    saved = {k: os.environ.get(k) for k in ("MEDDDPMSYNTH_HOME", "OMP_NUM_THREADS")}
-    os.environ.update(MEDDDPMSYNTH_HOME=str(home), OMP_NUM_THREADS="1")
-    from conftest import OFFICIAL
-
-    SceneLogic(None).import_model(OFFICIAL / "tiny_wholehead_ckpt.pt", name="tiny16", grid_xyz=(16, 16, 16),
-                                  spacing_mm=(12.0, 12.0, 12.0))
-    yield home
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def fast(**overrides) -> GenerationSettings:
-    return GenerationSettings(**{"model": "tiny16", "sampler": "ddim", "steps": 2, "device": "cpu", **overrides})
-
-
-def tumour_centroid_ras(labels_zyx: np.ndarray, m: np.ndarray) -> np.ndarray:
-    kji = np.argwhere(labels_zyx == 2).mean(0)
-    return (m @ np.r_[kji[::-1], 1.0])[:3]
 
 
 @pytest.mark.parametrize("kind", ["LPS", "RAS", "oblique"])
@@ -117,30 +87,30 @@ def test_shift_scale_rotate_remove_with_undo():
     before = scene.GetNumberOfNodes()
     original, m = logic.label_array(segmentation)
 
-    record = logic.shift_tumor(segmentation, [8.0, 0.0, -4.0])  # RAS mm: 2 voxels right, 1 inferior
+    record = logic.shift_tumour(segmentation, [8.0, 0.0, -4.0])  # RAS mm: 2 voxels right, 1 inferior
     shifted, _ = logic.label_array(segmentation)
     np.testing.assert_allclose(tumour_centroid_ras(shifted, m) - tumour_centroid_ras(original, m), [8, 0, -4],
                                atol=1e-6)
     assert (shifted == 2).sum() == (original == 2).sum() and record["clipped_voxels"] == 0
     assert ((shifted > 0) == (original > 0)).all()  # the head outline never changes
 
-    logic.scale_tumor(segmentation, 1.5)
+    logic.scale_tumour(segmentation, 1.5)
     scaled, _ = logic.label_array(segmentation)
     assert 2.8 < (scaled == 2).sum() / (shifted == 2).sum() < 4.0  # ~1.5^3
     np.testing.assert_allclose(tumour_centroid_ras(scaled, m), tumour_centroid_ras(shifted, m), atol=2.0)  # half a voxel
 
-    logic.rotate_tumor(segmentation, [0, 0, 90])
+    logic.rotate_tumour(segmentation, [0, 0, 90])
     rotated, _ = logic.label_array(segmentation)
-    logic.remove_tumor(segmentation)
+    logic.remove_tumour(segmentation)
     removed, _ = logic.label_array(segmentation)
     assert not (removed == 2).any() and ((removed == 1) == (original > 0)).all()
     tumour = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Tumour")
     assert tumour  # the segment stays (empty), so the mapping still holds
 
     for expected in (rotated, scaled, shifted, original):  # remove, rotate, scale, shift undone in turn
-        assert logic.undo_tumor_edit(segmentation)
+        assert logic.undo_tumour_edit(segmentation)
         np.testing.assert_array_equal(logic.label_array(segmentation)[0], expected)
-    assert not logic.undo_tumor_edit(segmentation)
+    assert not logic.undo_tumour_edit(segmentation)
     assert scene.GetNumberOfNodes() == before
 
 
@@ -149,7 +119,7 @@ def test_shift_in_an_oblique_grid_moves_by_the_ras_vector():
     segmentation, _ = add_segmentation(scene, standard_head(), matrix("oblique"), NAMES)
     logic = SceneLogic(scene)
     original, m = logic.label_array(segmentation)
-    logic.shift_tumor(segmentation, [0.0, 10.0, 0.0])  # 10 mm anterior, not along a grid axis
+    logic.shift_tumour(segmentation, [0.0, 10.0, 0.0])  # 10 mm anterior, not along a grid axis
     moved = tumour_centroid_ras(logic.label_array(segmentation)[0], m) - tumour_centroid_ras(original, m)
     np.testing.assert_allclose(moved, [0, 10, 0], atol=2.0)  # nearest neighbour on 4 mm voxels: half a voxel
 
@@ -210,7 +180,7 @@ def test_regenerate_locally_keeps_the_outside(generated):
     scene, logic, segmentation, reference, nodes = generated
     before = scene.GetNumberOfNodes()
     previous = image_from_node(nodes[0])
-    logic.shift_tumor(segmentation, [-8.0, 0.0, 0.0])
+    logic.shift_tumour(segmentation, [-8.0, 0.0, 0.0])
     updated = logic.regenerate(segmentation)
     assert [n.GetID() for n in updated] == [nodes[0].GetID()]  # updated in place
     after = sitk.GetArrayFromImage(image_from_node(nodes[0]))
@@ -222,7 +192,7 @@ def test_regenerate_locally_keeps_the_outside(generated):
     np.testing.assert_array_equal(after[far], sitk.GetArrayFromImage(previous)[far])  # bit for bit
     assert not np.array_equal(after[~far], sitk.GetArrayFromImage(previous)[~far])
     assert scene.GetNumberOfNodes() == before
-    logic.undo_tumor_edit(segmentation)
+    logic.undo_tumour_edit(segmentation)
 
 
 def test_cancel_kills_the_engine_and_leaves_nothing(model_home, tmp_path):
@@ -286,14 +256,14 @@ def test_tumour_tools_refuse_a_segmentation_without_tumour():
     labels[labels == 2] = 1
     segmentation, _ = add_segmentation(scene, labels, matrix("LPS"), {1: "head"})
     with pytest.raises(InputError, match="has no tumour segment to edit; add a segment named 'tumour'"):
-        SceneLogic(scene).shift_tumor(segmentation, [5, 0, 0])
+        SceneLogic(scene).shift_tumour(segmentation, [5, 0, 0])
     segmentation.GetSegmentation().AddEmptySegment("", "tumour")
     with pytest.raises(InputError, match="the map has no tumour voxels to edit; add a tumour first"):
-        SceneLogic(scene).scale_tumor(segmentation, 2.0)
+        SceneLogic(scene).scale_tumour(segmentation, 2.0)
     second, _ = add_segmentation(scene, labels * 2, matrix("LPS"), {2: "tumour"}, name="Second")
     second.GetSegmentation().AddEmptySegment("", "head")
     with pytest.raises(InputError, match="segment 'head' \\(head\\) is empty in the reference geometry; paint it"):
-        SceneLogic(scene).shift_tumor(second, [5, 0, 0])
+        SceneLogic(scene).shift_tumour(second, [5, 0, 0])
 
 
 def test_explicit_mapping_by_segment_name():
@@ -347,7 +317,7 @@ def test_brats_mapping_paints_the_inner_layers_last():
     logic = SceneLogic(scene)
     array, _ = logic.label_array(segmentation, family="brats")
     np.testing.assert_array_equal(array, brats.transpose(2, 1, 0))
-    record = logic.shift_tumor(segmentation, [0, 0, 4.0], family="brats")
+    record = logic.shift_tumour(segmentation, [0, 0, 4.0], family="brats")
     assert record["family"] == "brats" and record["clipped_voxels"] == 0
     shifted, _ = logic.label_array(segmentation, family="brats")
     np.testing.assert_array_equal(shifted > 0, array > 0)  # the brain outline never changes

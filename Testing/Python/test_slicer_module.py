@@ -91,6 +91,9 @@ def test_module_logic_is_the_scene_logic_on_slicers_scene(module):
 def test_logic_method_list_matches_the_scene_logic():
     public = {n for n in dir(SceneLogic) if not n.startswith("_") and callable(getattr(SceneLogic, n))}
     assert public == set(MedDDPMSynthSlicerLib.LOGIC_METHODS)
+    # identifiers say tumour; scripts written with the earlier spelling keep working (same methods)
+    for old in ("shift_tumor", "scale_tumor", "rotate_tumor", "remove_tumor", "add_tumor", "undo_tumor_edit"):
+        assert getattr(SceneLogic, old) is getattr(SceneLogic, old.replace("tumor", "tumour"))
 
 
 def test_cmake_lists_every_slicer_file_and_resource():

@@ -52,12 +52,12 @@ def test_transform_then_apply_equals_shift_rotate_scale(kind):
     nodes = node_ids(scene)
     cases = [  # (how the transform is set, the engine edit with the same parameters)
         (lambda t, c: set_matrix(t, np.r_[np.c_[np.eye(3), [8.0, 0.0, -4.0]], [[0, 0, 0, 1]]]),
-         lambda: logic.shift_tumor(segmentation, [8.0, 0.0, -4.0])),
+         lambda: logic.shift_tumour(segmentation, [8.0, 0.0, -4.0])),
         (lambda t, c: set_matrix(t, _rotation_about(c, (0, 0, 1), 30.0)),
-         lambda: logic.rotate_tumor(segmentation, [0, 0, 30])),
+         lambda: logic.rotate_tumour(segmentation, [0, 0, 30])),
         (lambda t, c: set_matrix(t, _rotation_about(c, (1, 0, 0), -20.0)),
-         lambda: logic.rotate_tumor(segmentation, [-20, 0, 0])),
-        (lambda t, c: logic.set_move(segmentation, scale=1.5), lambda: logic.scale_tumor(segmentation, 1.5)),
+         lambda: logic.rotate_tumour(segmentation, [-20, 0, 0])),
+        (lambda t, c: logic.set_move(segmentation, scale=1.5), lambda: logic.scale_tumour(segmentation, 1.5)),
     ]
     for set_transform, engine_edit in cases:
         transform = logic.begin_move(segmentation)
@@ -79,11 +79,11 @@ def test_transform_then_apply_equals_shift_rotate_scale(kind):
         assert abs(preview["voxels_after"] - record["voxels_after"]) <= mismatch
         assert logic.edit_history(segmentation)[-1]["op"] == "affine"
 
-        assert logic.undo_tumor_edit(segmentation)  # one Undo step restores the segmentation
+        assert logic.undo_tumour_edit(segmentation)  # one Undo step restores the segmentation
         np.testing.assert_array_equal(logic.label_array(segmentation)[0], original)
         engine_edit()
         np.testing.assert_array_equal(logic.label_array(segmentation)[0], moved)
-        assert logic.undo_tumor_edit(segmentation) and not logic.can_undo(segmentation)
+        assert logic.undo_tumour_edit(segmentation) and not logic.can_undo(segmentation)
         assert not (moved == original).all()
 
 
@@ -157,7 +157,7 @@ def test_preview_of_a_small_tumour_on_a_large_grid_computes_only_around_it():
 
 def test_brats_layers_move_together_and_equal_the_engine_rotation():
     """BraTS: the three tumour segments are copied, previewed and moved as one nested tumour; Apply equals
-    rotate_tumor with the same angles, layer by layer."""
+    rotate_tumour with the same angles, layer by layer."""
     scene = new_scene()
     labels = standard_head(tumour_radius_mm=20.0)
     centre = np.argwhere(labels == 2).mean(0) + [0.3, -0.2, 0.1]  # not on the grid: no ties in the layers
@@ -178,9 +178,9 @@ def test_brats_layers_move_together_and_equal_the_engine_rotation():
     assert logic.preview_move(segmentation)["family"] == "brats"
     logic.apply_move(segmentation)
     moved, _ = logic.label_array(segmentation, family="brats")
-    assert logic.undo_tumor_edit(segmentation)
+    assert logic.undo_tumour_edit(segmentation)
     np.testing.assert_array_equal(logic.label_array(segmentation, family="brats")[0], original)
-    logic.rotate_tumor(segmentation, [0, 35, 0], family="brats")
+    logic.rotate_tumour(segmentation, [0, 35, 0], family="brats")
     np.testing.assert_array_equal(logic.label_array(segmentation, family="brats")[0], moved)
     assert {1, 2, 3} <= set(np.unique(moved).tolist()) and not (moved == original).all()
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from slicer_scene_helpers import add_segmentation, matrix, new_scene, slicer, standard_head
-from test_slicer_logic import NAMES, fast, model_home  # noqa: F401  (fixture: the tiny model as "tiny16")
+from slicer_scene_helpers import NAMES, fast  # the tiny model as "tiny16": conftest's model_home
 
 from MedDDPMSynthLib.errors import InputError, MedDDPMError
 from MedDDPMSynthSlicerLib import SceneLogic, process
@@ -24,7 +24,7 @@ def test_close_scene_forgets_undo_and_regenerate(model_home, tmp_path):  # noqa:
     segmentation, _ = add_segmentation(scene, standard_head(), matrix("LPS"), NAMES)
     logic = SceneLogic(scene, temp_dir=tmp_path)
     [volume] = logic.generate(segmentation, fast())
-    logic.shift_tumor(segmentation, [4.0, 0.0, 0.0])
+    logic.shift_tumour(segmentation, [4.0, 0.0, 0.0])
     assert logic.can_undo(segmentation) and logic.can_regenerate(segmentation)
     old_ids = segmentation.GetID(), volume.GetID()
 
@@ -34,7 +34,7 @@ def test_close_scene_forgets_undo_and_regenerate(model_home, tmp_path):  # noqa:
     again, _ = add_segmentation(scene, labels, matrix("LPS"), NAMES)
     other = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "a user's MRI")
     assert (again.GetID(), other.GetID()) == old_ids  # the same IDs name other nodes now
-    assert not logic.can_undo(again) and not logic.undo_tumor_edit(again)
+    assert not logic.can_undo(again) and not logic.undo_tumour_edit(again)
     assert not logic.can_regenerate(again)
     with pytest.raises(InputError, match="click Generate first"):
         logic.start_regeneration(again, fast())
@@ -48,7 +48,7 @@ def test_removing_the_result_or_the_segmentation_forgets_it(model_home, tmp_path
     [volume] = logic.generate(segmentation, fast())
     scene.RemoveNode(volume)
     assert not logic.can_regenerate(segmentation)
-    logic.shift_tumor(segmentation, [4.0, 0.0, 0.0])
+    logic.shift_tumour(segmentation, [4.0, 0.0, 0.0])
     scene.RemoveNode(segmentation)
     again, _ = add_segmentation(scene, standard_head(), matrix("LPS"), NAMES, name="again")
     assert not logic.can_undo(again) and logic._undo == {} and logic._last == {}
@@ -59,9 +59,9 @@ def test_undo_history_is_bounded():
     segmentation, _ = add_segmentation(scene, standard_head(), matrix("LPS"), NAMES)
     logic = SceneLogic(scene)
     for n in range(UNDO_DEPTH + 2):
-        logic.shift_tumor(segmentation, [4.0 if n % 2 else -4.0, 0.0, 0.0])
+        logic.shift_tumour(segmentation, [4.0 if n % 2 else -4.0, 0.0, 0.0])
     undone = 0
-    while logic.undo_tumor_edit(segmentation):
+    while logic.undo_tumour_edit(segmentation):
         undone += 1
     assert undone == UNDO_DEPTH
 
@@ -72,9 +72,9 @@ def test_undo_removes_the_layers_an_edit_had_to_add():
     labels[standard_head() == 2] = 1  # BraTS with only brain and necrotic core: no oedema, no enhancing
     segmentation, _ = add_segmentation(scene, labels, matrix("LPS"), {4: "brain", 1: "necrotic"})
     logic = SceneLogic(scene)
-    logic.shift_tumor(segmentation, [4.0, 0.0, 0.0], family="brats")
+    logic.shift_tumour(segmentation, [4.0, 0.0, 0.0], family="brats")
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 4
-    assert logic.undo_tumor_edit(segmentation)
+    assert logic.undo_tumour_edit(segmentation)
     names = {segmentation.GetSegmentation().GetNthSegment(n).GetName() for n in range(2)}
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 2 and names == {"brain", "necrotic"}
 
@@ -99,11 +99,11 @@ def test_export_writes_one_case_per_sample_and_refuses_an_edited_label(model_hom
     with pytest.raises(InputError, match="both the t1c channel of one case"):
         logic.export_training_pair([nodes[0], nodes[0]], segmentation, tmp_path / "other")
 
-    logic.shift_tumor(segmentation, [4.0, 0.0, 0.0])  # edited after generation: image and label differ
+    logic.shift_tumour(segmentation, [4.0, 0.0, 0.0])  # edited after generation: image and label differ
     with pytest.raises(InputError, match="edited after .* was generated"):
         logic.export_training_pair(nodes[:1], segmentation, tmp_path / "stale")
     assert not (tmp_path / "stale").exists()
-    assert logic.undo_tumor_edit(segmentation)
+    assert logic.undo_tumour_edit(segmentation)
     logic.export_training_pair(nodes[:1], segmentation, tmp_path / "undone")  # the mask it was made from
 
 
@@ -112,7 +112,7 @@ def test_regenerated_volume_pairs_with_the_edited_label(model_home, tmp_path):  
     segmentation, _ = add_segmentation(scene, standard_head(), matrix("LPS"), NAMES)
     logic = SceneLogic(scene, temp_dir=tmp_path / "jobs")
     nodes = logic.generate(segmentation, fast())
-    logic.shift_tumor(segmentation, [4.0, 0.0, 0.0])
+    logic.shift_tumour(segmentation, [4.0, 0.0, 0.0])
     logic.regenerate(segmentation, fast(harmonize=1))
     files = logic.export_training_pair(nodes, segmentation, tmp_path / "ds", case_id="edited")
     assert len(files) == 4
@@ -129,7 +129,7 @@ def test_transformed_inputs_are_refused_with_a_clear_message(tmp_path):
         with pytest.raises(InputError, match=f"'{node.GetName()}' is under the transform 'registration'; harden"):
             logic.label_array(segmentation, reference)
         with pytest.raises(InputError, match="harden the transform"):
-            logic.shift_tumor(segmentation, [4.0, 0.0, 0.0], reference_volume=reference)
+            logic.shift_tumour(segmentation, [4.0, 0.0, 0.0], reference_volume=reference)
         assert scene.GetNumberOfNodes() == before and not logic.can_undo(segmentation)
         node.SetAndObserveTransformNodeID(None)
     assert logic.label_array(segmentation, reference)[0].any()

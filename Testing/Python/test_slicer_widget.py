@@ -14,7 +14,6 @@ import types
 
 import pytest
 from slicer_scene_helpers import add_segmentation, matrix, new_scene, slicer, standard_head
-from test_slicer_logic import model_home  # noqa: F401  (fixture: the tiny model in a private catalogue)
 
 from MedDDPMSynthSlicerLib import SceneLogic
 
@@ -366,7 +365,7 @@ def test_move_tumour_with_handles_preview_apply_cancel(panel, monkeypatch):
     """Move tumour: the transform with Slicer's handles, a throttled clipped preview, Apply = one undoable
     edit equal to the step buttons' shift, Cancel = nothing changed; the step buttons wait meanwhile."""
     import numpy as np
-    from test_slicer_logic import tumour_centroid_ras
+    from slicer_scene_helpers import tumour_centroid_ras
 
     from MedDDPMSynthSlicerLib.move import set_matrix
 
