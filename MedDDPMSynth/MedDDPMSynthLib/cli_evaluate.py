@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from .protocol import wrote_line
 from .errors import InputError
 from .families import FAMILIES
 from .outputs import StagedOutput, check_destinations
@@ -107,5 +108,5 @@ def run(args: argparse.Namespace) -> int:
             if montage is not None:
                 staged.write_image(montage, args.montage)
             for path in staged.commit():
-                print(f"wrote {path}")
+                print(wrote_line(path))
     return 0

@@ -18,7 +18,8 @@ from .insertion import insert_tumour
 from .models import load_named_model
 from .outputs import StagedOutput, check_destinations, check_folder_name, split_image_name
 from .pipeline import GenerateRequest, generate_files
-from .regenerate import previous_image_paths
+from .protocol import wrote_line
+from .regenerate import modality_files
 
 INSERT_EPILOG = """examples:
   medddpm-synth insert --scan t1c.nii.gz --tumor tumour.nii.gz --model wholehead -o out/
@@ -74,7 +75,7 @@ def add_parser(commands) -> None:
 def run_insert(args: argparse.Namespace) -> int:
     check_folder_name(args.output)
     model = load_named_model(args.model, device=args.device)
-    scan_paths = previous_image_paths(args.scan, model.family.modalities)
+    scan_paths = modality_files(args.scan, model.family.modalities)
     stem_ext = [split_image_name(p) for p in scan_paths]
     outputs = [args.output / f"{stem}_with_tumor{ext or '.nii.gz'}" for stem, ext in stem_ext]
     labels_path = args.output / f"{stem_ext[0][0]}_labels.nii.gz"
@@ -98,7 +99,7 @@ def run_insert(args: argparse.Namespace) -> int:
         staged.write_json(record, args.output / "insertion.json")
         files = staged.commit()
     for path in files:
-        print(f"wrote {path}")
+        print(wrote_line(path))
     return 0
 
 
@@ -122,5 +123,5 @@ def run_anonymize(args: argparse.Namespace) -> int:
             if state["bar"] is not None:
                 state["bar"].close()
     for path in result.files:
-        print(f"wrote {path}")
+        print(wrote_line(path))
     return 0

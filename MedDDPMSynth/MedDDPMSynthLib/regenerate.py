@@ -36,17 +36,18 @@ def _read_image(path: Path) -> sitk.Image:
     return read_image(path, "previous image")
 
 
-def previous_image_paths(keep: Path, modalities: tuple[str, ...]) -> list[Path]:
-    """The previous file, or for multi-modal models the sibling files NAME_<modality>EXT."""
+def modality_files(path: Path, modalities: tuple[str, ...]) -> list[Path]:
+    """The image files of one case: ``path`` itself for a one-modality model, else its sibling files
+    NAME_<modality>EXT for every modality (a previous result to keep, or a scan to insert a tumour into)."""
     if len(modalities) == 1:
-        return [keep]
-    stem, ext = split_image_name(keep)
+        return [path]
+    stem, ext = split_image_name(path)
     for mod in modalities:
         if stem.endswith(f"_{mod}"):
             base = stem[: -len(mod) - 1]
-            return [keep.with_name(f"{base}_{m}{ext}") for m in modalities]
+            return [path.with_name(f"{base}_{m}{ext}") for m in modalities]
     raise InputError(
-        f"{keep.name} does not end with one of _{', _'.join(modalities)}; give one of the previous run's "
+        f"{path.name} does not end with one of _{', _'.join(modalities)}; give one of the previous run's "
         "modality files"
     )
 
@@ -61,7 +62,7 @@ def _provenance_beside(keep: Path) -> dict:
 
 def load_previous(keep: Path, previous_mask: Path | None, family: Family, intensity: str) -> PreviousResult:
     """Previous images, their intensity convention and their mask (given, or found via provenance.json)."""
-    images = [_read_image(p) for p in previous_image_paths(Path(keep), family.modalities)]
+    images = [_read_image(p) for p in modality_files(Path(keep), family.modalities)]
     provenance = _provenance_beside(Path(keep))
     previous_intensity = provenance.get("intensity", intensity)
     if previous_intensity != intensity:
