@@ -1,23 +1,21 @@
 """``medddpm-synth insert`` (a synthetic tumour into a real scan) and ``anonymize`` (a synthetic head
-with the scan's head/brain outline): argument parsing around :mod:`.insertion` and :mod:`.pipeline`."""
+with the scan's head/brain outline): argument parsing around :mod:`.insertion` and :mod:`.anonymize`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-import SimpleITK as sitk
 from tqdm import tqdm
 
+from .anonymize import anonymize
 from .devices import DEVICES
 from .mask_io import read_mask
-from .head_mask import METHODS, auto_head_mask
+from .head_mask import METHODS
 from .insertion import insert_tumour
 from .models import load_named_model
 from .outputs import StagedOutput, check_destinations, check_folder_name, split_image_name
-from .pipeline import GenerateRequest, generate_files
 from .protocol import wrote_line
 from .regenerate import modality_files
 
@@ -105,23 +103,12 @@ def run_insert(args: argparse.Namespace) -> int:
 
 def run_anonymize(args: argparse.Namespace) -> int:
     model = load_named_model(args.model, device=args.device)
-    scan = read_mask(args.scan, "scan")
-    head = auto_head_mask(scan, method=args.method)
-    stem, _ = split_image_name(args.scan)
-    tissue = model.family.tissue_name
-    labels = f"{tissue}=1," + ",".join(f"{n}={100 + i}" for i, n in enumerate(model.family.condition_names)
-                                      if n != tissue)  # no tumour: the other tissues get unused values
     progress, state = _progress_bar(args.quiet)
-    with tempfile.TemporaryDirectory() as tmp:
-        mask_path = Path(tmp) / f"{stem}_anon.nii.gz"
-        sitk.WriteImage(head, str(mask_path), useCompression=True)
-        request = GenerateRequest(mask=mask_path, output=args.output, seed=args.seed, labels=labels,
-                                  overwrite=args.overwrite)
-        try:
-            result = generate_files(request, model, model_name=args.model, progress=progress)
-        finally:
-            if state["bar"] is not None:
-                state["bar"].close()
+    try:
+        result = anonymize(model, args.scan, args.output, args.seed, args.method, args.overwrite, args.model, progress)
+    finally:
+        if state["bar"] is not None:
+            state["bar"].close()
     for path in result.files:
         print(wrote_line(path))
     return 0
