@@ -74,7 +74,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train_data import setup_distributed
+    from .distributed import setup_distributed
 
     shard = parse_shard(args.shard)  # refusals first: nothing is loaded or written for a bad --shard
     edits = EditSettings(args.edits, args.shift_step, args.shift_extent, tuple(args.scale_factors))

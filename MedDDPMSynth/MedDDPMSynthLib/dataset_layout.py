@@ -25,7 +25,8 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .families import Family
-from .outputs import atomic_write, preview_png
+from .outputs import atomic_write
+from .preview import preview_png
 
 FORMATS = ("nnunet", "folders")
 FILE_ENDING = ".nii.gz"

@@ -28,7 +28,8 @@ import torch
 
 from .errors import InputError
 from .mask_io import list_images, read_mask
-from .outputs import preview_png, split_image_name
+from .outputs import split_image_name
+from .preview import preview_png
 
 MS_SSIM_KERNEL, MS_SSIM_SIGMA = 7, 1.5
 MS_SSIM_WEIGHTS = tuple(w / (0.0448 + 0.2856 + 0.3001) for w in (0.0448, 0.2856, 0.3001))
@@ -286,7 +287,7 @@ def evaluate_folders(generated_dir, reference_dir=None, masks_dir=None, *, tumou
 
 def montage_png(cases: list[Case], tumour_labels=(2,), max_cases: int = 6, max_samples: int = 3) -> sitk.Image:
     """RGB montage, one row per case: the reference (if any), then up to ``max_samples`` samples, each as
-    :func:`outputs.preview_png` (three slices through the tumour, outlined in red)."""
+    :func:`preview.preview_png` (three slices through the tumour, outlined in red)."""
     rows = []
     for case in cases[:max_cases]:
         labels = _read(case.mask).transpose(2, 1, 0) if case.mask else None

@@ -30,9 +30,9 @@ from .outputs import (
     check_name_lengths,
     check_disk_space,
     image_extension,
-    preview_png,
     split_image_name,
 )
+from .preview import preview_png
 from .regenerate import check_margin, composite, load_previous, model_inputs, regeneration_region
 from .sampling import CancelCheck, ProgressCallback, SamplerSettings
 

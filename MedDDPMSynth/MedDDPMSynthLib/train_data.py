@@ -15,23 +15,19 @@ released weights were trained (whole-head per slice along Z, BraTS per volume an
 [-1, 1]), or ``robust-volume`` (percentiles of the whole volume inside the labelled anatomy).
 
 Also here: the order in which cases are drawn (:class:`EpochOrder`, resumable mid-epoch) and each
-process's place in data-parallel training (:func:`setup_distributed`).
+process's place in data-parallel training (:func:`distributed.setup_distributed`).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, RandomSampler, Sampler
 
-from .api import resolve_device
 from .errors import InputError
 from .families import Family
 from .geometry import plan_physical
@@ -191,34 +187,6 @@ class PairedVolumeDataset(Dataset):
 
 
 # ------------------------------------------------------------------------------ data order, processes
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in data-parallel training (rank 0 of 1 when not distributed)."""
-
-    rank: int = 0
-    world: int = 1
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, else gloo)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistInfo(), resolve_device(device)
-    local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
-    cuda = torch.cuda.is_available() and str(device) in ("auto", "cuda")
-    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(dev)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), owns), dev
 
 
 class EpochOrder(Sampler[int]):

@@ -50,7 +50,8 @@ from .errors import CheckpointError, InputError, OutputError, RuntimeFailure
 from .families import FAMILIES
 from .model_options import NORMALISATIONS, PREDICTIONS, ModelOptions
 from .sampling import PRECISIONS
-from .train_data import EpochOrder, setup_distributed
+from .distributed import setup_distributed
+from .train_data import EpochOrder
 from .unet import UNetConfig
 from .outputs import atomic_write, new_temp_file
 from .write_errors import short_reason, write_advice
