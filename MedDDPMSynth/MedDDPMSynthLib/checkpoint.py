@@ -9,7 +9,6 @@ failure is a :class:`CheckpointError` naming the problem and the fix.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import pickletools
@@ -355,14 +354,3 @@ def save_safetensors(
         for k, v in state.items()
     }
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})), durable=True)
-
-
-def run_config_beside(checkpoint: str | os.PathLike) -> dict:
-    """The training config that 'medddpm-synth train' writes as ``config.json`` beside its checkpoints, or {}.
-
-    Lets a run's ``model-last.pt`` be used directly (its grid and spacing are not inside the file)."""
-    try:
-        config = json.loads((Path(checkpoint).parent / "config.json").read_text()).get("config", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return config if isinstance(config, dict) else {}

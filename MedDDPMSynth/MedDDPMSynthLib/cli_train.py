@@ -9,7 +9,6 @@ Multi-GPU: ``torchrun --nproc-per-node G -m MedDDPMSynthLib train ...`` (same ar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from .cli_numbers import float_list, int_list
 from .devices import DEVICES
 from .checkpoint import infer_config, model_options, read_state_dict
-from .outputs import atomic_write
+from .run_config import write_run_config
 from . import errors
 from .errors import CheckpointError, GenerationCancelled, InputError, OutputError
 from .families import FAMILIES, family_for_channels
@@ -199,10 +198,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_config(args: argparse.Namespace, config: TrainConfig, trainer: Trainer) -> None:
-    info = {
-        "config": config.to_dict(), "masks": str(args.masks.resolve()), "images": str(args.images.resolve()),
-        "labels": args.labels or "default", "cases": len(trainer.dataset), "world_size": trainer.dist.world,
-        "device": str(trainer.device), "resumed_from": None if args.resume is None else str(_resume_path(args)),
-    }
-    text = json.dumps(info, indent=2)
-    atomic_write(args.output / "config.json", lambda tmp: Path(tmp).write_text(text))
+    write_run_config(
+        args.output, config.to_dict(), masks=str(args.masks.resolve()), images=str(args.images.resolve()),
+        labels=args.labels or "default", cases=len(trainer.dataset), world_size=trainer.dist.world,
+        device=str(trainer.device), resumed_from=None if args.resume is None else str(_resume_path(args)))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .checkpoint import CheckpointInfo, run_config_beside
+from .checkpoint import CheckpointInfo
+from .run_config import run_config_beside
 from .errors import CheckpointError
 from .families import Family
 
