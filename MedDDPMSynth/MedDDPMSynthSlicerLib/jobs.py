@@ -95,6 +95,19 @@ class GenerationJob:
     def eta_seconds(self):
         return self.engine.eta_seconds() if self.engine else None
 
+    @property
+    def warnings(self) -> list[str]:
+        """The engine's warning lines so far (e.g. stray voxels generated anyway)."""
+        return list(self.engine.warnings) if self.engine else []
+
+    def progress_text(self) -> str:
+        """"Step 12 of 25, about 40 s left" (empty before the first step): what every front shows."""
+        if self.engine is None or not self.engine.total:
+            return ""
+        eta = self.eta_seconds()
+        left = f", about {duration_text(eta)} left" if eta is not None else ""
+        return f"Step {self.engine.done} of {self.engine.total}{left}"
+
     def wait(self, timeout: float | None = None, progress=None) -> str:
         return self.engine.wait(timeout, progress)
 
@@ -116,6 +129,14 @@ class GenerationJob:
         if self.state == process.RUNNING:
             raise MedDDPMError("the generation is still running; wait for it or cancel it")
         raise EngineFailure(self.engine.error if self.engine and self.engine.error else "the engine failed")
+
+
+def duration_text(seconds: float | None) -> str:
+    """``"40 s"`` or ``"2 min 05 s"``; empty for None."""
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def new_folder(base: str | Path | None) -> Path:

@@ -189,12 +189,9 @@ class WidgetController:
             self.timer.stop()
             return
         job.poll()
-        engine = job.engine
-        if engine.total:
+        if job.progress_text():
             self.ui.progressBar.value = int(100 * job.fraction())
-            eta = job.eta_seconds()
-            left = f", about {eta:.0f} s left" if eta is not None else ""
-            self.setStatus(f"Step {engine.done} of {engine.total}{left}")
+            self.setStatus(job.progress_text())
         if job.running:
             return
         self.timer.stop()
@@ -212,7 +209,7 @@ class WidgetController:
             for node in nodes:
                 exportCombo.setCheckState(node, qt.Qt.Checked)
             self.ui.progressBar.value = 100
-            warnings = "; ".join(job.engine.warnings)
+            warnings = "; ".join(job.warnings)
             self.setStatus(f"Done: {', '.join(n.GetName() for n in nodes)}" + (f" (warning: {warnings})" if warnings else ""))
         self.updateButtons()
 

@@ -24,6 +24,7 @@ from trame_slicer.rca_view import register_rca_factories
 
 from MedDDPMSynthLib.errors import MedDDPMError
 from MedDDPMSynthSlicerLib import GenerationSettings
+from MedDDPMSynthSlicerLib.jobs import duration_text
 
 from . import security
 from .move_mode import MoveMode
@@ -33,13 +34,6 @@ from .session import WebSession
 TITLE = "MedDDPMSynth"
 POLL_S = 0.3
 MAX_SAMPLES = 8  # per request: one served process is shared, a page must not book it for hours
-
-
-def _eta(seconds) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 class SynthWebApp(TrameApp):
@@ -252,7 +246,7 @@ class SynthWebApp(TrameApp):
         status = self.session.status()
         self.state.update({
             "synth_mask": status["mask"], "synth_running": status["running"], "synth_kind": status["kind"],
-            "synth_fraction": status["fraction"], "synth_eta": _eta(status["eta"]), "synth_queued": status["queued"],
+            "synth_fraction": status["fraction"], "synth_eta": duration_text(status["eta"]), "synth_queued": status["queued"],
             "synth_result": status["result"], "synth_message": status["message"], "synth_error": status["error"],
             "synth_can_regenerate": status["can_regenerate"],
         })

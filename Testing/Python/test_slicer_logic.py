@@ -347,3 +347,9 @@ def test_a_failure_while_loading_results_adds_no_node(model_home, tmp_path, monk
     with pytest.raises(MedDDPMError, match="cannot read mask_s01_t1c.nii.gz"):
         logic.generate(segmentation, fast(samples=2))
     assert scene.GetNumberOfNodes() == before and list(tmp_path.iterdir()) == []
+
+
+def test_every_front_shows_the_same_time_left():
+    from MedDDPMSynthSlicerLib.jobs import duration_text
+
+    assert [duration_text(s) for s in (None, 0.4, 40.4, 59.6, 125)] == ["", "0 s", "40 s", "1 min 00 s", "2 min 05 s"]
