@@ -260,3 +260,19 @@ def test_ctrl_c_on_the_command_line_keeps_only_complete_cases(home, masks, tmp_p
     assert sorted(p.name[: -len("_0000.nii.gz")] for p in (out / "imagesTr").iterdir()) == cases
     assert sorted(p.stem for p in (out / "provenance").iterdir()) == cases
     assert not [p for p in out.rglob(".*") if p.name != ".medddpm-dataset.lock"]
+
+
+def test_step_spacing_has_its_own_name_and_the_old_flag_still_works(home, masks, tmp_path, capsys):
+    """As for generate: --step-spacing names the time-step spacing, --spacing still means it with a warning."""
+    fast = ["--model", "tiny16", "--sampler", "ddim", "--steps", "2", "--quiet", "--shard", "1/3"]
+    code, _, stderr = run_cli(["dataset", "--masks", masks, "-o", tmp_path / "new", *fast, "--step-spacing", "quadratic"],
+                              capsys)
+    assert code == 0, stderr
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "new" / "provenance").glob("*.json")][:1]
+    assert record["sampler"]["spacing"] == "quadratic"
+    code, _, stderr = run_cli(["dataset", "--masks", masks, "-o", tmp_path / "old", *fast, "--spacing", "quadratic"],
+                              capsys)
+    assert code == 0, stderr
+    assert "warning: --spacing is deprecated for the time-step spacing; use --step-spacing" in stderr
+    old = [json.loads(p.read_text()) for p in (tmp_path / "old" / "provenance").glob("*.json")]
+    assert old and all(r["sampler"]["spacing"] == "quadratic" for r in old)
