@@ -7,7 +7,7 @@ a checkpoint path (default: the tiny official-format test model) on ``--grid``/`
 catalogue name ("wholehead", "demo") on its own grid. Model loading is not timed.
 
   python benchmarks/bench_dataset.py --device cpu --masks 4 --samples-per-mask 2 --grid 32,32,32 --spacing 6
-  python benchmarks/bench_dataset.py --device cuda --model wholehead --masks 8 --samples-per-mask 4 \\
+  python benchmarks/bench_dataset.py --device cuda --random wholehead --masks 8 --samples-per-mask 4 \\
       --sampler dpm++ --steps 25 --precision bf16 --batch 4
 """
 
@@ -33,6 +33,18 @@ def _triple(text: str, cast) -> tuple:
     return values * 3 if len(values) == 1 else values
 
 
+def _random_checkpoint(path: Path) -> Path:
+    """An official-format checkpoint of the released whole-head architecture with random weights."""
+    from MedDDPMSynthLib import GaussianDiffusion, UNetConfig
+    from MedDDPMSynthLib.checkpoint import save_official_checkpoint
+
+    torch.manual_seed(0)
+    diffusion = GaussianDiffusion(UNetConfig(3, 1, 64, (1, 1, 2, 3, 4), 1, (8,)), timesteps=250)
+    state = diffusion.state_dict()
+    save_official_checkpoint(path, state, state, step=0)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(TINY), help="checkpoint path or catalogue name (default: tiny test model)")
@@ -46,6 +58,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--random", choices=["wholehead"],
+                        help="instead of --model: the official whole-head config (128^3, 1.5 mm) with random weights")
     args = parser.parse_args()
 
     from MedDDPMSynthLib.api import load_model
@@ -54,12 +68,14 @@ def main() -> None:
     from MedDDPMSynthLib.models import load_named_model
     from MedDDPMSynthLib.sampling import SamplerSettings
 
+    work = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
+    if args.random:
+        args.model = str(_random_checkpoint(work / f"random_{args.random}.pt"))
     if Path(args.model).is_file():
         model = load_model(args.model, device=args.device, grid_xyz=args.grid and _triple(args.grid, int),
                            spacing_mm=args.spacing and _triple(args.spacing, float))
     else:
         model = load_named_model(args.model, device=args.device)
-    work = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
     try:
         masks = work / "masks"
         masks.mkdir()

@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 import time
-from itertools import product
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from MedDDPMSynthLib import SamplerSettings
 from MedDDPMSynthLib.evaluation import mmd, ms_ssim, tumour_contrast
 from MedDDPMSynthLib.models import load_named_model
 from MedDDPMSynthLib.pipeline import GenerateRequest, prepare_labels
+from MedDDPMSynthLib.presets import preset_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,14 +65,28 @@ def _pairs(a: np.ndarray, b: np.ndarray, same: bool) -> float:
     return float(np.mean(scores))
 
 
+def _cases(samplers: str, steps: str) -> list[SamplerSettings]:
+    """NAME[:SPACING[:PRECISION]][@STEPS],... ; without @STEPS every count of --steps."""
+    cases = []
+    for spec in samplers.split(","):
+        spec, _, own_steps = spec.partition("@")
+        name, spacing, precision = (spec.split(":") + ["", ""])[:3]
+        for count in ([int(own_steps)] if own_steps else [int(s) for s in steps.split(",")]):
+            cases.append(SamplerSettings(name, count, spacing=spacing or "uniform", precision=precision or "fp32"))
+    return cases
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo")
     parser.add_argument("--mask", type=Path, default=REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--samplers", default="ddim,dpm++,dpm++:quadratic", help="NAME[:SPACING],...")
+    parser.add_argument("--samplers", default="ddim,dpm++,dpm++:quadratic,dpm++3m:quadratic",
+                        help="NAME[:SPACING[:PRECISION]][@STEPS],... (e.g. dpm++3m:quadratic:bf16@15)")
     parser.add_argument("--steps", default="10,25,50")
+    parser.add_argument("--bf16-only", action="store_true",
+                        help="only compare bf16 with fp32 (dpm++, 25 steps) for each of --samples seeds")
     parser.add_argument("--compare-exact-bf16", action="store_true", help="also compare bf16 with fp32 for the exact sampler (slow)")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -83,6 +98,8 @@ def main() -> int:
     common = {"model": args.model, "grid_xyz": list(model.grid_xyz), "timesteps": model.timesteps,
               "samples": args.samples, "device": args.device, "torch": torch.__version__}
 
+    if args.bf16_only:
+        return _compare_bf16(model, labels, seeds, [preset_settings("preview", model.timesteps, model.info.metadata)], common)
     reference, ref_seconds = _sample(model, labels, seeds, SamplerSettings("ddpm"))
     ref = _unit(reference.transpose(0, 3, 2, 1))
     ref_stats = _stats(ref, labels_zyx, spacing_zyx)
@@ -90,14 +107,13 @@ def main() -> int:
     print(json.dumps({**common, "sampler": "ddpm", "steps": model.timesteps, "seconds_per_sample": round(ref_seconds, 2),
                       "ms_ssim_ref_ref": round(ref_ref, 4), **ref_stats}), flush=True)
 
-    for spec, steps in product(args.samplers.split(","), [int(s) for s in args.steps.split(",")]):
-        name, _, step_spacing = spec.partition(":")
-        settings = SamplerSettings(name, steps, spacing=step_spacing or "uniform")
+    for settings in _cases(args.samplers, args.steps):
+        name, steps = settings.name, settings.steps
         images, seconds = _sample(model, labels, seeds, settings)
         fast = _unit(images.transpose(0, 3, 2, 1))
         stats = _stats(fast, labels_zyx, spacing_zyx)
         row = {**common, "sampler": name, "spacing": settings.spacing, "steps": steps, "seconds_per_sample": round(seconds, 2),
-               "speedup_vs_exact": round(ref_seconds / seconds, 1),
+               "precision": settings.precision, "speedup_vs_exact": round(ref_seconds / seconds, 1),
                "ms_ssim_to_ref": round(_pairs(fast, ref, same=False), 4), "ms_ssim_ref_ref": round(ref_ref, 4),
                "mmd": float(mmd(list(fast), list(ref))), **stats}
         for key in ("mean_head", "mean_tumour", "tumour_cohens_d"):
@@ -105,15 +121,27 @@ def main() -> int:
                 row[f"d_{key}"] = round(stats[key] - ref_stats[key], 4)
         print(json.dumps(row), flush=True)
 
-    # bf16 vs fp32 on the same noise: the default preview setting and the exact sampler
-    compared = [SamplerSettings("dpm++", min(25, model.timesteps))] + ([SamplerSettings("ddpm")] if args.compare_exact_bf16 else [])
+    # bf16 vs fp32 on the same noise: the preview preset and the exact sampler
+    compared = [preset_settings("preview", model.timesteps, model.info.metadata)] + \
+        ([SamplerSettings("ddpm")] if args.compare_exact_bf16 else [])
+    return _compare_bf16(model, labels, [0], compared, common)
+
+
+def _compare_bf16(model, labels, seeds, compared, common) -> int:
+    """bf16 autocast against fp32 on the same noise (images in [-1, 1]), per sampler setting, with the
+    seconds of each (measured one after the other: a ratio only on an otherwise idle machine)."""
     for settings in compared:
-        fp32 = model.generate(labels, seed=0, sampler=settings)
-        bf16 = model.generate(labels, seed=0, sampler=SamplerSettings(settings.name, settings.steps, precision="bf16"))
-        diff = np.abs(fp32 - bf16)
-        print(json.dumps({**common, "compare": "bf16_vs_fp32", "sampler": settings.name, "steps": settings.steps or
-                          model.timesteps, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}),
-              flush=True)
+        for seed in seeds:
+            started = time.perf_counter()
+            fp32 = model.generate(labels, seed=seed, sampler=replace(settings, precision="fp32"))
+            middle = time.perf_counter()
+            bf16 = model.generate(labels, seed=seed, sampler=replace(settings, precision="bf16"))
+            seconds = (middle - started, time.perf_counter() - middle)
+            diff = np.abs(fp32 - bf16)
+            print(json.dumps({**common, "compare": "bf16_vs_fp32", "sampler": settings.name, "steps": settings.steps or
+                              model.timesteps, "seed": seed, "max_abs_diff": float(diff.max()),
+                              "mean_abs_diff": float(diff.mean()), "seconds_fp32": round(seconds[0], 2),
+                              "seconds_bf16": round(seconds[1], 2)}), flush=True)
     return 0
 
 

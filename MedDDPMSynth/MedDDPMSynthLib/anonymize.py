@@ -16,14 +16,16 @@ from .head_mask import auto_head_mask
 from .mask_io import read_mask
 from .outputs import split_image_name
 from .pipeline import GenerateRequest, GenerationResult, generate_files
-from .sampling import ProgressCallback
+from .sampling import ProgressCallback, SamplerSettings
 
 
 def anonymize(model, scan: str | Path, output: str | Path, seed: int = 0, method: str = "otsu",
               overwrite: bool = False, model_name: str | None = None,
-              progress: ProgressCallback | None = None) -> GenerationResult:
+              progress: ProgressCallback | None = None, sampler: SamplerSettings | None = None,
+              sampler_choice: dict | None = None) -> GenerationResult:
     """Generate a head on ``scan``'s grid from its automatic head mask (``method``: the threshold method of
-    :func:`head_mask.auto_head_mask`); the files are written as ``generate`` writes them."""
+    :func:`head_mask.auto_head_mask`) with ``sampler`` (default: the request's default); the files are
+    written as ``generate`` writes them, ``sampler_choice`` recorded in their provenance."""
     image = read_mask(scan, "scan")  # the checks of a mask: 3-D, scalar, finite
     head = auto_head_mask(image, method=method)
     stem, _ = split_image_name(Path(scan))
@@ -33,5 +35,7 @@ def anonymize(model, scan: str | Path, output: str | Path, seed: int = 0, method
     with tempfile.TemporaryDirectory() as tmp:
         mask_path = Path(tmp) / f"{stem}_anon.nii.gz"
         sitk.WriteImage(head, str(mask_path), useCompression=True)
-        request = GenerateRequest(mask=mask_path, output=Path(output), seed=seed, labels=labels, overwrite=overwrite)
+        request = GenerateRequest(mask=mask_path, output=Path(output), seed=seed, labels=labels, overwrite=overwrite,
+                                  **({"sampler": sampler} if sampler is not None else {}),
+                                  **({"sampler_choice": sampler_choice} if sampler_choice is not None else {}))
         return generate_files(request, model, model_name=model_name, progress=progress)

@@ -123,18 +123,19 @@ class SynthesisModel:
 
         Sample n uses seed ``seed + n`` whatever the batch size, so a batch equals single runs.
         ``progress(done, total)`` counts sample-steps over all batches; ``cancel()`` is checked before
-        every step and raises :class:`GenerationCancelled`. The default sampler is the official one.
+        every step and raises :class:`GenerationCancelled`. The default sampler is the official one (the
+        fronts choose a per-device default with :func:`presets.choose_sampler`).
 
         Local re-generation: ``keep_image`` (C, X, Y, Z) in [-1, 1] is kept wherever the boolean
-        ``regenerate`` (X, Y, Z) is False (RePaint with ``harmonize`` resampling rounds).
+        ``regenerate`` (X, Y, Z) is False (RePaint with ``harmonize`` resampling rounds; on all T steps with
+        ``ddpm``, on the sampler's sub-sequence of steps with a fast sampler).
         """
         if samples < 1 or batch < 1:
             raise InputError("samples and batch must be at least 1; use e.g. samples=1, batch=1")
         sampler.check(self.timesteps)
         cond = self.condition(labels_xyz)
         inpaint = None if keep_image is None else self._inpainting(keep_image, regenerate, harmonize)
-        steps = len([a for a, _ in repaint_schedule(self.timesteps, inpaint.jump, inpaint.resample) if a == "denoise"]) \
-            if inpaint else sampler.evaluations(self.timesteps)
+        steps = inpainting_evaluations(inpaint, sampler, self.timesteps) if inpaint else sampler.evaluations(self.timesteps)
         total = samples * steps
         outputs = []
         for start in range(0, samples, batch):
@@ -175,6 +176,14 @@ class SynthesisModel:
         keep = torch.from_numpy(np.ascontiguousarray((~region).transpose(2, 1, 0)))[None, None].to(self.device)
         jump = max(1, min(10, self.timesteps // 5))  # RePaint's 10 for T = 250; shorter for tiny T
         return Inpainting(known.clamp(-1, 1), keep.float(), jump=jump, resample=harmonize)
+
+
+def inpainting_evaluations(inpaint: Inpainting, sampler: SamplerSettings, timesteps: int) -> int:
+    """Network evaluations of one in-painting run (official RePaint, or on the fast sampler's steps)."""
+    if sampler.name == "ddpm":
+        return sum(1 for a, _ in repaint_schedule(timesteps, inpaint.jump, inpaint.resample) if a == "denoise")
+    from .repaint_fast import fast_repaint_evaluations
+    return fast_repaint_evaluations(inpaint, timesteps, sampler.evaluations(timesteps))
 
 
 def _check_network_output(images: torch.Tensor, path) -> None:
@@ -220,6 +229,18 @@ def load_model(
     The training grid comes from ``grid_xyz``/``spacing_mm`` (e.g. a catalogue entry), else the file's
     safetensors metadata, else the training run's config.json beside it, else the family's official grid."""
     diffusion, info = load_checkpoint(path, num_heads=num_heads)
+    return model_from_checkpoint(diffusion, info, path, device, grid_xyz, spacing_mm)
+
+
+def model_from_checkpoint(
+    diffusion: GaussianDiffusion,
+    info: CheckpointInfo,
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    grid_xyz: tuple[int, int, int] | None = None,
+    spacing_mm: tuple[float, float, float] | None = None,
+) -> SynthesisModel:
+    """A :class:`SynthesisModel` from an already loaded checkpoint (see :func:`load_model`)."""
     config = diffusion.config
     family = family_for_channels(config.in_channels, config.out_channels)
     dev = resolve_device(device)

@@ -314,13 +314,28 @@ def build_model(state: Mapping[str, torch.Tensor], path: Path | str = "checkpoin
             + "; ".join(parts)
             + ". The file is damaged or from another model; use an official-format Med-DDPM checkpoint"
         )
-    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    nonfinite = _nonfinite(state)
     if nonfinite:
         raise CheckpointError(f"{path} has NaN/Inf values in {nonfinite[:3]}; the weights are damaged")
     _check_schedule(state, path)
-    model = model.to_empty(device="cpu")
-    model.load_state_dict(state, strict=True)
+    # the meta-device model takes the loaded tensors themselves (no second copy of the weights, and no
+    # allocation of empty ones first); the state's tensors belong to the model afterwards
+    model.load_state_dict(OrderedDict((k, v.contiguous()) for k, v in state.items()), strict=True, assign=True)
     return model.eval()
+
+
+def _nonfinite(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or Inf. One float64 sum per tensor, stacked and
+    checked once: a NaN or Inf anywhere makes its sum non-finite, and float64 cannot overflow on finite
+    float32/16 values, so this is exact - and one read of the weights, with no boolean copy of them.
+    Only when something is found are the tensors checked one by one, to name them."""
+    floats = {k: v for k, v in state.items() if v.is_floating_point()}
+    if not floats:
+        return []
+    sums = torch.stack([v.sum(dtype=torch.float64) for v in floats.values()])
+    if bool(torch.isfinite(sums).all()):
+        return []
+    return [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
 
 
 def load_checkpoint(path: str | os.PathLike, num_heads: int = 1) -> tuple[GaussianDiffusion, CheckpointInfo]:

@@ -10,24 +10,25 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cli_numbers import number_list
-from .cli_generate import add_step_spacing, step_spacing
 from .devices import DEVICES
 from .dataset import DatasetRequest, build_dataset
 from .dataset_layout import FORMATS
 from .dataset_plan import EDITS, EditSettings, parse_shard
 from .errors import Terminated
 from .models import load_named_model
-from .sampling import PRECISIONS, SAMPLERS, SamplerSettings
+from .cli_sampler import SAMPLER_HELP, add_sampler_options, announcer, resolve_sampler
 
-EPILOG = """examples:
+EPILOG = f"""examples:
   # 2 samples per mask, nnU-Net v2 raw layout (imagesTr/, labelsTr/, dataset.json)
   medddpm-synth dataset --masks masks/ --model wholehead -o Dataset501_Synth --samples-per-mask 2
   # every mask also shifted on a 10 mm grid (26 shifts), fast sampler, bf16
   medddpm-synth dataset --masks masks/ --model wholehead -o out/ --edits shift-grid \\
-      --sampler dpm++ --steps 25 --precision bf16
+      --sampler preview --precision bf16
   # all GPUs of this machine; or one shard of 8 per Slurm array task
   torchrun --nproc-per-node 4 -m MedDDPMSynthLib dataset --masks masks/ --model wholehead -o out/
   medddpm-synth dataset --masks masks/ --model wholehead -o out/ --shard $SLURM_ARRAY_TASK_ID/8
+
+{SAMPLER_HELP}
 
 Re-running the same command continues an interrupted run: complete cases are kept, partial ones redone;
 case n of a mask variant always gets the same seed, so the result equals one uninterrupted run.
@@ -61,11 +62,7 @@ def add_parser(commands) -> None:
     p.add_argument("--format", default="nnunet", help=f"{' | '.join(FORMATS)} (default nnunet)")
     p.add_argument("--seed", type=int, default=0, help="global seed; each case's seed derives from it and the case id")
     p.add_argument("--labels", metavar="NAME=V,...", help="which mask values are which tissue, e.g. head=1,tumor=2+3")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="ddpm (default, exact) / ddim / dpm++")
-    p.add_argument("--steps", type=int, help="network evaluations for ddim / dpm++ (default: all T)")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic (default) .. 1 ancestral")
-    add_step_spacing(p)
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="fp32 (default) / bf16 / fp16")
+    add_sampler_options(p)
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--batch", type=int, help="samples per network pass (default: up to 4 on a GPU, 1 on the CPU)")
     p.add_argument("--shard", metavar="I/N", help="make only shard I of N (0-based), e.g. one per Slurm array task")
@@ -82,11 +79,12 @@ def run(args: argparse.Namespace) -> int:
     info, device = setup_distributed(args.device)
     try:
         model = load_named_model(args.model, device=str(device))
+        choice = resolve_sampler(args, model)
         batch = args.batch or (min(4, max(1, args.samples_per_mask)) if device.type == "cuda" else 1)
         request = DatasetRequest(
             masks=args.masks, output=args.output, samples_per_mask=args.samples_per_mask, edits=edits,
             format=args.format, seed=args.seed, labels=args.labels, batch=batch, shard=shard,
-            sampler=SamplerSettings(args.sampler, args.steps, args.eta, step_spacing(args), args.precision),
+            sampler=choice.settings, sampler_choice=choice.record(),
         )
         bar = None
 
@@ -102,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         try:
-            summary = build_dataset(request, model, args.model, info.rank, info.world, progress)
+            summary = build_dataset(request, model, args.model, info.rank, info.world, progress,
+                                    started=announcer(choice, show=info.main))
         except KeyboardInterrupt as interrupt:
             if bar is not None:
                 bar.close()

@@ -13,12 +13,14 @@ from .devices import DEVICES
 from .errors import InputError
 from .models import load_named_model
 from .pipeline import GEOMETRIES, INTENSITIES, GenerateRequest, generate_files
-from .sampling import PRECISIONS, SAMPLERS, SPACINGS, SamplerSettings
+from .cli_sampler import SAMPLER_HELP, add_sampler_options, announcer, resolve_sampler
 from .protocol import progress_line, warning_line, wrote_line
 
-EPILOG = """examples:
-  # the bundled demo model on the bundled example mask
+EPILOG = f"""examples:
+  # the bundled demo model on the bundled example mask (CPU: the preview sampler, seconds)
   medddpm-synth generate --mask MedDDPMSynth/Resources/Examples/demo_mask.nii.gz --model demo -o out/
+  # the same with the official sampler (all 250 steps; the default on a GPU)
+  medddpm-synth generate --mask MedDDPMSynth/Resources/Examples/demo_mask.nii.gz --model demo -o out/ --sampler exact
   # an imported official whole-head model, 4 samples, reproducible
   medddpm-synth generate --mask head_mask.nrrd --model wholehead -o out/ --samples 4 --seed 7
   # a BraTS segmentation (raw BraTS 0/1/2/4 labels need a brain label: --labels ...)
@@ -27,7 +29,9 @@ EPILOG = """examples:
   medddpm-synth generate --mask m.nii.gz --model demo -o synth.nii.gz --labels head=5,tumor=9
   # exactly what the official sample.py writes for this seed (mask already on the model grid)
   medddpm-synth generate --mask m128.nii.gz --model wholehead -o o.nii.gz --seed 3 --device cpu \\
-      --geometry official --intensity raw --grid 128,128,128
+      --sampler ddpm --geometry official --intensity raw --grid 128,128,128
+
+{SAMPLER_HELP}
 
 output: -o ending in .nii.gz/.nii/.nrrd/.mha writes one file (BraTS: NAME_t1, _t1ce, _t2, _flair);
 otherwise a folder with one file per sample and modality, the mask, provenance.json and preview.png.
@@ -40,26 +44,6 @@ def _grid(text: str) -> tuple[int, int, int]:
     if values is None or len(values) != 3:
         raise argparse.ArgumentTypeError(f"'{text}' is not X,Y,Z (three integers)")
     return values
-
-
-def add_step_spacing(parser: argparse.ArgumentParser) -> None:
-    """``--step-spacing`` (which time steps ddim / dpm++ visit), and ``--spacing``, its old name, kept as a
-    deprecated alias: elsewhere (``train``, ``models import``) --spacing is the voxel spacing in mm."""
-    parser.add_argument("--step-spacing", choices=SPACINGS, default=None,
-                        help="ddim / dpm++ time-step spacing (default uniform)")
-    parser.add_argument("--spacing", dest="deprecated_spacing", choices=SPACINGS, default=None, help=argparse.SUPPRESS)
-
-
-def step_spacing(args: argparse.Namespace) -> str:
-    """The time-step spacing asked for; the deprecated ``--spacing`` still means it here, with a warning."""
-    old, new = getattr(args, "deprecated_spacing", None), args.step_spacing
-    if old is None:
-        return new or "uniform"
-    if new is not None and new != old:
-        raise InputError(f"--spacing {old} and --step-spacing {new} disagree; give --step-spacing only")
-    print(warning_line("--spacing is deprecated for the time-step spacing; use --step-spacing (--spacing is the "
-                       "voxel spacing in mm in 'train' and 'models import')"), file=sys.stderr)
-    return old
 
 
 def add_parser(commands) -> None:
@@ -77,13 +61,7 @@ def add_parser(commands) -> None:
     p.add_argument("--samples", type=int, default=1, help="number of different samples (default 1)")
     p.add_argument("--seed", type=int, default=0, help="sample n uses seed SEED+n (default 0)")
     p.add_argument("--batch", type=int, default=1, help="samples per network pass (memory vs speed; default 1)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
-                   help="ddpm (default): the official sampler, all T steps, exact; ddim / dpm++: fewer steps (--steps)")
-    p.add_argument("--steps", type=int, help="network evaluations for ddim / dpm++ (default: all T)")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic (default) .. 1 ancestral")
-    add_step_spacing(p)
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="fp32 (default, exact) or bf16 / fp16 autocast (faster on GPUs)")
+    add_sampler_options(p)
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--grid", type=_grid, metavar="X,Y,Z", help="model grid in voxels (default: the model's own)")
     p.add_argument("--labels", metavar="NAME=V,...", help="which mask values are which tissue, e.g. head=1,tumor=2+3")
@@ -109,11 +87,13 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.batch < 1:
         raise InputError("--samples and --batch must be at least 1; use e.g. --samples 1 --batch 1")
     model = load_named_model(args.model, device=args.device)
+    choice = resolve_sampler(args, model)
+    announce = announcer(choice)
     request = GenerateRequest(
         mask=args.mask, output=args.output, samples=args.samples, seed=args.seed, batch=args.batch,
         geometry=args.geometry, grid_xyz=args.grid, intensity=args.intensity, labels=args.labels,
         overwrite=args.overwrite,
-        sampler=SamplerSettings(args.sampler, args.steps, args.eta, step_spacing(args), args.precision),
+        sampler=choice.settings, sampler_choice=choice.record(),
         keep=args.keep, previous_mask=args.previous_mask, margin_mm=args.margin, harmonize=args.harmonize,
     )
     request.sampler.check(model.timesteps)
@@ -122,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(done: int, steps_total: int) -> None:
         nonlocal bar
+        announce()
         if args.progress_lines:
             print(progress_line(done, steps_total), file=sys.stderr, flush=True)
             return

@@ -14,24 +14,32 @@ from .devices import DEVICES
 from .mask_io import read_mask
 from .head_mask import METHODS
 from .insertion import insert_tumour
+from .cli_sampler import SAMPLER_HELP, add_sampler_options, announcer, resolve_sampler
 from .models import load_named_model
 from .outputs import StagedOutput, check_destinations, check_folder_name, split_image_name
 from .protocol import wrote_line
 from .regenerate import modality_files
 
-INSERT_EPILOG = """examples:
+INSERT_EPILOG = f"""examples:
   medddpm-synth insert --scan t1c.nii.gz --tumor tumour.nii.gz --model wholehead -o out/
   medddpm-synth insert --scan case_t1.nii.gz --tumor seg.nii.gz --model brats -o out/   # finds _t1ce, _t2, _flair
+  medddpm-synth insert --scan t1c.nii.gz --tumor tumour.nii.gz --model wholehead -o out/ --sampler exact
+
+{SAMPLER_HELP}
 """
-ANON_EPILOG = """examples:
+ANON_EPILOG = f"""examples:
   medddpm-synth anonymize scan.nii.gz -o anon/ --model wholehead
+  medddpm-synth anonymize scan.nii.gz -o anon/ --model wholehead --sampler exact
+
+{SAMPLER_HELP}
 """
 
 
-def _progress_bar(quiet: bool):
+def _progress_bar(quiet: bool, announce):
     state = {"bar": None}
 
     def progress(done: int, total: int) -> None:
+        announce()  # the sampler line, once sampling has started (after every refusal)
         if state["bar"] is None:
             state["bar"] = tqdm(total=total, unit="step", desc="generating", file=sys.stderr, disable=quiet)
         state["bar"].update(done - state["bar"].n)
@@ -52,6 +60,7 @@ def add_parser(commands) -> None:
     p.add_argument("--margin", type=float, default=5.0, metavar="MM", help="regenerated margin around the tumour")
     p.add_argument("--harmonize", type=int, default=3, metavar="R", help="RePaint resampling rounds (default 3)")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    add_sampler_options(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_insert)
@@ -65,6 +74,7 @@ def add_parser(commands) -> None:
     a.add_argument("--method", choices=METHODS, default="otsu", help="head mask threshold (default otsu)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto", choices=DEVICES)
+    add_sampler_options(a)
     a.add_argument("--overwrite", action="store_true")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(run=run_anonymize)
@@ -73,6 +83,7 @@ def add_parser(commands) -> None:
 def run_insert(args: argparse.Namespace) -> int:
     check_folder_name(args.output)
     model = load_named_model(args.model, device=args.device)
+    choice = resolve_sampler(args, model)
     scan_paths = modality_files(args.scan, model.family.modalities)
     stem_ext = [split_image_name(p) for p in scan_paths]
     outputs = [args.output / f"{stem}_with_tumor{ext or '.nii.gz'}" for stem, ext in stem_ext]
@@ -81,13 +92,14 @@ def run_insert(args: argparse.Namespace) -> int:
                        inputs=[*scan_paths, args.tumor, args.head_mask])
     scans = [read_mask(p, "scan") for p in scan_paths]  # same checks as masks: 3-D, scalar, finite
     head = read_mask(args.head_mask) if args.head_mask else None
-    progress, state = _progress_bar(args.quiet)
+    progress, state = _progress_bar(args.quiet, announcer(choice))
     try:
         result = insert_tumour(model, scans, read_mask(args.tumor), head, args.seed, args.margin, args.harmonize,
-                               progress=progress)
+                               progress=progress, sampler=choice.settings)
     finally:
         if state["bar"] is not None:
             state["bar"].close()
+    result.record["sampler"].update(choice.record())
     record = {**result.record, "scans": [str(p) for p in scan_paths], "tumor": str(args.tumor),
               "model": args.model, "outputs": [p.name for p in outputs]}
     with StagedOutput(args.output) as staged:
@@ -103,9 +115,11 @@ def run_insert(args: argparse.Namespace) -> int:
 
 def run_anonymize(args: argparse.Namespace) -> int:
     model = load_named_model(args.model, device=args.device)
-    progress, state = _progress_bar(args.quiet)
+    choice = resolve_sampler(args, model)
+    progress, state = _progress_bar(args.quiet, announcer(choice))
     try:
-        result = anonymize(model, args.scan, args.output, args.seed, args.method, args.overwrite, args.model, progress)
+        result = anonymize(model, args.scan, args.output, args.seed, args.method, args.overwrite, args.model, progress,
+                           sampler=choice.settings, sampler_choice=choice.record())
     finally:
         if state["bar"] is not None:
             state["bar"].close()

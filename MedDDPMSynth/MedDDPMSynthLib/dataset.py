@@ -46,6 +46,9 @@ class DatasetRequest:
     format: str = "nnunet"
     seed: int = 0
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    #: how the sampler was chosen (per-case provenance only: it does not change a case, so a folder made
+    #: on a GPU with ``exact`` by default continues on a CPU given ``--sampler exact``)
+    sampler_choice: dict = field(default_factory=dict)
     labels: str | None = None
     batch: int = 1  # samples per network pass; decides the work units (see dataset_plan)
     shard: tuple[int, int] = (0, 1)
@@ -163,11 +166,13 @@ def build_dataset(
     rank: int = 0,
     world: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    started: Callable[[], None] | None = None,
 ) -> DatasetSummary:
     """Make this process's share of the dataset and refresh the index files; see the module docstring.
 
     ``progress(done, total)`` counts this process's cases (written, found complete or skipped) after
-    each one; raising from it (e.g. KeyboardInterrupt) stops the run between two complete cases."""
+    each one; raising from it (e.g. KeyboardInterrupt) stops the run between two complete cases.
+    ``started()`` is called once every input is checked, before the first case."""
     _check_request(request, model)
     masks = list_masks(request.masks)
     mine = select(units(masks, request.samples_per_mask, request.batch), request.shard, rank, world)
@@ -187,7 +192,10 @@ def build_dataset(
             write_json(layout.settings, settings)
     log = _Log(layout, request, rank, world)
     log(f"start: {len(mine)} unit(s) of {len(masks)} mask(s) x {request.samples_per_mask} sample(s); model "
-        f"{model_name} on {model.device}, batch {request.batch}, medddpm-synth {__version__}")
+        f"{model_name} on {model.device}, batch {request.batch}, medddpm-synth {__version__}"
+        + (f"; sampler {request.sampler_choice}" if request.sampler_choice else ""))
+    if started is not None:
+        started()
     run = _Run(layout, request, model, model_name, model_sha, log, progress,
                done=complete_cases(layout, read_manifest(layout)), planned=sum(len(u.samples) for u in mine))
     for mask, blocks in groups:
@@ -278,7 +286,8 @@ class _Run:
             "seed": seed,
             "model": {"name": self.model_name, "sha256": self.model_sha, "family": self.model.family.name,
                       "grid_xyz": list(self.model.grid_xyz), "spacing_mm": list(self.model.spacing_mm)},
-            "sampler": {**asdict(sampler), "steps": sampler.evaluations(self.model.timesteps)},
+            "sampler": {**asdict(sampler), "steps": sampler.evaluations(self.model.timesteps),
+                        **self.request.sampler_choice},
             "intensity": "raw [-1, 1], background -1",
             "files": [p.relative_to(self.layout.root).as_posix() for p in self.layout.case_files(case)],
             "medddpm_synth": __version__,

@@ -10,7 +10,7 @@ outside the region are the scan's, bit for bit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,7 +23,7 @@ from .head_mask import auto_head_mask
 from .labels import to_official
 from .normalisation import fit_intensity
 from .regenerate import check_margin, composite
-from .sampling import CancelCheck, ProgressCallback
+from .sampling import CancelCheck, ProgressCallback, SamplerSettings
 
 
 @dataclass
@@ -77,8 +77,10 @@ def insert_tumour(
     harmonize: int = 3,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    sampler: SamplerSettings = SamplerSettings(),
 ) -> InsertionResult:
-    """Insert a synthetic tumour (``tumour`` mask on the scan's grid) into ``scans`` (one per modality)."""
+    """Insert a synthetic tumour (``tumour`` mask on the scan's grid) into ``scans`` (one per modality);
+    ``sampler``: the official RePaint (ddpm, the default) or RePaint on a fast sampler's steps."""
     if len(scans) != model.family.image_channels:
         raise InputError(f"the {model.family.name} model needs {model.family.image_channels} scan(s) "
                          f"({', '.join(model.family.modalities)}), got {len(scans)}")
@@ -101,7 +103,7 @@ def insert_tumour(
     region_model = mapping.labels_to_model(region) > 0
     generated = model.generate(
         mapping.labels_to_model(labels), seed, progress=progress, cancel=cancel,
-        keep_image=known, regenerate=region_model, harmonize=harmonize,
+        keep_image=known, regenerate=region_model, harmonize=harmonize, sampler=sampler,
     )[0]
     images = []
     for scan, intensity, channel in zip(scans, ranges, generated):
@@ -109,6 +111,7 @@ def insert_tumour(
         images.append(composite(on_scan, scan, region))
     record = {
         "seed": seed, "margin_mm": margin_mm, "harmonize": harmonize,
+        "sampler": {**asdict(sampler), "steps": sampler.evaluations(model.timesteps)},
         "regenerated_voxels": int(sitk.GetArrayViewFromImage(region).sum()),
         "head_mask": "automatic" if automatic else "given", "geometry": mapping.to_dict(),
     }

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -107,9 +106,12 @@ def _check_spacing(spacing: object) -> list[float]:
     return [float(v) for v in values]
 
 
-def _describe(path: Path, grid_xyz: Sequence[int] | None = None, spacing_mm: Sequence[float] | None = None) -> dict:
-    """Entry fields that come from the file itself; loading it is the validation."""
-    diffusion, info = load_checkpoint(path)  # CheckpointError propagates with its message intact
+def _describe(path: Path, grid_xyz: Sequence[int] | None = None, spacing_mm: Sequence[float] | None = None,
+              loaded: tuple | None = None) -> dict:
+    """Entry fields that come from the file itself; loading it is the validation. ``loaded``: the
+    (diffusion, info) of this file when the caller has just loaded it, so it is not read twice."""
+    # CheckpointError propagates with its message intact
+    diffusion, info = loaded if loaded is not None else load_checkpoint(path)
     config = diffusion.config
     family = family_for_channels(config.in_channels, config.out_channels)
     sha256 = file_sha256(path)
@@ -261,10 +263,18 @@ the checkpoint (:func:`model_grid.training_grid`).
     return _describe(destination)
 
 
-@lru_cache(maxsize=4)
-def _describe_demo(path: str, size: int, mtime_ns: int) -> dict:
+_DEMO_DESCRIBED: dict[tuple[str, int, int], dict] = {}
+
+
+def _describe_demo(path: str, size: int, mtime_ns: int, loaded: tuple | None = None) -> dict:
     # keyed on size and mtime: listing models must not re-hash an unchanged file every time
-    return _describe(Path(path))
+    key = (path, size, mtime_ns)
+    if key not in _DEMO_DESCRIBED:
+        described = _describe(Path(path), None, None, loaded)
+        if len(_DEMO_DESCRIBED) >= 4:
+            _DEMO_DESCRIBED.clear()
+        _DEMO_DESCRIBED[key] = described
+    return _DEMO_DESCRIBED[key]
 
 
 def demo_entry() -> dict:
@@ -348,6 +358,8 @@ def load_named_model(name_or_path: str | os.PathLike, device: str = "cpu"):
     """Load "demo", an imported model (with its catalogue grid) or a checkpoint file."""
     from .api import load_model
 
+    if str(name_or_path).lower() == DEMO_NAME and not Path(name_or_path).expanduser().is_file():
+        return _load_demo(device)
     path = resolve_model(name_or_path)
     is_file = Path(name_or_path).expanduser().is_file()
     entry = None if is_file else get_entry(str(name_or_path))
@@ -356,6 +368,20 @@ def load_named_model(name_or_path: str | os.PathLike, device: str = "cpu"):
     grid = tuple(entry["grid_xyz"]) if entry else None
     spacing = tuple(entry["spacing_mm"]) if entry else None
     return load_model(path, device=device, grid_xyz=grid, spacing_mm=spacing)
+
+
+def _load_demo(device: str):
+    """The demo model, read once: the load that describes it (its grid and spacing) is the one used
+    (describing and then loading it read and checked the file twice)."""
+    from .api import model_from_checkpoint
+
+    path = demo_model_path()
+    if not path.is_file():
+        _existing_file(demo_entry())  # raises the "not installed" message
+    diffusion, info = load_checkpoint(path)
+    stat = path.stat()
+    entry = _describe_demo(str(path), stat.st_size, stat.st_mtime_ns, (diffusion, info))
+    return model_from_checkpoint(diffusion, info, path, device, tuple(entry["grid_xyz"]), tuple(entry["spacing_mm"]))
 
 
 def verify(name: str) -> dict:

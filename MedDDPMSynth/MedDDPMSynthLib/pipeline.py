@@ -55,6 +55,8 @@ class GenerateRequest:
     labels: str | None = None
     overwrite: bool = False
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    #: how the sampler was chosen (preset, reason; see presets.SamplerChoice.record), for provenance
+    sampler_choice: dict = field(default_factory=dict)
     #: local re-generation: the previous image to keep outside the edited region, its mask (default:
     #: found via the previous run's provenance.json), the margin around old + new tumour, RePaint rounds
     keep: Path | None = None
@@ -319,7 +321,8 @@ def _provenance(request, model, model_name, mapping, official, seconds, warnings
             "grid_xyz": list(mapping.model_grid.size_xyz),
             "spacing_mm": list(mapping.model_grid.spacing_mm),
         },
-        "sampler": {**asdict(request.sampler), "steps": request.sampler.evaluations(model.timesteps)},
+        "sampler": {**asdict(request.sampler), "steps": request.sampler.evaluations(model.timesteps),
+                    **request.sampler_choice},
         "seeds": [request.seed + n for n in range(request.samples)],
         "local_regeneration": None if request.keep is None else {
             "previous_image": str(Path(request.keep).resolve()),

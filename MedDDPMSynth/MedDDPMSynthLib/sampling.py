@@ -1,6 +1,8 @@
 """Reverse samplers behind one interface: ``ddpm`` (the official ancestral sampler, exact), ``ddim``
-(any number of steps, eta, uniform or quadratic spacing) and ``dpm++`` (DPM-Solver++ 2M, data prediction
-with x0 clipping). All take the same condition, noise source, progress and cancel callbacks.
+(any number of steps, eta, uniform or quadratic spacing), ``dpm++`` (DPM-Solver++ 2M, data prediction
+with x0 clipping) and ``dpm++3m`` (third order, in dpm_solver_3m.py). In-painting (RePaint) runs on the
+official sampler, or on a fast sampler's sub-sequence of steps (repaint_fast.py). All take the same
+condition, noise source, progress and cancel callbacks.
 
 Random numbers come from a :class:`SeededNoise` on the CPU and are moved to the model's device, so a
 seed gives the same noise on every machine. With one integer seed the draws follow the official
@@ -60,7 +62,7 @@ def _check_cancel(cancel: CancelCheck | None) -> None:
         raise GenerationCancelled("generation cancelled by the user; nothing was written")
 
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
+SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++3m")
 SPACINGS = ("uniform", "quadratic")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -92,8 +94,8 @@ class SamplerSettings:
             )
         if self.steps is not None and not 1 <= self.steps <= timesteps:
             raise InputError(f"--steps must be between 1 and {timesteps} (the model's T), got {self.steps}")
-        if self.name == "dpm++" and self.steps == 1:
-            raise InputError("dpm++ needs at least 2 steps; use --steps 2 or more")
+        if self.name in ("dpm++", "dpm++3m") and self.steps == 1:
+            raise InputError(f"{self.name} needs at least 2 steps; use --steps 2 or more")
         if not 0.0 <= self.eta <= 1.0:
             raise InputError(f"eta must be between 0 and 1, got {self.eta}")
 
@@ -344,15 +346,19 @@ def run_sampler(
     settings.check(model.num_timesteps)
     eps_fn = make_eps_fn(model, settings.precision)
     steps = settings.evaluations(model.num_timesteps)
-    if inpaint is not None and settings.name != "ddpm":
-        raise InputError("local re-generation uses the ddpm sampler; drop --sampler/--steps or use ddpm")
     with cancel_between_blocks(model, cancel):
-        if inpaint is not None:
+        if inpaint is not None and settings.name == "ddpm":
             return repaint_sample(model, cond, noise, inpaint, progress, cancel, eps_fn)
+        if inpaint is not None:  # RePaint on the fast sampler's sub-sequence of steps
+            from .repaint_fast import fast_repaint_sample
+            return fast_repaint_sample(model, cond, noise, inpaint, steps, settings.spacing, progress, cancel, eps_fn)
         if settings.name == "ddpm":
             return ddpm_sample(model, cond, noise, progress, cancel, eps_fn)
         if settings.name == "ddim":
             return ddim_sample(model, cond, noise, steps, settings.eta, settings.spacing, progress, cancel, eps_fn)
+        if settings.name == "dpm++3m":
+            from .dpm_solver_3m import dpmpp_3m_sample  # imports this module: loaded on first use
+            return dpmpp_3m_sample(model, cond, noise, steps, settings.spacing, progress, cancel, eps_fn)
         return dpmpp_2m_sample(model, cond, noise, steps, settings.spacing, progress, cancel, eps_fn)
 
 

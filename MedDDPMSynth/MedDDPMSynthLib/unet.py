@@ -63,6 +63,48 @@ def normalization(channels: int) -> GroupNorm32:
     return GroupNorm32(GROUPS, channels, eps=1e-5, affine=True)
 
 
+class SiLU(nn.SiLU):
+    """SiLU that overwrites its input when no gradient is recorded (inference). Used only right after a
+    GroupNorm, whose fresh output nothing else reads, so a full-size activation is never allocated twice;
+    the values are those of the out-of-place kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+def _inference() -> bool:
+    """No autograd graph is recorded: intermediate tensors may be updated in place."""
+    return not torch.is_grad_enabled()
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs oneDNN (mkldnn) for fp32 CPU inference on large inputs with few channels.
+
+    For a batch of one ATen picks its own im2col + GEMM kernel (``slow_conv3d_forward``) whenever the input's
+    N*C*D*H is at most 20480 and the kernel at most 3 wide: in the Med-DDPM U-Nets the stem (3 input
+    channels: 1*3*48*64 at the demo grid), every convolution of the deepest levels and the 1x1x1 skips
+    there - 19 of the demo network's 54 convolutions, 25 of 65 at 64^3 (benchmarks/bench_network.py
+    --profile). On the stem's large volume oneDNN is 1.6-2.5x faster (1 or 2 threads); on the deepest
+    levels' few voxels it is faster on one thread but slower on two threads of a busy machine, so those keep
+    ATen's choice. Results differ from ATen's by rounding only (~5e-7 relative), inside the parity
+    tolerances. With autograd, autocast (bf16 already runs oneDNN) or off the CPU the standard path runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and x.dim() == 5 and x.shape[2] * x.shape[3] * x.shape[4] >= ONEDNN_MIN_VOXELS
+                and torch.backends.mkldnn.enabled and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled("cpu") and self.padding_mode == "zeros"):
+            return torch.ops.aten.mkldnn_convolution(
+                x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        return super().forward(x)
+
+
+#: below this many voxels ATen's own kernel choice stands (see Conv3d)
+ONEDNN_MIN_VOXELS = 32**3
+#: False gives ATen's own kernel choice back (benchmarks/bench_network.py --variants ours-aten)
+_ONEDNN = torch.backends.mkldnn.is_available()
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1000.0) -> torch.Tensor:
     """Sinusoidal embedding of raw integer steps: [cos(t f_k), sin(t f_k)], f_k = max_period^(-k/half)."""
     half = dim // 2
@@ -98,24 +140,30 @@ class ResBlock(TimestepBlock):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float = 0.0):
         super().__init__()
         self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), nn.Conv3d(channels, out_channels, 3, padding=1)
+            normalization(channels), SiLU(), Conv3d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
             normalization(out_channels),
-            nn.SiLU(),
+            SiLU(),
             nn.Dropout(p=dropout),
-            nn.Conv3d(out_channels, out_channels, 3, padding=1),
+            Conv3d(out_channels, out_channels, 3, padding=1),
         )
         self.skip_connection = (
-            nn.Identity() if out_channels == channels else nn.Conv3d(channels, out_channels, 1)
+            nn.Identity() if out_channels == channels else Conv3d(channels, out_channels, 1)
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
-        e = self.emb_layers(emb).type(h.dtype)
-        h = h + e[(...,) + (None,) * 3]
-        return self.skip_connection(x) + self.out_layers(h)
+        e = self.emb_layers(emb).type(h.dtype)[(...,) + (None,) * 3]
+        # in inference the sums go in place (same values: IEEE addition is commutative), so no third
+        # full-size tensor exists beside x and h; with autograd they stay out of place
+        h = h.add_(e) if _inference() else h + e
+        h = self.out_layers(h)
+        skip = self.skip_connection(x)
+        if _inference() and skip.dtype == h.dtype:
+            return h.add_(skip)
+        return skip + h
 
 
 class AttentionBlock(nn.Module):
@@ -152,7 +200,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv3d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv3d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -163,7 +211,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+        self.conv = Conv3d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = tuple(2 * s for s in x.shape[2:])
@@ -185,7 +233,7 @@ class UNet3D(nn.Module):
 
         ch = mc * config.channel_mult[0]
         self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(nn.Conv3d(config.in_channels, ch, 3, padding=1))]
+            [TimestepEmbedSequential(Conv3d(config.in_channels, ch, 3, padding=1))]
         )
         skips, ds = [ch], 1
         for level, mult in enumerate(config.channel_mult):
@@ -220,7 +268,7 @@ class UNet3D(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), nn.Conv3d(ch, config.out_channels, 3, padding=1)
+            normalization(ch), SiLU(), Conv3d(ch, config.out_channels, 3, padding=1)
         )
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
@@ -235,5 +283,8 @@ class UNet3D(nn.Module):
             hs.append(h)
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+            # concatenate first, then run the block: the pre-concatenation h and the popped skip are
+            # freed before the block allocates its own activations (peak memory of the official order)
+            h = torch.cat([h, hs.pop()], dim=1)
+            h = block(h, emb)
         return self.out(h)

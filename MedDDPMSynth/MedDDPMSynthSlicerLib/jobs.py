@@ -17,11 +17,20 @@ from MedDDPMSynthLib.errors import GenerationCancelled, MedDDPMError
 
 from . import process
 
-#: the widget's sampler presets: Preview = DPM-Solver++ 25 steps, Exact = the official DDPM sampler
-PRESETS = {
-    "Preview": {"sampler": "dpm++", "steps": 25, "spacing": "quadratic"},
-    "Exact": {"sampler": "ddpm", "steps": None, "spacing": "uniform"},
-}
+#: the widget's sampler presets: the engine's (presets.py), capitalised as labels
+PRESETS = {"Preview": "preview", "Exact": "exact"}
+
+
+def default_preset_label(device: str = "auto") -> str:
+    """The engine's per-device default (Preview on a CPU, Exact on a GPU) as a widget label (needs torch)."""
+    from MedDDPMSynthLib.api import resolve_device
+    from MedDDPMSynthLib.presets import default_preset
+
+    try:
+        engine = default_preset(resolve_device(device))
+    except MedDDPMError:  # a device that is not there: the engine will refuse it when the job starts
+        engine = "preview"
+    return next(label for label, name in PRESETS.items() if name == engine)
 
 
 class EngineFailure(MedDDPMError):
@@ -43,21 +52,30 @@ class GenerationSettings:
     device: str = "auto"
     margin_mm: float = 10.0  # local re-generation
     harmonize: int = 3
+    #: the engine preset these settings came from (then the engine is asked for it by name, so it records it)
+    engine_preset: str | None = None
 
     @classmethod
     def preset(cls, name: str, timesteps: int | None = None, **overrides) -> "GenerationSettings":
-        """A preset; steps are capped at the model's T (a 10-step test model cannot take 25)."""
+        """A preset, as the engine resolves it for a model with ``timesteps`` steps (its preview never asks
+        more steps than a small test model has)."""
+        from MedDDPMSynthLib.presets import preset_settings  # torch: imported once the dependencies are there
+
         if name not in PRESETS:
             raise MedDDPMError(f"unknown preset '{name}'; use {' or '.join(PRESETS)}")
-        values = dict(PRESETS[name])
-        if values["steps"] and timesteps:
-            values["steps"] = min(values["steps"], timesteps)
+        engine = preset_settings(PRESETS[name], timesteps or 1000)
+        values = {"sampler": engine.name, "steps": engine.steps, "spacing": engine.spacing, "eta": engine.eta,
+                  "precision": engine.precision, "engine_preset": PRESETS[name]}
+        if {"sampler", "steps", "spacing", "eta", "precision"} & set(overrides):
+            values["engine_preset"] = None  # no longer the preset: the engine gets the options themselves
         return replace(cls(**values), **overrides)
 
     def arguments(self) -> list[str]:
-        args = ["--model", self.model, "--samples", str(self.samples), "--seed", str(self.seed),
-                "--sampler", self.sampler, "--step-spacing", self.spacing, "--eta", str(self.eta),
-                "--precision", self.precision, "--device", self.device]
+        args = ["--model", self.model, "--samples", str(self.samples), "--seed", str(self.seed), "--device", self.device]
+        if self.engine_preset:
+            return [*args, "--sampler", self.engine_preset]
+        args += ["--sampler", self.sampler, "--step-spacing", self.spacing, "--eta", str(self.eta),
+                 "--precision", self.precision]
         if self.steps and self.sampler != "ddpm":
             args += ["--steps", str(self.steps)]
         return args

@@ -28,7 +28,7 @@ from MedDDPMSynthLib.pipeline import sample_files
 from . import attributes
 from . import export as export_module
 from . import process, segments
-from .jobs import GenerationJob, GenerationSettings, new_folder, write_image
+from .jobs import GenerationJob, GenerationSettings, default_preset_label, new_folder, write_image
 from .move import MoveMixin
 from .scene_io import (
     image_from_node,
@@ -100,15 +100,19 @@ class SceneLogic(MoveMixin):
         return entry.get("timesteps")
 
     def settings_for(self, model: str, preset: str = "Preview", **choices) -> GenerationSettings:
-        """The generation settings of every front for ``model``: a named preset (``Preview``, ``Exact``) or
-        ``Custom`` with the user's ``sampler`` and ``steps``; ``choices`` also carry samples, seed, device,
-        margin_mm, harmonize. A preset's steps are capped at the model's T (a 10-step test model cannot take
-        25); custom steps are the user's (more than T is refused by the engine with one message). The ddpm
-        sampler always takes all T steps, DDIM skips uniformly, the other samplers quadratically."""
-        if preset != "Custom":
-            return GenerationSettings.preset(preset, self.model_timesteps(model), model=model, **choices)
-        sampler = choices.pop("sampler", "dpm++")
+        """The generation settings of every front for ``model``: a named preset (``Preview``, ``Exact``: the
+        engine's, resolved for the model's T) or ``Custom`` with the user's ``sampler`` and ``steps``;
+        ``choices`` also carry samples, seed, device, margin_mm, harmonize. With a preset, a ``steps`` value
+        overrides the preview's steps (Exact takes all T steps, the sampler is the preset's); custom steps
+        are the user's (more than T is refused by the engine with one message). The ddpm sampler always
+        takes all T steps, DDIM skips uniformly, the other samplers quadratically."""
+        sampler = choices.pop("sampler", None)
         steps = choices.pop("steps", None)
+        if preset != "Custom":
+            if steps and preset != "Exact":
+                choices["steps"] = int(steps)
+            return GenerationSettings.preset(preset, self.model_timesteps(model), model=model, **choices)
+        sampler = sampler or "dpm++"
         steps = None if sampler == "ddpm" or not steps else int(steps)
         return GenerationSettings(model=model, sampler=sampler, steps=steps,
                                   spacing="uniform" if sampler == "ddim" else "quadratic", **choices)
@@ -211,7 +215,8 @@ class SceneLogic(MoveMixin):
     def start_generation(self, segmentation_node, settings: GenerationSettings | None = None,
                          reference_volume=None, mapping=None) -> GenerationJob:
         """Check the input, then start the engine in the background; poll the returned job."""
-        settings = settings or GenerationSettings()
+        if settings is None:  # the engine's per-device default: Preview on a CPU, Exact on a GPU
+            settings = GenerationSettings.preset(default_preset_label(), self.model_timesteps(GenerationSettings.model))
         family = self.set_family(segmentation_node, settings.model)
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
         folder = new_folder(self.temp_dir)
@@ -421,9 +426,8 @@ class SceneLogic(MoveMixin):
         if not self.can_regenerate(segmentation_node):
             raise InputError("there is no earlier result of this segmentation in the scene; click Generate first")
         last = self._last[segmentation_node.GetID()]
-        # the engine's in-painting runs on the official ddpm sampler (all T steps)
-        settings = GenerationSettings(**{**(settings or last["settings"]).to_dict(), "samples": 1,
-                                         "sampler": "ddpm", "steps": None, "spacing": "uniform"})
+        # the same sampler as Generate: the engine in-paints on the official sampler or on a fast one's steps
+        settings = GenerationSettings(**{**(settings or last["settings"]).to_dict(), "samples": 1})
         family = last["export"].mapping.family
         export = self.label_map(segmentation_node, reference_volume, mapping or last["export"].mapping, family)
         if not same_matrix_grid(export.ijk_to_ras, export.dimensions, last["export"].ijk_to_ras,

@@ -14,6 +14,7 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 from MedDDPMSynthLib.devices import DEVICES  # torch-free: the panel exists before the dependencies do
+from MedDDPMSynthSlicerLib.jobs import PRESETS
 
 
 @parameterNodeWrapper
@@ -23,8 +24,10 @@ class MedDDPMSynthParameterNode:
     model: str = "demo"
     samples: Annotated[int, WithinRange(1, 16)] = 1
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    preset: Annotated[str, Choice(["Preview", "Exact", "Custom"])] = "Preview"
-    sampler: Annotated[str, Choice(["ddpm", "ddim", "dpm++"])] = "dpm++"
+    # Preview: the engine's CPU default; reading the device needs torch, which the module installs on first
+    # use, so the widget switches a GPU machine to Exact then (Widget.applyDeviceDefault)
+    preset: Annotated[str, Choice([*PRESETS, "Custom"])] = "Preview"
+    sampler: Annotated[str, Choice(["ddpm", "ddim", "dpm++", "dpm++3m"])] = "dpm++"
     steps: Annotated[int, WithinRange(1, 1000)] = 25
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     shiftStepMm: Annotated[float, WithinRange(0.5, 50.0)] = 5.0

@@ -364,7 +364,17 @@ class WidgetController:
             return False
         if not wasReady:
             self.refreshModels()
+            self.applyDeviceDefault()
         return True
+
+    def applyDeviceDefault(self) -> None:
+        """The engine's per-device preset once torch is there (Exact on a GPU): the parameter node starts
+        at Preview, the CPU default, because telling the device needs torch."""
+        from MedDDPMSynthSlicerLib.jobs import default_preset_label
+
+        p = self.parameters()
+        if p is not None and p.preset == "Preview":
+            p.preset = default_preset_label(p.device)
 
     @contextlib.contextmanager
     def userErrors(self):

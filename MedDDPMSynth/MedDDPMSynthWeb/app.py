@@ -24,7 +24,7 @@ from trame_slicer.rca_view import register_rca_factories
 
 from MedDDPMSynthLib.errors import MedDDPMError
 from MedDDPMSynthSlicerLib import GenerationSettings
-from MedDDPMSynthSlicerLib.jobs import duration_text
+from MedDDPMSynthSlicerLib.jobs import PRESETS, duration_text
 
 from . import security
 from .move_mode import MoveMode
@@ -180,16 +180,19 @@ class SynthWebApp(TrameApp):
             self.session.logic.set_family(self.session.segmentation, synth_model)
 
     def _settings(self) -> GenerationSettings:
-        sampler = str(self.state.synth_sampler or "dpm++")
+        sampler = str(self.state.synth_sampler or "preview")
         if sampler not in SAMPLERS:
             raise MedDDPMError(f"unknown sampler '{sampler}'; choose {', '.join(SAMPLERS)}")
         try:
             steps, samples, seed = (int(self.state[k] or 0) for k in ("synth_steps", "synth_samples", "synth_seed"))
         except (TypeError, ValueError):
             raise MedDDPMError("steps, samples and seed must be whole numbers") from None
-        # the scene logic's policy (steps capped at T, spacing by sampler); the served app only caps the samples
-        return self.session.logic.settings_for(self._checked_model(self.state.synth_model), "Custom", sampler=sampler,
-                                               steps=steps, samples=max(1, min(samples, MAX_SAMPLES)), seed=seed)
+        # the scene logic's policy (presets as the engine resolves them, steps, spacing by sampler); the served
+        # app only caps the samples
+        model = self._checked_model(self.state.synth_model)
+        preset = next((label for label, name in PRESETS.items() if name == sampler), "Custom")
+        return self.session.logic.settings_for(model, preset, sampler=sampler, steps=steps,
+                                               samples=max(1, min(samples, MAX_SAMPLES)), seed=seed)
 
     def request(self, kind: str) -> None:
         """Queue a generation or local re-generation; a watcher task advances the queue and the progress."""

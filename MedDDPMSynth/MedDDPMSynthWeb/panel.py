@@ -21,17 +21,28 @@ from trame_slicer.app.ui import (
 )
 from undo_stack import Signal
 
+from MedDDPMSynthLib.presets import PRESET_NAMES
+
 from . import security
 
 SYNTH_TOOL, EDITOR_TOOL = "SynthPanel", SegmentEditorUI.__name__
-SAMPLERS = ("dpm++", "ddim", "ddpm")
+#: the engine's presets (same names as the command line's --sampler), then the samplers by name
+SAMPLERS = (*PRESET_NAMES, "dpm++3m", "dpm++", "ddim", "ddpm")
+
+
+def default_sampler() -> str:
+    """The engine's per-device default preset: preview on a CPU, exact on a GPU."""
+    from MedDDPMSynthSlicerLib.jobs import PRESETS, default_preset_label
+
+    return PRESETS[default_preset_label()]
+
 
 #: the panel's state and its values before anything is loaded
 DEFAULTS = {
     "synth_mask": "", "synth_message": "upload a mask (.nii.gz, .nii, .nrrd, .mha) to begin", "synth_error": "",
     "synth_running": False, "synth_kind": "", "synth_fraction": 0.0, "synth_eta": "", "synth_queued": 0,
     "synth_result": False, "synth_can_regenerate": False, "synth_tumour_voxels": 0,
-    "synth_models": [], "synth_model": "demo", "synth_sampler": "dpm++", "synth_steps": 25, "synth_samples": 1,
+    "synth_models": [], "synth_model": "demo", "synth_sampler": default_sampler(), "synth_steps": 0, "synth_samples": 1,
     "synth_seed": 0, "synth_shift": [0.0, 0.0, 0.0], "synth_scale": 1.2,
     "synth_moving": False, "synth_move_scale": 1.0,
 }
@@ -144,7 +155,7 @@ class SynthUI:
                 v.VSelect(label="Sampler", v_model=("synth_sampler",), items=("synth_samplers", list(SAMPLERS)),
                           density="compact", hide_details=True)
             with v.VCol(cols=6):
-                v.VTextField(label="Steps (0: model's T)", v_model_number=("synth_steps",), type="number",
+                v.VTextField(label="Steps (0: the preset's)", v_model_number=("synth_steps",), type="number",
                              density="compact", hide_details=True, classes="synth-steps")
             with v.VCol(cols=6):
                 v.VTextField(label="Samples", v_model_number=("synth_samples",), type="number", min=1, max=8,

@@ -49,7 +49,7 @@ def _generate_official(tmp_path, capsys, mask_path, model, grid, seed):
     out = tmp_path / "out"
     code, _, stderr = run_cli(["generate", "--mask", mask_path, "--model", model, "-o", out, "--seed", seed,
                                "--device", "cpu", "--geometry", "official", "--intensity", "raw",
-                               "--grid", ",".join(map(str, grid)), "--quiet"], capsys)
+                               "--grid", ",".join(map(str, grid)), "--sampler", "ddpm", "--quiet"], capsys)
     return code, stderr, out
 
 

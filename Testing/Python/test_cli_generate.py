@@ -114,7 +114,9 @@ def test_folder_output_files_provenance_and_preview(tmp_path, capsys):
     grid = prov["geometry"]["input_grid"]
     assert grid["size"] == [40, 40, 30] and grid["spacing"] == [4.0, 4.0, 4.0] and grid["direction"] == list(LPS)
     assert grid["origin"] == [-80.0, -80.0, -60.0]
-    assert prov["intensity"] == "raw" and prov["sampler"]["name"] == "ddpm" and prov["sampler"]["steps"] == 10
+    # no sampler flags on the CPU: the preview preset (for this T = 10 test model: ddim with half its steps)
+    assert prov["intensity"] == "raw" and prov["sampler"]["name"] == "ddim" and prov["sampler"]["steps"] == 5
+    assert prov["sampler"]["preset"] == "preview" and prov["sampler"]["reason"] == "the default on a CPU"
     assert {"medddpm_synth", "torch", "numpy", "SimpleITK", "nibabel", "python"} <= set(prov["versions"])
     assert sorted(prov["outputs"]) == sorted(expected - {"provenance.json"})
 
@@ -180,7 +182,7 @@ def test_official_geometry_equals_the_official_sample_py_output(tmp_path, capsys
     code, _, stderr = run_cli(
         ["generate", "--mask", OFFICIAL / "wholehead_synth_mask.nii.gz", "--model", TINY_CKPT, "-o", out,
          "--seed", int(tiny_io["sample_seed"]), "--device", "cpu", "--geometry", "official", "--intensity", "raw",
-         "--grid", "32,32,16", "--quiet"],
+         "--grid", "32,32,16", "--sampler", "ddpm", "--quiet"],  # the official sampler (the CPU default is the preview)
         capsys,
     )
     assert code == 0, stderr

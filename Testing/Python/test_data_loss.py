@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from cli_helpers import TINY_CKPT, message_lines, run_cli, snapshot, write_mask
+from cli_helpers import TINY_CKPT, interruptible, message_lines, run_cli, snapshot, write_mask
 
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
@@ -114,9 +114,12 @@ def test_a_signal_during_the_write_phase_leaves_nothing(tmp_path, signum, code, 
         [sys.executable, "-c", PAUSED_GENERATE, "generate", "--mask", str(mask), "--model", "demo", "-o", str(out),
          "--samples", "2", "--device", "cpu", "--quiet"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=interruptible,
     )
     try:
         line = process.stdout.readline()  # waits for the event: one image staged, the rest not
+        if line.startswith("sampler: "):  # the command's line saying which sampler it chose comes first
+            line = process.stdout.readline()
         assert line.startswith("staged "), process.stderr.read()
         assert list(out.glob(".medddpm-partial-*")), "the write phase has a staging folder"
         process.send_signal(signum)

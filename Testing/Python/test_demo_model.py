@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedDDPMSynthLib import SamplerSettings
 from MedDDPMSynthLib.checkpoint import file_sha256
 from MedDDPMSynthLib.evaluation import stripe_index, tumour_contrast
 from MedDDPMSynthLib.models import BUNDLED_DEMO, BUNDLED_NOTE, DEMO_ENV, demo_entry, load_named_model
 from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files
+from MedDDPMSynthLib.presets import choose_sampler, preset_settings
 
 from conftest import REPO
 
@@ -40,11 +40,14 @@ def test_the_file_matches_its_card_and_loads_as_demo(bundled):
 
 
 def test_it_draws_a_brain_with_the_tumour_where_the_mask_says(bundled, tmp_path):
-    """The README's main command (dpm++, 25 steps, seed 0) on the example mask: a black background, a brain,
-    a tumour brighter than the brain around it (as in the demo data), no stripes along z."""
+    """The README's main command (no sampler flags: the CPU default, the preview preset; seed 0) on the example
+    mask: a black background, a brain, a tumour brighter than the brain around it (as in the demo data), no
+    stripes along z."""
     model = load_named_model("demo")
     assert model.options.prediction == bundled["prediction"] == "v"
-    request = GenerateRequest(EXAMPLE, tmp_path / "synth.nii.gz", seed=0, sampler=SamplerSettings("dpm++", 25))
+    settings = choose_sampler("cpu", model.timesteps, metadata=model.info.metadata).settings
+    assert settings == preset_settings("preview", model.timesteps, model.info.metadata) and settings.name != "ddpm"
+    request = GenerateRequest(EXAMPLE, tmp_path / "synth.nii.gz", seed=0, sampler=settings)
     result = generate_files(request, model)
     image = sitk.ReadImage(str(result.files[0]))
     labels = sitk.ReadImage(str(EXAMPLE))

@@ -30,7 +30,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cli_helpers import REPO, TINY_CKPT, head_labels, image_from_xyz, run_cli, write_mask
+from cli_helpers import REPO, TINY_CKPT, head_labels, image_from_xyz, interruptible, run_cli, write_mask
 
 # 16^3, a few steps: about a second per sample or case on one CPU thread, long enough for a signal to land
 GEN = ["--model", "tiny16", "--sampler", "ddim", "--steps", "5", "--device", "cpu", "--quiet"]
@@ -92,7 +92,7 @@ def train_data(tmp_path_factory) -> tuple[Path, Path]:
 def _interrupt(command: list, env: dict, reached, signum, timeout: float = 120) -> tuple[int, str]:
     """Run ``medddpm-synth COMMAND`` and send ``signum`` once ``reached(stderr_so_far)`` is true."""
     process = subprocess.Popen([sys.executable, "-m", "MedDDPMSynthLib", *map(str, command)], env=env, cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     chunks: list[str] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
     reader.start()
