@@ -18,7 +18,7 @@ _EXPORTS = {
     "LabelExport": "segments",
     "SceneLogic": "logic",
     "SegmentMapping": "segments",
-    "ras_to_lps": "logic",  # MedDDPMSynthLib.geometry.ras_to_lps, kept here for console scripts
+    "ras_to_lps": "logic",  # MedDDPMSynthLib.domain.geometry.ras_to_lps, kept here for console scripts
 }
 
 #: the scene logic's public methods, offered on the module logic (``slicer.util.getModuleLogic``)

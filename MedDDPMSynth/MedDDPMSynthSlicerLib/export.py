@@ -10,7 +10,7 @@ Layout (``folder`` = an nnU-Net ``DatasetXXX_Name`` folder)::
 Each sample of a generation is one case, its volumes the family's channels in order (BraTS: T1, T1ce,
 T2, FLAIR); the label is refused when the segmentation was edited after the images were generated (the
 volumes carry the sha256 of the label voxels they were made from). Written all-or-nothing with the
-engine's :class:`MedDDPMSynthLib.outputs.StagedOutput`; existing case files are refused unless ``overwrite``.
+engine's :class:`MedDDPMSynthLib.io.outputs.StagedOutput`; existing case files are refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedDDPMSynthLib import __version__
-from MedDDPMSynthLib.dataset_layout import Layout, case_ids, updated_dataset_json
+from MedDDPMSynthLib.data.dataset_layout import Layout, case_ids, updated_dataset_json
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.outputs import StagedOutput, check_destinations
+from MedDDPMSynthLib.io.outputs import StagedOutput, check_destinations
 
 from . import attributes
 from .scene_io import image_from_node, ijk_to_ras, same_matrix_grid

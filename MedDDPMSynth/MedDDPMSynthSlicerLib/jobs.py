@@ -23,8 +23,8 @@ PRESETS = {"Preview": "preview", "Exact": "exact"}
 
 def default_preset_label(device: str = "auto") -> str:
     """The engine's per-device default (Preview on a CPU, Exact on a GPU) as a widget label (needs torch)."""
-    from MedDDPMSynthLib.api import resolve_device
-    from MedDDPMSynthLib.presets import default_preset
+    from MedDDPMSynthLib.model.api import resolve_device
+    from MedDDPMSynthLib.model.presets import default_preset
 
     try:
         engine = default_preset(resolve_device(device))
@@ -59,7 +59,7 @@ class GenerationSettings:
     def preset(cls, name: str, timesteps: int | None = None, **overrides) -> "GenerationSettings":
         """A preset, as the engine resolves it for a model with ``timesteps`` steps (its preview never asks
         more steps than a small test model has)."""
-        from MedDDPMSynthLib.presets import preset_settings  # torch: imported once the dependencies are there
+        from MedDDPMSynthLib.model.presets import preset_settings  # torch: imported once the dependencies are there
 
         if name not in PRESETS:
             raise MedDDPMError(f"unknown preset '{name}'; use {' or '.join(PRESETS)}")

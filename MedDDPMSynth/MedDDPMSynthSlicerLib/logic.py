@@ -2,11 +2,11 @@
 
 Every method works on the scene given to :class:`SceneLogic` and is usable from Slicer's Python console
 (``logic = slicer.util.getModuleLogic("MedDDPMSynth")``). The algorithms are the engine's: generation
-runs the engine's command line in a background process, tumour edits call :mod:`MedDDPMSynthLib.tumor_edit`.
+runs the engine's command line in a background process, tumour edits call :mod:`MedDDPMSynthLib.domain.tumour_edit`.
 On an error or a cancel the scene is left as it was.
 
 Coordinates given here are Slicer's RAS (mm); the engine works in LPS and the conversion is done once,
-in :mod:`.scene_io` and :func:`MedDDPMSynthLib.geometry.ras_to_lps`.
+in :mod:`.scene_io` and :func:`MedDDPMSynthLib.domain.geometry.ras_to_lps`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedDDPMSynthLib import models, tumor_edit
-from MedDDPMSynthLib.checkpoint import load_checkpoint
+from MedDDPMSynthLib.store import models
+from MedDDPMSynthLib.domain import tumour_edit
+from MedDDPMSynthLib.model.checkpoint import load_checkpoint
 from MedDDPMSynthLib.errors import InputError, MedDDPMError
-from MedDDPMSynthLib.geometry import ras_to_lps
-from MedDDPMSynthLib.families import FAMILIES, WHOLE_HEAD, Family, family_for_channels, family_named
-from MedDDPMSynthLib.pipeline import sample_files
+from MedDDPMSynthLib.domain.geometry import ras_to_lps
+from MedDDPMSynthLib.domain.families import FAMILIES, WHOLE_HEAD, Family, family_for_channels, family_named
+from MedDDPMSynthLib.workflows.pipeline import sample_files
 
 from . import attributes
 from . import export as export_module
@@ -361,32 +362,32 @@ class SceneLogic(MoveMixin):
                     family=None, component=None) -> dict:
         """Move the tumour segment(s) by a RAS vector in mm (kept inside the head/brain); the edit record."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.shift(m, f, ras_to_lps(vector_ras_mm), component))
+                          lambda m, f: tumour_edit.shift(m, f, ras_to_lps(vector_ras_mm), component))
 
     def scale_tumour(self, segmentation_node, factor, reference_volume=None, mapping=None,
                     family=None, component=None) -> dict:
         """Scale the tumour about its centroid (one factor, or three along R, A, S)."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.scale(m, f, factor, component))
+                          lambda m, f: tumour_edit.scale(m, f, factor, component))
 
     def rotate_tumour(self, segmentation_node, angles_ras_deg, reference_volume=None, mapping=None,
                      family=None, component=None) -> dict:
         """Rotate the tumour about its centroid: degrees about the R, then A, then S axis."""
         # diag(-1,-1,1) Rz Ry Rx diag(-1,-1,1): the angles about L and P are those about R and A negated
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.rotate(m, f, ras_to_lps(angles_ras_deg), component))
+                          lambda m, f: tumour_edit.rotate(m, f, ras_to_lps(angles_ras_deg), component))
 
     def remove_tumour(self, segmentation_node, reference_volume=None, mapping=None, family=None,
                      component=None) -> dict:
         """Erase the tumour (it becomes head/brain)."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.remove(m, f, component))
+                          lambda m, f: tumour_edit.remove(m, f, component))
 
     def add_tumour(self, segmentation_node, center_ras_mm, radius_mm: float, reference_volume=None, mapping=None,
                   family=None) -> dict:
         """Add a ball of tumour at a RAS point (clipped to the head/brain): a paint-brush stroke."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.add(m, f, ras_to_lps(center_ras_mm), radius_mm))
+                          lambda m, f: tumour_edit.add(m, f, ras_to_lps(center_ras_mm), radius_mm))
 
     def _undo_stack(self, segmentation_node) -> list:
         self._forget_stale()

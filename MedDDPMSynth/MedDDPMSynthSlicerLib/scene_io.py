@@ -16,8 +16,8 @@ import SimpleITK as sitk
 import vtk
 from vtkmodules.util import numpy_support
 
-from MedDDPMSynthLib.geometry import LPS_FROM_RAS
-from MedDDPMSynthLib.geometry import same_grid as _same_grid
+from MedDDPMSynthLib.domain.geometry import LPS_FROM_RAS
+from MedDDPMSynthLib.domain.geometry import same_grid as _same_grid
 
 
 
@@ -102,7 +102,7 @@ def grid_of_matrix(matrix: np.ndarray, dimensions) -> dict:
 
 def same_grid(image: sitk.Image, matrix: np.ndarray, dimensions) -> bool:
     """Whether a SimpleITK image lies on the grid of an IJK->RAS matrix with these (I, J, K) dimensions
-    (the engine's same-grid test, :func:`MedDDPMSynthLib.geometry.same_grid`)."""
+    (the engine's same-grid test, :func:`MedDDPMSynthLib.domain.geometry.same_grid`)."""
     return _same_grid(image, grid_of_matrix(matrix, dimensions))
 
 

@@ -18,8 +18,8 @@ import SimpleITK as sitk
 import vtk
 
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.families import Family, family_named
-from MedDDPMSynthLib.labels import ALIASES, LabelMapping, to_official
+from MedDDPMSynthLib.domain.families import Family, family_named
+from MedDDPMSynthLib.domain.labels import ALIASES, LabelMapping, to_official
 
 from .scene_io import array_from_node, ijk_to_ras, itk_geometry, scene_guard, update_node_from_array
 

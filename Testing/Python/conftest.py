@@ -27,7 +27,7 @@ TINY_DEMO_GRID, TINY_DEMO_SPACING = (32, 32, 32), (6.0, 6.0, 6.0)
 def tiny_demo_file(tmp_path_factory) -> Path:
     """The tiny model as a demo-model file: exported (fp32, same weights) with its test grid inside, the way
     the bundled demo model carries its grid, so the product needs no test-only case."""
-    from MedDDPMSynthLib.models import export_model
+    from MedDDPMSynthLib.store.models import export_model
 
     path = tmp_path_factory.mktemp("tiny_demo") / "tiny_random_test_model.safetensors"
     export_model(TINY_DEMO, path, dtype="fp32", grid_xyz=TINY_DEMO_GRID, spacing_mm=TINY_DEMO_SPACING)
@@ -52,7 +52,7 @@ def tiny_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEDDDPMSYNTH_HOME", str(home))
-        from MedDDPMSynthLib.models import import_model
+        from MedDDPMSynthLib.store.models import import_model
 
         import_model(OFFICIAL / "tiny_wholehead_ckpt.pt", name="tiny16", grid_xyz=(16, 16, 16),
                      spacing_mm=(12.0, 12.0, 12.0))
@@ -67,7 +67,7 @@ def model_home(tmp_path_factory):
     # OpenMP threads fighting for the cores make each step several times slower
     saved = {k: os.environ.get(k) for k in ("MEDDDPMSYNTH_HOME", "OMP_NUM_THREADS")}
     os.environ.update(MEDDDPMSYNTH_HOME=str(home), OMP_NUM_THREADS="1")
-    from MedDDPMSynthLib.models import import_model
+    from MedDDPMSynthLib.store.models import import_model
 
     import_model(OFFICIAL / "tiny_wholehead_ckpt.pt", name="tiny16", grid_xyz=(16, 16, 16),
                  spacing_mm=(12.0, 12.0, 12.0))

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from cli_helpers import OFFICIAL, TINY_CKPT, head_labels, message_lines, run_cli, save_random_checkpoint, write_mask
 from MedDDPMSynthLib import BRATS, WHOLE_HEAD, UNetConfig, load_model
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.labels import STRAY_TUMOUR_VOXELS, to_official
+from MedDDPMSynthLib.domain.labels import STRAY_TUMOUR_VOXELS, to_official
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 

@@ -453,7 +453,7 @@ def _(t: Setup):
 
 @case("out-of-memory", "out of CPU memory", "--batch 1 or --precision bf16", code=1)
 def _(t: Setup):
-    from MedDDPMSynthLib import api
+    from MedDDPMSynthLib.model import api
 
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

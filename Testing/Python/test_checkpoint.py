@@ -55,7 +55,7 @@ def test_any_configuration_round_trips_through_official_format(tmp_path, config,
     shape = (1, config.out_channels, grid[2], grid[1], grid[0])
     x = torch.randn(shape)
     cond = model.family.condition_from_labels(labels)
-    from MedDDPMSynthLib.sampling import ddpm_step
+    from MedDDPMSynthLib.model.sampling import ddpm_step
 
     for t in reversed(range(timesteps)):
         x = ddpm_step(ema, x, cond, t, torch.randn(shape))

@@ -3,7 +3,7 @@
 Happy paths (folder and one-file outputs, provenance, preview, seeds, intensity, geometry in LPS, RAS
 and oblique + anisotropic, custom label values), equality with the official ``sample.py`` output,
 the BraTS "done when" scenario on a 240x240x155 segmentation, and Ctrl-C. Most runs call
-``MedDDPMSynthLib.cli.main`` in this process; the console script, ``python -m`` and SIGINT run in a
+``MedDDPMSynthLib.cli.commands.main`` in this process; the console script, ``python -m`` and SIGINT run in a
 subprocess. The bad-input catalogue is in test_bad_inputs.py.
 """
 
@@ -43,7 +43,7 @@ from cli_helpers import (
     write_mask,
 )
 from MedDDPMSynthLib import WHOLE_HEAD, UNetConfig
-from MedDDPMSynthLib.pipeline import GenerateRequest, plan_outputs
+from MedDDPMSynthLib.workflows.pipeline import GenerateRequest, plan_outputs
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 

@@ -87,8 +87,8 @@ def test_a_dangling_symlink_at_the_output_is_not_replaced_without_overwrite(tmp_
 # has sent its signal: the signal lands deterministically in that phase, no sleeps.
 PAUSED_GENERATE = """
 import sys
-from MedDDPMSynthLib import outputs
-from MedDDPMSynthLib.cli import main
+from MedDDPMSynthLib.io import outputs
+from MedDDPMSynthLib.cli.commands import main
 
 write_image = outputs.StagedOutput.write_image
 

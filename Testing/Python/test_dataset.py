@@ -33,7 +33,7 @@ def home(tmp_path_factory):
     saved = os.environ.get("MEDDDPMSYNTH_HOME"), torch.get_num_threads()
     os.environ["MEDDDPMSYNTH_HOME"] = str(home)
     torch.set_num_threads(1)
-    from MedDDPMSynthLib.models import import_model
+    from MedDDPMSynthLib.store.models import import_model
 
     import_model(OFFICIAL / "tiny_wholehead_ckpt.pt", name="tiny16", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
     yield home
@@ -57,7 +57,7 @@ def masks(tmp_path_factory) -> Path:
 def clean(home, masks, tmp_path_factory) -> Path:
     """One uninterrupted single-process run: the reference every other run must equal byte for byte."""
     out = tmp_path_factory.mktemp("clean") / "Dataset501_Synth"
-    from MedDDPMSynthLib.cli import main
+    from MedDDPMSynthLib.cli.commands import main
 
     assert main(["dataset", "--masks", str(masks), "-o", str(out), *FAST]) == 0
     return out
@@ -107,7 +107,7 @@ def test_nnunet_layout(clean, masks):
 
 def test_cancel_then_resume_is_byte_identical(clean, masks, tmp_path, capsys, monkeypatch):
     out = tmp_path / "resumed"
-    import MedDDPMSynthLib.cli_dataset as cli_dataset
+    import MedDDPMSynthLib.cli.dataset as cli_dataset
 
     build = cli_dataset.build_dataset
 
@@ -194,8 +194,8 @@ def test_bad_input_one_line_exit_2_nothing_written(kind, home, masks, tmp_path, 
 def test_folders_layout_with_edits_batched_sharded_and_resumed(home, masks, tmp_path, capsys):
     """--format folders is what 'medddpm-synth train' reads; a scale sweep adds variants; with --batch 2 the
     work units are sample blocks, so shards and a resume that redoes part of a block still equal one run."""
-    from MedDDPMSynthLib.families import WHOLE_HEAD
-    from MedDDPMSynthLib.train_data import find_pairs
+    from MedDDPMSynthLib.domain.families import WHOLE_HEAD
+    from MedDDPMSynthLib.data.train_data import find_pairs
 
     one = tmp_path / "one_mask"
     one.mkdir()
@@ -220,8 +220,8 @@ def test_folders_layout_with_edits_batched_sharded_and_resumed(home, masks, tmp_
 
 def test_brats_dataset_json_and_file_names(tmp_path):
     """BraTS: four channel files per case in the nnU-Net order T1, T1ce, T2, FLAIR; labels 0..4 consecutive."""
-    from MedDDPMSynthLib.dataset_layout import Layout, nnunet_dataset_json
-    from MedDDPMSynthLib.families import BRATS
+    from MedDDPMSynthLib.data.dataset_layout import Layout, nnunet_dataset_json
+    from MedDDPMSynthLib.domain.families import BRATS
 
     meta = nnunet_dataset_json(BRATS, 5)
     assert meta["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedDDPMSynthLib import demo_data
+from MedDDPMSynthLib.data import demo_data
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.families import WHOLE_HEAD
-from MedDDPMSynthLib.families import WHOLE_HEAD
-from MedDDPMSynthLib.labels import to_official
+from MedDDPMSynthLib.domain.families import WHOLE_HEAD
+from MedDDPMSynthLib.domain.families import WHOLE_HEAD
+from MedDDPMSynthLib.domain.labels import to_official
 
 GRID = (56, 64, 56)  # 3 mm: the whole brain fits, and a case takes a fraction of a second
 SPACING = (3.0, 3.0, 3.0)

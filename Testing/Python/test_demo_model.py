@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedDDPMSynthLib.checkpoint import file_sha256
-from MedDDPMSynthLib.evaluation import stripe_index, tumour_contrast
-from MedDDPMSynthLib.models import BUNDLED_DEMO, BUNDLED_NOTE, DEMO_ENV, demo_entry, load_named_model
-from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files
-from MedDDPMSynthLib.presets import choose_sampler, preset_settings
+from MedDDPMSynthLib.model.checkpoint import file_sha256
+from MedDDPMSynthLib.training.evaluation import stripe_index, tumour_contrast
+from MedDDPMSynthLib.store.models import BUNDLED_DEMO, BUNDLED_NOTE, DEMO_ENV, demo_entry, load_named_model
+from MedDDPMSynthLib.workflows.pipeline import GenerateRequest, generate_files
+from MedDDPMSynthLib.model.presets import choose_sampler, preset_settings
 
 from conftest import REPO
 

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 pytest.importorskip("monai", reason="evaluation needs MONAI: pip install -e '.[eval]'")
 
-from MedDDPMSynthLib import evaluation  # noqa: E402
-from MedDDPMSynthLib.cli import main  # noqa: E402
+from MedDDPMSynthLib.training import evaluation  # noqa: E402
+from MedDDPMSynthLib.cli.commands import main  # noqa: E402
 from MedDDPMSynthLib.errors import InputError  # noqa: E402
 
 SHAPE = (32, 36, 40)  # (Z, Y, X) arrays; the smallest grids MS-SSIM is set up for
@@ -214,7 +214,7 @@ def test_cli_bad_folder_gives_one_error_and_writes_nothing(folders, capsys):
 
 
 def test_stripe_index_sees_per_slice_scales_and_not_smooth_anatomy():
-    from MedDDPMSynthLib.evaluation import stripe_index
+    from MedDDPMSynthLib.training.evaluation import stripe_index
 
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij")
     brain = x**2 + y**2 + z**2 <= 0.9

@@ -69,7 +69,8 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 import MedDDPMSynthLib, MedDDPMSynthSlicerLib
-from MedDDPMSynthLib import models, resources
+from MedDDPMSynthLib import resources
+from MedDDPMSynthLib.store import models
 from MedDDPMSynthSlicerLib import GenerationSettings, SceneLogic
 from MedDDPMSynthSlicerLib.scene_io import array_from_node, ijk_to_ras
 

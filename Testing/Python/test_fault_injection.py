@@ -48,7 +48,7 @@ def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEDDDPMSYNTH_HOME", str(home))
-        from MedDDPMSynthLib.models import import_model
+        from MedDDPMSynthLib.store.models import import_model
 
         import_model(TINY_CKPT, name="tiny16", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
     return home
@@ -142,7 +142,7 @@ def generated(home, mask, tmp_path_factory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("gen") / "clean"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEDDDPMSYNTH_HOME", str(home))
-        from MedDDPMSynthLib.cli import main
+        from MedDDPMSynthLib.cli.commands import main
 
         assert main(["generate", "--mask", str(mask), "-o", str(out), *GEN, "--samples", "2"]) == 0
     return _digest(out.glob("*_t1c.nii.gz"))
@@ -179,7 +179,7 @@ def dataset_clean(home, masks, tmp_path_factory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("ds") / "clean"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEDDDPMSYNTH_HOME", str(home))
-        from MedDDPMSynthLib.cli import main
+        from MedDDPMSynthLib.cli.commands import main
 
         assert main(["dataset", "--masks", str(masks), "-o", str(out), *DATA, "--quiet"]) == 0
     return _dataset_files(out)
@@ -249,7 +249,7 @@ def _pairs_complete(out: Path) -> None:
 @pytest.fixture(scope="module")
 def trained(train_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "clean"
-    from MedDDPMSynthLib.cli import main
+    from MedDDPMSynthLib.cli.commands import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): the same bits
@@ -307,7 +307,7 @@ def _one_error_line(err: str, *phrases) -> None:
 @pytest.mark.parametrize("allowed", [0, 1])
 def test_generate_with_a_full_disk(allowed, env, mask, generated, tmp_path, monkeypatch, capsys):
     """SimpleITK's writer fails at the first or the second sample: nothing of the run is left, earlier files stay."""
-    from MedDDPMSynthLib import outputs
+    from MedDDPMSynthLib.io import outputs
 
     earlier = write_mask(tmp_path / "earlier" / "m.nii.gz")
     before = earlier.read_bytes()
@@ -325,7 +325,7 @@ def test_generate_with_a_full_disk(allowed, env, mask, generated, tmp_path, monk
 
 
 def test_tumor_edit_with_a_full_disk(mask, tmp_path, monkeypatch, capsys):
-    from MedDDPMSynthLib import outputs
+    from MedDDPMSynthLib.io import outputs
 
     _full_disk_after(monkeypatch, outputs.Path, "write_text", 0)  # the edit record (JSON) after the mask
     out = tmp_path / "moved.nii.gz"
@@ -337,7 +337,7 @@ def test_tumor_edit_with_a_full_disk(mask, tmp_path, monkeypatch, capsys):
 
 def test_dataset_with_a_full_disk_keeps_earlier_cases(env, masks, dataset_clean, tmp_path, monkeypatch, capsys):
     """The disk fills up at the fourth case: three complete cases stay listed, a re-run completes the set."""
-    from MedDDPMSynthLib import outputs
+    from MedDDPMSynthLib.io import outputs
 
     _full_disk_after(monkeypatch, outputs.sitk, "WriteImage", 3 * 2,  # image + label map per case
                      RuntimeError("ITK ERROR: Could not write file: No space left on device"))

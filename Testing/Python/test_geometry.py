@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedDDPMSynthLib import families
+from MedDDPMSynthLib.domain import families
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.geometry import (
+from MedDDPMSynthLib.domain.geometry import (
     GridMapping,
     ModelGrid,
     plan_official,
     plan_physical,
 )
-from MedDDPMSynthLib.mask_io import read_mask
+from MedDDPMSynthLib.io.mask_io import read_mask
 
 REPO = Path(__file__).resolve().parents[2]
 OFFICIAL_MASK = REPO / "Testing" / "Data" / "official" / "wholehead_synth_mask.nii.gz"

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.head_mask import auto_head_mask
+from MedDDPMSynthLib.domain.head_mask import auto_head_mask
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 

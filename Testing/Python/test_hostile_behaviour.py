@@ -18,9 +18,9 @@ from cli_helpers import TINY_CKPT, head_labels, message_lines, run_cli, write_ma
 
 def test_samples_are_written_as_they_come_not_kept_until_the_end(tiny_home, tmp_path, monkeypatch):
     """--samples N holds one --batch block in memory: block k's files are staged before block k+1 is sampled."""
-    from MedDDPMSynthLib.models import load_named_model
-    from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files
-    from MedDDPMSynthLib.sampling import SamplerSettings
+    from MedDDPMSynthLib.store.models import load_named_model
+    from MedDDPMSynthLib.workflows.pipeline import GenerateRequest, generate_files
+    from MedDDPMSynthLib.model.sampling import SamplerSettings
 
     monkeypatch.setenv("MEDDDPMSYNTH_HOME", str(tiny_home))
     model = load_named_model("tiny16", device="cpu")
@@ -57,7 +57,7 @@ def test_cancel_is_checked_inside_one_network_pass(tiny_model):
 def test_a_checkpoint_without_a_grid_says_which_grid_it_uses(tmp_path):
     """A checkpoint given by path with no grid inside runs the family's official grid: said, with the fix."""
     from MedDDPMSynthLib import load_model
-    from MedDDPMSynthLib.pipeline import GenerateRequest, prepare_labels
+    from MedDDPMSynthLib.workflows.pipeline import GenerateRequest, prepare_labels
 
     request = GenerateRequest(mask=write_mask(tmp_path / "m.nii.gz"), output=tmp_path / "out")
     warnings = prepare_labels(request, load_model(TINY_CKPT))[3]
@@ -69,7 +69,7 @@ def test_a_checkpoint_without_a_grid_says_which_grid_it_uses(tmp_path):
 
 def test_an_unchanged_stored_model_is_not_rehashed(tiny_home, tmp_path, monkeypatch):
     """The sha256 check on load is cheap: a second load of an unchanged file reads the stat cache only."""
-    from MedDDPMSynthLib import models
+    from MedDDPMSynthLib.store import models
 
     monkeypatch.setenv("MEDDDPMSYNTH_HOME", str(tmp_path / "home"))
     models.import_model(TINY_CKPT, name="mine", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
@@ -90,7 +90,7 @@ def test_write_failures_get_advice_that_fits(code, advice):
     """'free disk space' only for a full disk: a read-only file system or a permission needs another folder."""
     import errno
 
-    from MedDDPMSynthLib.write_errors import write_advice
+    from MedDDPMSynthLib.io.write_errors import write_advice
 
     number = getattr(errno, code)
     assert write_advice(OSError(number, os.strerror(number))).startswith(advice)

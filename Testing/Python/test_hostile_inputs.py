@@ -69,7 +69,7 @@ class Env:
         return path
 
     def safetensors(self, name: str, metadata: dict, change: Callable[[dict], None] | None = None) -> Path:
-        from MedDDPMSynthLib.checkpoint import read_state_dict, save_safetensors
+        from MedDDPMSynthLib.model.checkpoint import read_state_dict, save_safetensors
 
         path = self.dir / name
         state = read_state_dict(TINY_CKPT)[0]
@@ -184,7 +184,7 @@ def _(t: Env):
 
 @case("stored-model-replaced", "has changed or is damaged since it was imported", "import the original again")
 def _(t: Env):
-    from MedDDPMSynthLib.models import import_model, models_dir
+    from MedDDPMSynthLib.store.models import import_model, models_dir
 
     entry = import_model(TINY_CKPT, name="mine", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
     assert run_cli(t.gen(model="mine", out=t.dir / "first"), t.capsys)[0] == 0  # verified once (cached)
@@ -261,7 +261,7 @@ def _(t: Env):
 
 
 def _catalogue_with(t: Env, grid) -> list:
-    from MedDDPMSynthLib.models import catalogue_path, import_model
+    from MedDDPMSynthLib.store.models import catalogue_path, import_model
 
     import_model(TINY_CKPT, name="mine", grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
     data = json.loads(catalogue_path().read_text())

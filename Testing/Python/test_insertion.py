@@ -11,11 +11,11 @@ import pytest
 import SimpleITK as sitk
 
 from MedDDPMSynthLib import InputError, load_model
-from MedDDPMSynthLib.cli import main
-from MedDDPMSynthLib.head_mask import auto_head_mask
-from MedDDPMSynthLib.insertion import insert_tumour
-from MedDDPMSynthLib.models import load_named_model
-from MedDDPMSynthLib.normalisation import IntensityRange
+from MedDDPMSynthLib.cli.commands import main
+from MedDDPMSynthLib.domain.head_mask import auto_head_mask
+from MedDDPMSynthLib.workflows.insertion import insert_tumour
+from MedDDPMSynthLib.store.models import load_named_model
+from MedDDPMSynthLib.domain.normalisation import IntensityRange
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 

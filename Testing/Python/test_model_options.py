@@ -10,14 +10,14 @@ import SimpleITK as sitk
 import torch
 
 from MedDDPMSynthLib import WHOLE_HEAD, GaussianDiffusion, SeededNoise, load_model
-from MedDDPMSynthLib.checkpoint import load_checkpoint, model_options, save_official_checkpoint
+from MedDDPMSynthLib.model.checkpoint import load_checkpoint, model_options, save_official_checkpoint
 from MedDDPMSynthLib.errors import CheckpointError, InputError
-from MedDDPMSynthLib.model_options import CHECKPOINT_KEY, ModelOptions
-from MedDDPMSynthLib.models import export_model
-from MedDDPMSynthLib.sampling import Inpainting, SamplerSettings, run_sampler
-from MedDDPMSynthLib.train_data import PairedVolumeDataset
-from MedDDPMSynthLib.training import TrainConfig
-from MedDDPMSynthLib.unet import UNetConfig
+from MedDDPMSynthLib.model.model_options import CHECKPOINT_KEY, ModelOptions
+from MedDDPMSynthLib.store.models import export_model
+from MedDDPMSynthLib.model.sampling import Inpainting, SamplerSettings, run_sampler
+from MedDDPMSynthLib.data.train_data import PairedVolumeDataset
+from MedDDPMSynthLib.training.trainer import TrainConfig
+from MedDDPMSynthLib.model.unet import UNetConfig
 
 SCALE = 0.3  # data ~ N(0, SCALE^2): the ideal network of each target is known in closed form
 TINY = UNetConfig(3, 1, 32, (1, 2), 1, ())

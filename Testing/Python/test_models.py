@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from MedDDPMSynthLib import models
-from MedDDPMSynthLib.cli import main
+from MedDDPMSynthLib.store import models
+from MedDDPMSynthLib.cli.commands import main
 from MedDDPMSynthLib.errors import CheckpointError, InputError, MedDDPMError, OutputError
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)

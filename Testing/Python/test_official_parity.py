@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from MedDDPMSynthLib import BRATS, WHOLE_HEAD, GaussianDiffusion, SeededNoise, UNetConfig, ddpm_sample
-from MedDDPMSynthLib.checkpoint import build_model, infer_config
-from MedDDPMSynthLib.sampling import ddpm_step
-from MedDDPMSynthLib.schedule import BUFFER_NAMES, cosine_betas, schedule_buffers
-from MedDDPMSynthLib.unet import timestep_embedding
+from MedDDPMSynthLib.model.checkpoint import build_model, infer_config
+from MedDDPMSynthLib.model.sampling import ddpm_step
+from MedDDPMSynthLib.model.schedule import BUFFER_NAMES, cosine_betas, schedule_buffers
+from MedDDPMSynthLib.model.unet import timestep_embedding
 
 RELEASED = {
     # manifest file, our config for it, T, parameter count of the denoiser

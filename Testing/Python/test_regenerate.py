@@ -9,12 +9,12 @@ import pytest
 import SimpleITK as sitk
 
 from MedDDPMSynthLib import WHOLE_HEAD, InputError
-from MedDDPMSynthLib.labels import to_official
-from MedDDPMSynthLib.models import load_named_model
-from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files
-from MedDDPMSynthLib.evaluation import seam_score
-from MedDDPMSynthLib.regenerate import regeneration_region
-from MedDDPMSynthLib.sampling import repaint_schedule
+from MedDDPMSynthLib.domain.labels import to_official
+from MedDDPMSynthLib.store.models import load_named_model
+from MedDDPMSynthLib.workflows.pipeline import GenerateRequest, generate_files
+from MedDDPMSynthLib.training.evaluation import seam_score
+from MedDDPMSynthLib.workflows.regenerate import regeneration_region
+from MedDDPMSynthLib.model.sampling import repaint_schedule
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 

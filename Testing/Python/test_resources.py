@@ -13,7 +13,8 @@ import zipfile
 
 import pytest
 
-from MedDDPMSynthLib import models, resources
+from MedDDPMSynthLib import resources
+from MedDDPMSynthLib.store import models
 
 from conftest import DEMO_ENV, REPO
 
@@ -83,7 +84,7 @@ def test_demo_resolves_from_the_unpacked_wheel_in_another_folder(wheel, tmp_path
     _, site = wheel
     found = isolated_python([site], (
         "import json, MedDDPMSynthLib\n"
-        "from MedDDPMSynthLib import models, resources\n"
+        "from MedDDPMSynthLib import resources\nfrom MedDDPMSynthLib.store import models\n"
         "entry = models.demo_entry()\n"
         "print(json.dumps({'package': MedDDPMSynthLib.__file__, 'demo': str(models.resolve_model('demo')),\n"
         "                  'mask': str(resources.example_mask()), 'available': entry['available'],\n"

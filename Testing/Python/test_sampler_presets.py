@@ -15,12 +15,12 @@ import torch
 from cli_helpers import head_labels, run_cli, write_mask
 from MedDDPMSynthLib import GaussianDiffusion, SamplerSettings, SeededNoise
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.presets import (
+from MedDDPMSynthLib.model.presets import (
     PREVIEW_PRECISION, PREVIEW_SAMPLER, PREVIEW_STEPS, choose_sampler, default_preset, preset_settings,
 )
-from MedDDPMSynthLib.repaint_fast import fast_repaint_evaluations
-from MedDDPMSynthLib.sampling import Inpainting, repaint_schedule, run_sampler
-from MedDDPMSynthLib.unet import UNetConfig
+from MedDDPMSynthLib.model.repaint_fast import fast_repaint_evaluations
+from MedDDPMSynthLib.model.sampling import Inpainting, repaint_schedule, run_sampler
+from MedDDPMSynthLib.model.unet import UNetConfig
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 
@@ -207,7 +207,7 @@ def test_every_sampling_command_takes_the_sampler_options_and_records_the_choice
 
 
 def test_the_slicer_and_browser_fronts_default_to_the_engine_presets():
-    from MedDDPMSynthLib.api import resolve_device
+    from MedDDPMSynthLib.model.api import resolve_device
     from MedDDPMSynthSlicerLib.jobs import GenerationSettings, default_preset_label
 
     assert default_preset_label("cpu") == "Preview"

@@ -9,7 +9,7 @@ import torch
 
 from MedDDPMSynthLib import GenerationCancelled, RuntimeFailure, SamplerSettings, SeededNoise
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.sampling import (
+from MedDDPMSynthLib.model.sampling import (
     ddim_sample,
     ddpm_sample,
     dpmpp_2m_sample,
@@ -120,7 +120,7 @@ def test_bad_sampler_settings(tiny_model, tiny_io, settings, phrase):
 
 
 def test_bf16_network_stays_close_to_fp32(tiny_model, tiny_io):
-    from MedDDPMSynthLib.sampling import make_eps_fn
+    from MedDDPMSynthLib.model.sampling import make_eps_fn
 
     # every other voxel of the recorded inputs (3 samples, t = 9, 4, 0): bf16 kernels are slow where the CPU
     # lacks bf16 instructions (82 s with ONEDNN_MAX_CPU_ISA=AVX2 at full size)

@@ -159,7 +159,7 @@ def test_export_reloads_with_identical_geometry(generated, tmp_path):
 def test_export_into_a_folder_made_by_the_dataset_command(generated, tmp_path):
     """One nnU-Net writer: a Slicer export adds its case to a dataset folder that 'medddpm-synth dataset' made
     (both write the family's channel names; before, T1c vs t1c made the export refuse the folder)."""
-    from MedDDPMSynthLib.cli import main
+    from MedDDPMSynthLib.cli.commands import main
 
     scene, logic, segmentation, reference, nodes = generated
     masks = tmp_path / "masks"

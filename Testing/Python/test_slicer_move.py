@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import vtk
 from slicer_scene_helpers import add_segmentation, matrix, new_scene, standard_head
 
-from MedDDPMSynthLib import tumor_edit
+from MedDDPMSynthLib.domain import tumour_edit
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthSlicerLib import SceneLogic, ras_to_lps
 from MedDDPMSynthSlicerLib.move import set_matrix
@@ -109,7 +109,7 @@ def test_a_move_out_of_the_head_is_clipped_as_the_engine_clips_and_reported():
     scene, logic, segmentation, reference = _setup("RAS")
     export = logic.label_map(segmentation)
     vector = [56.0, 0.0, 0.0]  # the tumour (r 20 mm) pushed through the head's edge on the right
-    expected, engine_record = tumor_edit.shift(export.image, "whole_head", ras_to_lps(vector))
+    expected, engine_record = tumour_edit.shift(export.image, "whole_head", ras_to_lps(vector))
     assert engine_record["clipped_voxels"] > 0
     logic.begin_move(segmentation)
     logic.set_move(segmentation, translation_ras=vector)
@@ -144,8 +144,8 @@ def test_preview_of_a_small_tumour_on_a_large_grid_computes_only_around_it():
     image = sitk.GetImageFromArray(labels)
     image.SetSpacing((1.0, 1.0, 1.5))
     m, t = np.diag([1.2, 1.0, 0.9]), [0.0, 9.0, 3.0]
-    full, full_record = tumor_edit.affine(image, "whole_head", m, t)
-    crop, crop_record = tumor_edit.affine_preview(image, "whole_head", m, t)
+    full, full_record = tumour_edit.affine(image, "whole_head", m, t)
+    crop, crop_record = tumour_edit.affine_preview(image, "whole_head", m, t)
     assert np.prod(crop.GetSize()) < 0.02 * np.prod(image.GetSize())
     assert crop_record["clipped_voxels"] == full_record["clipped_voxels"] > 0
     index = full.TransformPhysicalPointToIndex(crop.GetOrigin())

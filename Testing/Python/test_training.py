@@ -15,11 +15,11 @@ import SimpleITK as sitk
 import torch
 
 from MedDDPMSynthLib import BRATS, WHOLE_HEAD, load_model
-from MedDDPMSynthLib.cli import main
+from MedDDPMSynthLib.cli.commands import main
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.normalisation import normalise_per_slice, normalise_per_volume
-from MedDDPMSynthLib.train_data import PairedVolumeDataset
-from MedDDPMSynthLib.training import MAX_WEIGHT, TrainConfig, Trainer, _Objective, loss_weights, sidecar_path
+from MedDDPMSynthLib.domain.normalisation import normalise_per_slice, normalise_per_volume
+from MedDDPMSynthLib.data.train_data import PairedVolumeDataset
+from MedDDPMSynthLib.training.trainer import MAX_WEIGHT, TrainConfig, Trainer, _Objective, loss_weights, sidecar_path
 
 GRID, SPACING = (16, 16, 16), (3.0, 3.0, 3.0)
 LPS = (1, 0, 0, 0, 1, 0, 0, 0, 1)

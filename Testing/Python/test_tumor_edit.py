@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedDDPMSynthLib import tumor_edit as te
-from MedDDPMSynthLib.cli import main
+from MedDDPMSynthLib.domain import tumour_edit as te
+from MedDDPMSynthLib.cli.commands import main
 from MedDDPMSynthLib.errors import InputError
 
 SIZE = (80, 70, 36)  # (x, y, z) voxels

@@ -96,7 +96,7 @@ def test_serve_without_the_web_extra_says_how_to_install():
     import sys
 
     code = ("import sys; sys.modules['trame_slicer'] = None\n"  # as if the web extra were not installed
-            "from MedDDPMSynthLib.cli import main; sys.exit(main(['serve']))")
+            "from MedDDPMSynthLib.cli.commands import main; sys.exit(main(['serve']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert 'pip install "medddpm-synth[web]"' in result.stderr
