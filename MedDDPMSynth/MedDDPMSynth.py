@@ -256,7 +256,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
 
 
 class MedDDPMSynthTest(ScriptedLoadableModuleTest):
-    """The logic scenario of Testing/Python/test_slicer_logic.py, inside Slicer on the example mask."""
+    """The logic scenario of Testing/Python/slicer_module/test_slicer_logic.py, inside Slicer on the example mask."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()

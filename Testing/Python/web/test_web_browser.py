@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"
 # the public BraTS2021_00529 segmentation as Med-DDPM's samples ship it (preprocessed labels 1-4, 4 = brain)
 BRATS_SEG = REPO / "Testing" / "Data" / "med-ddpm-samples" / "brats2021" / "seg" / "BraTS2021_00529_seg.nii.gz"

@@ -21,7 +21,7 @@ from MedDDPMSynthLib.domain.geometry import (
 )
 from MedDDPMSynthLib.io.mask_io import read_mask
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 OFFICIAL_MASK = REPO / "Testing" / "Data" / "official" / "wholehead_synth_mask.nii.gz"
 LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)

@@ -17,7 +17,7 @@ from MedDDPMSynthLib.errors import CheckpointError, InputError, MedDDPMError, Ou
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 
-TINY = Path(__file__).resolve().parents[1] / "Data" / "official" / "tiny_wholehead_ckpt.pt"
+TINY = Path(__file__).resolve().parents[2] / "Data" / "official" / "tiny_wholehead_ckpt.pt"
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ from MedDDPMSynthLib.domain.normalisation import IntensityRange
 
 pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (conftest)
 
-TINY_CKPT = Path(__file__).resolve().parents[2] / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt"
+TINY_CKPT = Path(__file__).resolve().parents[3] / "Testing" / "Data" / "official" / "tiny_wholehead_ckpt.pt"
 # the tiny test model on a 16^3 grid of 12 mm voxels (192 mm, the whole test scan): an eighth of the demo
 # setting's 32^3 voxels per network pass, for the tests that run whole samplers
 COARSE = dict(grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0))
