@@ -9,7 +9,7 @@ From the Python console::
 
     logic = slicer.util.getModuleLogic("MedDDPMSynth")
     volumes = logic.generate(getNode("Segmentation"))          # blocking; the panel runs it in the background
-    logic.shift_tumor(getNode("Segmentation"), [10, 0, 0])      # RAS mm
+    logic.shift_tumour(getNode("Segmentation"), [10, 0, 0])      # RAS mm
     transform = logic.begin_move(getNode("Segmentation"))       # drag its handles, then:
     logic.apply_move(getNode("Segmentation"))                   # or logic.cancel_move(...)
 """
@@ -98,7 +98,7 @@ SEGMENT_EVENTS = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.Se
 
 
 class MedDDPMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Thin shell: the .ui, the parameter node, and :class:`MedDDPMSynthSlicerLib.widget.WidgetController`."""
+    """Thin shell: the .ui, the parameter node, and :class:`MedDDPMSynthSlicerUI.widget.WidgetController`."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -111,7 +111,7 @@ class MedDDPMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        from MedDDPMSynthSlicerLib.widget import WidgetController
+        from MedDDPMSynthSlicerUI.widget import WidgetController
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedDDPMSynth.ui"))
         self.layout.addWidget(uiWidget)
@@ -193,7 +193,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
     """The module logic: :class:`MedDDPMSynthSlicerLib.logic.SceneLogic` on ``slicer.mrmlScene``.
 
     Its public methods (generate, start_generation, finish_generation, cancel_generation, label_array,
-    shift_tumor, scale_tumor, rotate_tumor, remove_tumor, undo_tumor_edit, begin_move, preview_move,
+    shift_tumour, scale_tumour, rotate_tumour, remove_tumour, undo_tumour_edit, begin_move, preview_move,
     apply_move, cancel_move, regenerate, export_training_pair, import_model, ...) are available directly on this object. The engine's Python
     dependencies are installed on first use, after a confirmation dialog.
     """
@@ -204,7 +204,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
         self.notReadyReason = None
 
     def getParameterNode(self):
-        from MedDDPMSynthSlicerLib.parameters import MedDDPMSynthParameterNode
+        from MedDDPMSynthSlicerUI.parameters import MedDDPMSynthParameterNode
 
         return MedDDPMSynthParameterNode(super().getParameterNode())
 
@@ -215,7 +215,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
         if self._sceneLogic is not None:
             return True
         try:
-            from MedDDPMSynthSlicerLib.dependencies import missing_packages, torch_problem
+            from MedDDPMSynthSlicerUI.dependencies import missing_packages, torch_problem
 
             self.notReadyReason = "missing: " + ", ".join(missing_packages()) if missing_packages() else torch_problem()
             if self.notReadyReason:
@@ -230,7 +230,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
     def sceneLogic(self):
         try:
             if self._sceneLogic is None or self._sceneLogic.scene is not slicer.mrmlScene:
-                from MedDDPMSynthSlicerLib.dependencies import ensure_dependencies
+                from MedDDPMSynthSlicerUI.dependencies import ensure_dependencies
 
                 # testing mode: a missing dependency raises instead of being installed (no dialog either)
                 ensure_dependencies(ask=not slicer.app.testingEnabled())
@@ -256,7 +256,7 @@ class MedDDPMSynthLogic(ScriptedLoadableModuleLogic):
 
 
 class MedDDPMSynthTest(ScriptedLoadableModuleTest):
-    """The logic scenario of Testing/Python/test_slicer_logic.py, inside Slicer on the example mask."""
+    """The logic scenario of Testing/Python/slicer_module/test_slicer_logic.py, inside Slicer on the example mask."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -270,7 +270,7 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        from MedDDPMSynthSlicerLib.dependencies import missing_packages, torch_problem
+        from MedDDPMSynthSlicerUI.dependencies import missing_packages, torch_problem
 
         missing = missing_packages()
         if slicer.app.testingEnabled() and (missing or torch_problem()):
@@ -308,13 +308,13 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
             self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(_ijkToRas(reloaded)), ijkToRas, atol=1e-4))
 
         self.delayDisplay("Tumour shift with undo, local re-generation")
-        logic.shift_tumor(segmentation, [6.0, 0.0, 0.0])
+        logic.shift_tumour(segmentation, [6.0, 0.0, 0.0])
         self.assertFalse(np.array_equal(logic.label_array(segmentation)[0], labels))
         if (logic.model_timesteps("demo") or 0) <= 100:  # in-painting runs all T steps: only for a small T
             before = slicer.util.arrayFromVolume(volumes[0]).copy()
             logic.regenerate(segmentation)
             self.assertEqual(slicer.util.arrayFromVolume(volumes[0]).shape, before.shape)
-        self.assertTrue(logic.undo_tumor_edit(segmentation))
+        self.assertTrue(logic.undo_tumour_edit(segmentation))
         self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], labels))
 
         self.delayDisplay("Move tumour: transform with handles, preview, cancel, apply = shift, undo")
@@ -330,10 +330,10 @@ class MedDDPMSynthTest(ScriptedLoadableModuleTest):
         logic.set_move(segmentation, translation_ras=[6.0, 0.0, 0.0])
         logic.apply_move(segmentation)
         moved = logic.label_array(segmentation)[0]
-        self.assertTrue(logic.undo_tumor_edit(segmentation))
-        logic.shift_tumor(segmentation, [6.0, 0.0, 0.0])
+        self.assertTrue(logic.undo_tumour_edit(segmentation))
+        logic.shift_tumour(segmentation, [6.0, 0.0, 0.0])
         self.assertTrue(np.array_equal(logic.label_array(segmentation)[0], moved))
-        self.assertTrue(logic.undo_tumor_edit(segmentation))
+        self.assertTrue(logic.undo_tumour_edit(segmentation))
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Test passed")
 

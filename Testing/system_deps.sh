@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# System packages the browser-front tests need (Testing/Python/test_web_browser.py), used by README.md's test
+# System packages the browser-front tests need (Testing/Python/web/test_web_browser.py), used by README.md's test
 # command and so by .ci/run: Debian's chromium, which Playwright drives (it must not download a browser of its
 # own), and Mesa's EGL with its software (llvmpipe) driver, with which the served trame-slicer views render
 # off-screen when there is no GPU. Installs what is missing where it can (root, or password-less sudo, and

@@ -36,7 +36,7 @@ def _triple(text: str, cast) -> tuple:
 def _random_checkpoint(path: Path) -> Path:
     """An official-format checkpoint of the released whole-head architecture with random weights."""
     from MedDDPMSynthLib import GaussianDiffusion, UNetConfig
-    from MedDDPMSynthLib.checkpoint import save_official_checkpoint
+    from MedDDPMSynthLib.model.checkpoint import save_official_checkpoint
 
     torch.manual_seed(0)
     diffusion = GaussianDiffusion(UNetConfig(3, 1, 64, (1, 1, 2, 3, 4), 1, (8,)), timesteps=250)
@@ -62,11 +62,11 @@ def main() -> None:
                         help="instead of --model: the official whole-head config (128^3, 1.5 mm) with random weights")
     args = parser.parse_args()
 
-    from MedDDPMSynthLib.api import load_model
-    from MedDDPMSynthLib.dataset import DatasetRequest, build_dataset
-    from MedDDPMSynthLib.dataset_plan import EditSettings
-    from MedDDPMSynthLib.models import load_named_model
-    from MedDDPMSynthLib.sampling import SamplerSettings
+    from MedDDPMSynthLib.model.api import load_model
+    from MedDDPMSynthLib.data.dataset import DatasetRequest, build_dataset
+    from MedDDPMSynthLib.data.dataset_plan import EditSettings
+    from MedDDPMSynthLib.store.models import load_named_model
+    from MedDDPMSynthLib.model.sampling import SamplerSettings
 
     work = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
     if args.random:

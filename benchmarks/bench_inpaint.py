@@ -31,12 +31,12 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from MedDDPMSynthLib.api import inpainting_evaluations
-from MedDDPMSynthLib.models import load_named_model
-from MedDDPMSynthLib.pipeline import GenerateRequest, prepare_labels
-from MedDDPMSynthLib.presets import preset_settings
-from MedDDPMSynthLib.regenerate import seam_score
-from MedDDPMSynthLib.sampling import SamplerSettings
+from MedDDPMSynthLib.model.api import inpainting_evaluations
+from MedDDPMSynthLib.store.models import load_named_model
+from MedDDPMSynthLib.workflows.pipeline import GenerateRequest, prepare_labels
+from MedDDPMSynthLib.model.presets import preset_settings
+from MedDDPMSynthLib.workflows.regenerate import seam_score
+from MedDDPMSynthLib.model.sampling import SamplerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 """One U-Net evaluation, ours against the official layer structure: time, peak memory, equality.
 
 Each case runs in a fresh subprocess (clean peak memory) with random weights (seed 0) loaded into both
-networks from the same state dict: ``ours`` is :class:`MedDDPMSynthLib.unet.UNet3D`, ``reference`` is
+networks from the same state dict: ``ours`` is :class:`MedDDPMSynthLib.model.unet.UNet3D`, ``reference`` is
 ``benchmarks/reference_unet.py`` (the official structure, written from the reference notes). One JSON line
 per case: seconds per evaluation (median), peak memory (CUDA max allocated; CPU peak RSS, and the growth
 of the peak over the RSS before the first evaluation, i.e. the activations), and - in the ``ours`` case,
@@ -57,10 +57,10 @@ def _rss_gib() -> float:
 
 def build(grid: str, variant: str, device: torch.device):
     """(network in eval mode, config) with the seed-0 weights of our network, for either variant."""
-    from MedDDPMSynthLib.unet import UNet3D, UNetConfig
+    from MedDDPMSynthLib.model.unet import UNet3D, UNetConfig
     from reference_unet import ReferenceUNet
 
-    import MedDDPMSynthLib.unet as unet
+    import MedDDPMSynthLib.model.unet as unet
 
     config, _ = GRIDS[grid]
     if variant == "ours-aten":  # our network with ATen's own kernel choice (slow_conv3d_forward for small inputs)
@@ -147,7 +147,7 @@ def run_paired(case: dict) -> dict:
     """Seconds per evaluation of several variants in one process, interleaved round by round (the order
     rotating), so that all of them see the same machine load: on a shared CPU, separate runs minutes apart
     differ by far more than the variants do. The ratios are medians of the per-round ratios."""
-    import MedDDPMSynthLib.unet as unet
+    import MedDDPMSynthLib.model.unet as unet
 
     device = torch.device(case["device"])
     specs = case["specs"]  # ["ours:fp32", "reference:fp32", "ours-aten:fp32", "ours:bf16", ...]
@@ -238,7 +238,7 @@ def profile_slow_convs(case: dict) -> dict:
 def cuda_cpu_parity(case: dict) -> dict:
     """One evaluation and one official DDPM step on the GPU (fp32, TF32 off) against the CPU, same input."""
     from MedDDPMSynthLib import GaussianDiffusion, UNetConfig
-    from MedDDPMSynthLib.sampling import ddpm_step, exact_math
+    from MedDDPMSynthLib.model.sampling import ddpm_step, exact_math
 
     config, dhw = GRIDS[case["grid"]]
     net, _ = build(case["grid"], "ours", torch.device("cpu"))

@@ -47,10 +47,10 @@ def _stages() -> dict:
 import json, sys, time, tempfile
 from pathlib import Path
 t0 = time.perf_counter()
-import MedDDPMSynthLib.cli
-from MedDDPMSynthLib.models import load_named_model
-from MedDDPMSynthLib.pipeline import GenerateRequest, generate_files, prepare_labels
-from MedDDPMSynthLib.presets import choose_sampler
+import MedDDPMSynthLib.cli.commands
+from MedDDPMSynthLib.store.models import load_named_model
+from MedDDPMSynthLib.workflows.pipeline import GenerateRequest, generate_files, prepare_labels
+from MedDDPMSynthLib.model.presets import choose_sampler
 t1 = time.perf_counter()
 model = load_named_model("demo", device="cpu")
 t2 = time.perf_counter()

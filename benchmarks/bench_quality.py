@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from MedDDPMSynthLib import SamplerSettings
-from MedDDPMSynthLib.evaluation import mmd, ms_ssim, tumour_contrast
-from MedDDPMSynthLib.models import load_named_model
-from MedDDPMSynthLib.pipeline import GenerateRequest, prepare_labels
-from MedDDPMSynthLib.presets import preset_settings
+from MedDDPMSynthLib.training.evaluation import mmd, ms_ssim, tumour_contrast
+from MedDDPMSynthLib.store.models import load_named_model
+from MedDDPMSynthLib.workflows.pipeline import GenerateRequest, prepare_labels
+from MedDDPMSynthLib.model.presets import preset_settings
 
 REPO = Path(__file__).resolve().parents[1]
 

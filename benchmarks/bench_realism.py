@@ -39,10 +39,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedDDPMSynthLib import SamplerSettings
-from MedDDPMSynthLib.demo_data import build_dataset
-from MedDDPMSynthLib.evaluation import mmd, ms_ssim, normalise, stripe_index, tumour_contrast
-from MedDDPMSynthLib.models import load_named_model
-from MedDDPMSynthLib.normalisation import fit_intensity
+from MedDDPMSynthLib.data.demo_data import build_dataset
+from MedDDPMSynthLib.training.evaluation import mmd, ms_ssim, normalise, stripe_index, tumour_contrast
+from MedDDPMSynthLib.store.models import load_named_model
+from MedDDPMSynthLib.domain.normalisation import fit_intensity
 
 def _read_xyz(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).transpose(2, 1, 0)

@@ -50,7 +50,7 @@ def _legacy_attention(self, x):
 
 def _build(model_name: str, device: torch.device):
     from MedDDPMSynthLib import GaussianDiffusion, UNetConfig
-    from MedDDPMSynthLib.models import load_named_model
+    from MedDDPMSynthLib.store.models import load_named_model
 
     if model_name == "demo":
         model = load_named_model("demo", device=str(device))
@@ -70,8 +70,8 @@ def _sync(device: torch.device) -> None:
 def run_case(case: dict) -> dict:
     """One measurement (runs inside the child process)."""
     from MedDDPMSynthLib import SamplerSettings, SeededNoise
-    from MedDDPMSynthLib.sampling import exact_math, make_eps_fn, run_sampler
-    from MedDDPMSynthLib.unet import AttentionBlock
+    from MedDDPMSynthLib.model.sampling import exact_math, make_eps_fn, run_sampler
+    from MedDDPMSynthLib.model.unet import AttentionBlock
 
     device = torch.device(case["device"])
     torch.set_num_threads(torch.get_num_threads())

@@ -52,7 +52,12 @@ def _timed(owner, name: str, totals: dict, key) -> None:
 
 def in_process(argv: list[str]) -> dict:
     """Stage seconds of one run of the command inside this (already importing) process."""
-    from MedDDPMSynthLib import api, cli, cli_generate, geometry, outputs, pipeline
+    from MedDDPMSynthLib.model import api
+    from MedDDPMSynthLib.cli import commands as cli
+    from MedDDPMSynthLib.cli import generate as cli_generate
+    from MedDDPMSynthLib.domain import geometry
+    from MedDDPMSynthLib.io import outputs
+    from MedDDPMSynthLib.workflows import pipeline
 
     totals: dict[str, float] = {}
     _timed(cli_generate, "load_named_model", totals, "model_load")
@@ -90,7 +95,7 @@ def main() -> None:
         out = Path(tempfile.mkdtemp(prefix="bench_stages_"))
         try:
             row = {"run": run, "import_torch": round(_fresh("import torch"), 3),
-                   "import_cli": round(_fresh("import MedDDPMSynthLib.cli"), 3)}
+                   "import_cli": round(_fresh("import MedDDPMSynthLib.cli.commands"), 3)}
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "MedDDPMSynthLib", *argv, "-o", str(out / "cli"), "--quiet"],
                            check=True, capture_output=True)

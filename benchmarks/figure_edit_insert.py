@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedDDPMSynthLib.cli import main as cli
-from MedDDPMSynthLib.demo_data import TEMPLATE_FILES, find_template_dir
-from MedDDPMSynthLib.evaluation import normalise
-from MedDDPMSynthLib.outputs import preview_png
+from MedDDPMSynthLib.cli.commands import main as cli
+from MedDDPMSynthLib.data.demo_data import TEMPLATE_FILES, find_template_dir
+from MedDDPMSynthLib.training.evaluation import normalise
+from MedDDPMSynthLib.io.preview import preview_png
 
 REPO = Path(__file__).resolve().parents[1]
 MASK = REPO / "MedDDPMSynth" / "Resources" / "Examples" / "demo_mask.nii.gz"

@@ -56,8 +56,12 @@ export PYTHONUNBUFFERED=1
 if [[ $MODE == smoke ]]; then
   DEVICE=cpu
   NAME="${NAME:-smoke}"
-  # the tiny random official-format model stands in for "demo" (32^3 grid, 10 steps)
-  export MEDDDPMSYNTH_DEMO_MODEL="$REPO/Testing/Data/official/tiny_wholehead_ckpt.pt"
+  # the tiny random official-format model stands in for "demo" (32^3 grid of 6 mm, 10 steps), exported with
+  # that grid inside the file as the bundled demo model carries its own
+  SMOKE_MODEL="$(mktemp -d)/tiny_random_test_model.safetensors"
+  "$PY" -m MedDDPMSynthLib models export "$REPO/Testing/Data/official/tiny_wholehead_ckpt.pt" -o "$SMOKE_MODEL" \
+    --dtype fp32 --grid 32,32,32 --spacing 6,6,6 >/dev/null
+  export MEDDDPMSYNTH_DEMO_MODEL="$SMOKE_MODEL"
 else
   DEVICE=cuda
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {

@@ -15,8 +15,8 @@ import json
 import SimpleITK as sitk
 import torch
 
-from MedDDPMSynthLib.models import load_named_model
-from MedDDPMSynthLib.normalisation import fit_intensity
+from MedDDPMSynthLib.store.models import load_named_model
+from MedDDPMSynthLib.domain.normalisation import fit_intensity
 
 LEVELS = (5, 10, 25, 50, 100, 200, 245)
 

@@ -8,7 +8,7 @@ fp32, and each output block fed ``h = cat([h, skip])`` before it runs. Attribute
 the same state dict loads into both with ``strict=True`` and the two are compared on equal weights.
 
 It is never used by the product: ``benchmarks/bench_network.py`` times it and measures its peak memory
-beside :class:`MedDDPMSynthLib.unet.UNet3D`.
+beside :class:`MedDDPMSynthLib.model.unet.UNet3D`.
 """
 
 from __future__ import annotations

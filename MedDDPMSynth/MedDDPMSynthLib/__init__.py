@@ -8,16 +8,16 @@ from importlib import import_module
 # Names are imported on first use (PEP 562): importing the package, or a torch-free submodule such as
 # ``MedDDPMSynthLib.resources``, must not import torch, which the Slicer module installs only on first use.
 _EXPORTS = {
-    "SynthesisModel": "api", "check_label_array": "api", "load_model": "api", "resolve_device": "api",
-    "load_checkpoint": "checkpoint", "read_state_dict": "checkpoint", "save_official_checkpoint": "checkpoint",
-    "save_safetensors": "checkpoint",
-    "GaussianDiffusion": "diffusion",
+    "SynthesisModel": "model.api", "check_label_array": "model.api", "load_model": "model.api", "resolve_device": "model.api",
+    "load_checkpoint": "model.checkpoint", "read_state_dict": "model.checkpoint", "save_official_checkpoint": "model.checkpoint",
+    "save_safetensors": "model.checkpoint",
+    "GaussianDiffusion": "model.diffusion",
     "CheckpointError": "errors", "GenerationCancelled": "errors", "InputError": "errors", "MedDDPMError": "errors",
     "OutputError": "errors", "RuntimeFailure": "errors",
-    "BRATS": "families", "FAMILIES": "families", "WHOLE_HEAD": "families", "Family": "families",
-    "SAMPLERS": "sampling", "SamplerSettings": "sampling", "SeededNoise": "sampling", "ddpm_sample": "sampling",
-    "run_sampler": "sampling",
-    "UNet3D": "unet", "UNetConfig": "unet",
+    "BRATS": "domain.families", "FAMILIES": "domain.families", "WHOLE_HEAD": "domain.families", "Family": "domain.families",
+    "SAMPLERS": "model.sampling", "SamplerSettings": "model.sampling", "SeededNoise": "model.sampling", "ddpm_sample": "model.sampling",
+    "run_sampler": "model.sampling",
+    "UNet3D": "model.unet", "UNetConfig": "model.unet",
 }
 
 __version__ = "0.1.0"

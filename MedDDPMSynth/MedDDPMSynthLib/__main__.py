@@ -1,5 +1,5 @@
 """``python -m MedDDPMSynthLib`` = the ``medddpm-synth`` command."""
 
-from .cli import main
+from MedDDPMSynthLib.cli.commands import main
 
 raise SystemExit(main())

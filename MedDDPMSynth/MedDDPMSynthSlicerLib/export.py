@@ -10,7 +10,7 @@ Layout (``folder`` = an nnU-Net ``DatasetXXX_Name`` folder)::
 Each sample of a generation is one case, its volumes the family's channels in order (BraTS: T1, T1ce,
 T2, FLAIR); the label is refused when the segmentation was edited after the images were generated (the
 volumes carry the sha256 of the label voxels they were made from). Written all-or-nothing with the
-engine's :class:`MedDDPMSynthLib.outputs.StagedOutput`; existing case files are refused unless ``overwrite``.
+engine's :class:`MedDDPMSynthLib.io.outputs.StagedOutput`; existing case files are refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedDDPMSynthLib import __version__
+from MedDDPMSynthLib.data.dataset_layout import Layout, case_ids, updated_dataset_json
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.outputs import StagedOutput, check_destinations
+from MedDDPMSynthLib.io.outputs import StagedOutput, check_destinations
 
-from .scene_io import GEOMETRY_TOLERANCE, image_from_node, ijk_to_ras
+from . import attributes
+from .scene_io import image_from_node, ijk_to_ras, same_matrix_grid
 
-FILE_ENDING = ".nii.gz"
+DESCRIPTION = "synthetic MRI made with MedDDPMSynth (Med-DDPM, Dorjsembe et al., IEEE JBHI 2024)"
 
 
 def case_name(text: str) -> str:
@@ -41,27 +43,9 @@ def case_name(text: str) -> str:
 def _check_grids(volume_nodes, export) -> None:
     for node in volume_nodes:
         dims = node.GetImageData().GetDimensions() if node.GetImageData() is not None else None
-        if dims != export.dimensions or not np.allclose(ijk_to_ras(node), export.ijk_to_ras, atol=GEOMETRY_TOLERANCE):
+        if not same_matrix_grid(ijk_to_ras(node), dims, export.ijk_to_ras, export.dimensions):
             raise InputError(f"volume '{node.GetName()}' is not on the grid of '{volume_nodes[0].GetName()}'; "
                              "export volumes of one generation together (or one volume at a time)")
-
-
-def _dataset_json(folder: Path, channels: list[str], family, new_cases: set[str]) -> dict:
-    path = folder / "dataset.json"
-    labels = {"background": 0, **dict(zip(family.condition_names, family.condition_labels))}
-    channel_names = {str(n): c for n, c in enumerate(channels)}
-    cases = {p.name[: -len(FILE_ENDING)] for p in (folder / "labelsTr").glob(f"*{FILE_ENDING}")} | new_cases
-    if path.is_file():
-        try:
-            existing = json.loads(path.read_text())
-        except ValueError:
-            raise InputError(f"{path} is not valid JSON; fix or delete it, or export into another folder") from None
-        if existing.get("channel_names") != channel_names or existing.get("labels") != labels:
-            raise InputError(f"{path} describes other channels or labels ({existing.get('channel_names')}); export "
-                             "these volumes into another dataset folder")
-        return {**existing, "numTraining": len(cases)}
-    return {"channel_names": channel_names, "labels": labels, "numTraining": len(cases), "file_ending": FILE_ENDING,
-            "description": "synthetic MRI made with MedDDPMSynth (Med-DDPM, Dorjsembe et al., IEEE JBHI 2024)"}
 
 
 def _sha256(image: sitk.Image) -> str:
@@ -78,8 +62,8 @@ def group_cases(volume_nodes, family) -> list[list]:
     Refuses duplicated, missing or foreign channels with one message."""
     groups: dict[tuple, dict] = {}
     for node in volume_nodes:
-        key = (node.GetAttribute("MedDDPMSynth.generation") or node.GetID(), node.GetAttribute("MedDDPMSynth.seed"))
-        channel = node.GetAttribute("MedDDPMSynth.modality") or (family.modalities[0] if len(family.modalities) == 1
+        key = (node.GetAttribute(attributes.GENERATION) or node.GetID(), node.GetAttribute(attributes.SEED))
+        channel = node.GetAttribute(attributes.MODALITY) or (family.modalities[0] if len(family.modalities) == 1
                                                                    else node.GetName())
         group = groups.setdefault(key, {})
         if channel in group:
@@ -99,7 +83,7 @@ def group_cases(volume_nodes, family) -> list[list]:
 def _check_label_unchanged(volume_nodes, export) -> None:
     label = label_sha256(export.image)
     for node in volume_nodes:
-        made_from = node.GetAttribute("MedDDPMSynth.maskSha256")
+        made_from = node.GetAttribute(attributes.MASK_SHA256)
         if made_from and made_from != label:
             raise InputError(f"the segmentation was edited after '{node.GetName()}' was generated, so the image and "
                              "the label would not match; click Regenerate locally (or Undo the edit) before exporting")
@@ -128,12 +112,15 @@ def write_cases(cases: list[list], export, folder: Path, case_id: str | None = N
 
 def _stage_case(staged, volume_nodes, export, folder: Path, case: str, new_cases: set, overwrite: bool) -> None:
     family = export.mapping.family
-    channels = [node.GetAttribute("MedDDPMSynth.modality") or node.GetName() for node in volume_nodes]
-    images = [folder / "imagesTr" / f"{case}_{n:04d}{FILE_ENDING}" for n in range(len(volume_nodes))]
-    label = folder / "labelsTr" / f"{case}{FILE_ENDING}"
-    provenance_path = folder / "provenance" / f"{case}.json"
+    layout = Layout(folder, "nnunet", family)  # the engine's nnU-Net layout: names and dataset.json
+    channels = [node.GetAttribute(attributes.MODALITY) or node.GetName() for node in volume_nodes]
+    images = layout.images(case)
+    if len(images) != len(volume_nodes):
+        raise InputError(f"a {family.name} case has {len(images)} channel(s) ({', '.join(family.modalities)}); "
+                         f"{len(volume_nodes)} volume(s) were given")
+    label, provenance_path = layout.label(case), layout.provenance(case)
     check_destinations([*images, label, provenance_path], overwrite)
-    dataset = _dataset_json(folder, channels, family, new_cases)
+    dataset = updated_dataset_json(layout, len(case_ids(layout) | new_cases), DESCRIPTION)
     written_images = [sitk.Cast(image_from_node(node), sitk.sitkFloat32) for node in volume_nodes]
     provenance = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -145,9 +132,9 @@ def _stage_case(staged, volume_nodes, export, folder: Path, case: str, new_cases
         "ijk_to_ras": export.ijk_to_ras.tolist(),
         "images": [
             {"file": str(path.relative_to(folder)), "volume": node.GetName(), "channel": channel,
-             "model": node.GetAttribute("MedDDPMSynth.model"), "seed": node.GetAttribute("MedDDPMSynth.seed"),
+             "model": node.GetAttribute(attributes.MODEL), "seed": node.GetAttribute(attributes.SEED),
              "voxels_sha256": _sha256(image),
-             "engine_provenance": json.loads(node.GetAttribute("MedDDPMSynth.provenance") or "null")}
+             "engine_provenance": json.loads(node.GetAttribute(attributes.PROVENANCE) or "null")}
             for path, node, channel, image in zip(images, volume_nodes, channels, written_images)
         ],
         "label": {"file": str(label.relative_to(folder)), "voxels_sha256": _sha256(export.image)},
@@ -155,5 +142,5 @@ def _stage_case(staged, volume_nodes, export, folder: Path, case: str, new_cases
     for image, path in zip(written_images, images):
         staged.write_image(image, path)
     staged.write_image(sitk.Cast(export.image, sitk.sitkUInt8), label)
-    staged.write_json(dataset, folder / "dataset.json")
+    staged.write_json(dataset, layout.dataset_json)
     staged.write_json(provenance, provenance_path)

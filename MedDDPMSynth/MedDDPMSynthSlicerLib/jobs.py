@@ -23,8 +23,8 @@ PRESETS = {"Preview": "preview", "Exact": "exact"}
 
 def default_preset_label(device: str = "auto") -> str:
     """The engine's per-device default (Preview on a CPU, Exact on a GPU) as a widget label (needs torch)."""
-    from MedDDPMSynthLib.api import resolve_device
-    from MedDDPMSynthLib.presets import default_preset
+    from MedDDPMSynthLib.model.api import resolve_device
+    from MedDDPMSynthLib.model.presets import default_preset
 
     try:
         engine = default_preset(resolve_device(device))
@@ -59,7 +59,7 @@ class GenerationSettings:
     def preset(cls, name: str, timesteps: int | None = None, **overrides) -> "GenerationSettings":
         """A preset, as the engine resolves it for a model with ``timesteps`` steps (its preview never asks
         more steps than a small test model has)."""
-        from MedDDPMSynthLib.presets import preset_settings  # torch: imported once the dependencies are there
+        from MedDDPMSynthLib.model.presets import preset_settings  # torch: imported once the dependencies are there
 
         if name not in PRESETS:
             raise MedDDPMError(f"unknown preset '{name}'; use {' or '.join(PRESETS)}")
@@ -74,7 +74,8 @@ class GenerationSettings:
         args = ["--model", self.model, "--samples", str(self.samples), "--seed", str(self.seed), "--device", self.device]
         if self.engine_preset:
             return [*args, "--sampler", self.engine_preset]
-        args += ["--sampler", self.sampler, "--spacing", self.spacing, "--eta", str(self.eta), "--precision", self.precision]
+        args += ["--sampler", self.sampler, "--step-spacing", self.spacing, "--eta", str(self.eta),
+                 "--precision", self.precision]
         if self.steps and self.sampler != "ddpm":
             args += ["--steps", str(self.steps)]
         return args
@@ -112,6 +113,19 @@ class GenerationJob:
     def eta_seconds(self):
         return self.engine.eta_seconds() if self.engine else None
 
+    @property
+    def warnings(self) -> list[str]:
+        """The engine's warning lines so far (e.g. stray voxels generated anyway)."""
+        return list(self.engine.warnings) if self.engine else []
+
+    def progress_text(self) -> str:
+        """"Step 12 of 25, about 40 s left" (empty before the first step): what every front shows."""
+        if self.engine is None or not self.engine.total:
+            return ""
+        eta = self.eta_seconds()
+        left = f", about {duration_text(eta)} left" if eta is not None else ""
+        return f"Step {self.engine.done} of {self.engine.total}{left}"
+
     def wait(self, timeout: float | None = None, progress=None) -> str:
         return self.engine.wait(timeout, progress)
 
@@ -135,6 +149,14 @@ class GenerationJob:
         raise EngineFailure(self.engine.error if self.engine and self.engine.error else "the engine failed")
 
 
+def duration_text(seconds: float | None) -> str:
+    """``"40 s"`` or ``"2 min 05 s"``; empty for None."""
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
 def new_folder(base: str | Path | None) -> Path:
     if base is not None:
         Path(base).mkdir(parents=True, exist_ok=True)
@@ -145,7 +167,3 @@ def write_image(image: sitk.Image, path: Path) -> Path:
     sitk.WriteImage(image, str(path), useCompression=True)
     return path
 
-
-def output_files(folder: Path, samples: int, modalities: tuple[str, ...], stem: str = "mask") -> list[list[Path]]:
-    """The engine's folder layout (pipeline.plan_outputs): STEM_sNN_MODALITY.nii.gz."""
-    return [[folder / f"{stem}_s{n:02d}_{m}.nii.gz" for m in modalities] for n in range(samples)]

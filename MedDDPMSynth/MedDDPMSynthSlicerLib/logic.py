@@ -2,11 +2,11 @@
 
 Every method works on the scene given to :class:`SceneLogic` and is usable from Slicer's Python console
 (``logic = slicer.util.getModuleLogic("MedDDPMSynth")``). The algorithms are the engine's: generation
-runs the engine's command line in a background process, tumour edits call :mod:`MedDDPMSynthLib.tumor_edit`.
+runs the engine's command line in a background process, tumour edits call :mod:`MedDDPMSynthLib.domain.tumour_edit`.
 On an error or a cancel the scene is left as it was.
 
 Coordinates given here are Slicer's RAS (mm); the engine works in LPS and the conversion is done once,
-in :mod:`.scene_io` and :func:`ras_to_lps`.
+in :mod:`.scene_io` and :func:`MedDDPMSynthLib.domain.geometry.ras_to_lps`.
 """
 
 from __future__ import annotations
@@ -18,31 +18,32 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedDDPMSynthLib import models, tumor_edit
-from MedDDPMSynthLib.checkpoint import load_checkpoint
+from MedDDPMSynthLib.store import models
+from MedDDPMSynthLib.domain import tumour_edit
+from MedDDPMSynthLib.model.checkpoint import load_checkpoint
 from MedDDPMSynthLib.errors import InputError, MedDDPMError
-from MedDDPMSynthLib.families import Family, family_for_channels
+from MedDDPMSynthLib.domain.geometry import ras_to_lps
+from MedDDPMSynthLib.domain.families import FAMILIES, WHOLE_HEAD, Family, family_for_channels, family_named
+from MedDDPMSynthLib.workflows.pipeline import sample_files
 
+from . import attributes
 from . import export as export_module
 from . import process, segments
-from .jobs import GenerationJob, GenerationSettings, default_preset_label, new_folder, output_files, write_image
+from .jobs import GenerationJob, GenerationSettings, default_preset_label, new_folder, write_image
 from .move import MoveMixin
 from .scene_io import (
-    GEOMETRY_TOLERANCE,
     image_from_node,
+    ras_matrix_of,
     same_grid,
+    same_matrix_grid,
     scene_guard,
     update_node_from_array,
 )
 
-ATTRIBUTE = "MedDDPMSynth"  # node attributes: MedDDPMSynth.seed, .model, .modality, .provenance, .maskSha256
+ATTRIBUTE = attributes.PREFIX  # node attribute names: see attributes.py
 #: tumour edits kept for undo per segmentation; each holds a full-grid uint8 copy of every mapped segment
 UNDO_DEPTH = 10
-
-
-def ras_to_lps(vector) -> list[float]:
-    x, y, z = (float(v) for v in vector)
-    return [-x, -y, z]
+MASK_STEM = "mask"  # the label map handed to the engine: its outputs are named after it (pipeline.sample_files)
 
 
 class SceneLogic(MoveMixin):
@@ -59,6 +60,8 @@ class SceneLogic(MoveMixin):
         self._undo: dict[str, tuple[object, list[dict]]] = {}
         self._last: dict[str, dict] = {}
         self._families: dict[str, Family] = {}
+        #: the family each segmentation is painted for (set by the model it is loaded or generated with)
+        self._segmentation_families: dict[str, tuple[object, Family]] = {}
         self._generation = 0
 
     def _forget_stale(self) -> None:
@@ -97,20 +100,94 @@ class SceneLogic(MoveMixin):
         entry = models.info(model) if not Path(model).expanduser().is_file() else {}
         return entry.get("timesteps")
 
+    def settings_for(self, model: str, preset: str = "Preview", **choices) -> GenerationSettings:
+        """The generation settings of every front for ``model``: a named preset (``Preview``, ``Exact``: the
+        engine's, resolved for the model's T) or ``Custom`` with the user's ``sampler`` and ``steps``;
+        ``choices`` also carry samples, seed, device, margin_mm, harmonize. With a preset, a ``steps`` value
+        overrides the preview's steps (Exact takes all T steps, the sampler is the preset's); custom steps
+        are the user's (more than T is refused by the engine with one message). The ddpm sampler always
+        takes all T steps, DDIM skips uniformly, the other samplers quadratically."""
+        sampler = choices.pop("sampler", None)
+        steps = choices.pop("steps", None)
+        if preset != "Custom":
+            if steps and preset != "Exact":
+                choices["steps"] = int(steps)
+            return GenerationSettings.preset(preset, self.model_timesteps(model), model=model, **choices)
+        sampler = sampler or "dpm++"
+        steps = None if sampler == "ddpm" or not steps else int(steps)
+        return GenerationSettings(model=model, sampler=sampler, steps=steps,
+                                  spacing="uniform" if sampler == "ddim" else "quadratic", **choices)
+
+    # ------------------------------------------------------------------------ segmentation families
+
+    def set_family(self, segmentation_node, family_or_model) -> Family:
+        """Say which model family a segmentation is painted for (a family, its name, or a model name / file):
+        every later call on it uses that family unless given another, so no front passes it by hand."""
+        family = family_or_model if isinstance(family_or_model, Family) else (
+            FAMILIES[family_or_model] if family_or_model in FAMILIES else self.model_family(family_or_model))
+        self._segmentation_families[segmentation_node.GetID()] = (segmentation_node, family)
+        return family
+
+    def family_of_segmentation(self, segmentation_node, family: Family | str | None = None) -> Family:
+        """``family`` when given, else the one set for the segmentation (:meth:`set_family`), else whole-head."""
+        if family is not None:
+            return family_named(family)
+        entry = self._segmentation_families.get(segmentation_node.GetID()) if segmentation_node is not None else None
+        return entry[1] if entry and entry[0] is segmentation_node else WHOLE_HEAD
+
+    def load_label_image(self, image: sitk.Image, name: str, family_or_model=None):
+        """A label image (official labels of the family) as a new segmentation, one segment per label named
+        after its tissue, plus a grey reference volume of the labels (its grid for the views and the
+        segment editor). Labels the family does not know are refused and nothing stays in the scene.
+        Returns (segmentation node, reference volume node)."""
+        labels = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkUInt8) if image.GetPixelID() != sitk.sitkUInt8
+                                        else image)
+        if not labels.any():
+            raise InputError("the mask is empty (all zero); upload a label mask with head/brain and tumour labels")
+        matrix = ras_matrix_of(image)
+        with scene_guard(self.scene, []) as kept:
+            labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} labels")
+            update_node_from_array(labelmap, labels, matrix)
+            segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+            segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+            if not segments.import_labelmap(labelmap, segmentation):
+                raise MedDDPMError("the mask could not be turned into a segmentation")
+            self.scene.RemoveNode(labelmap)
+            if family_or_model is not None:
+                self.set_family(segmentation, family_or_model)
+            self.name_segments_by_label(segmentation)
+            try:  # labels the model does not know: refused here, the scene as it was
+                self.segment_mapping(segmentation)
+            except MedDDPMError as error:
+                raise MedDDPMError(f"the mask's labels do not fit the model: {error}") from None
+            reference = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{name} (mask)")
+            update_node_from_array(reference, labels.astype(np.float32), matrix)
+            reference.CreateDefaultDisplayNodes()
+            kept.extend([segmentation, reference])
+        return segmentation, reference
+
+    def tumour_voxels(self, segmentation_node, reference_volume=None, mapping=None, family=None) -> int:
+        """How many voxels are tumour now (any tumour label of the segmentation's family)."""
+        labels, _ = self.label_array(segmentation_node, reference_volume, mapping, family)
+        family = self.family_of_segmentation(segmentation_node, family)
+        return int(np.isin(labels, family.tumour_labels).sum())
+
     # ------------------------------------------------------------------------- segmentation -> labels
 
-    def segment_mapping(self, segmentation_node, family: Family | str = "whole_head", choice: dict | None = None):
-        """Which segments are which tissue: from ``choice`` ({tissue: segment ID or name}) or the names."""
+    def segment_mapping(self, segmentation_node, family: Family | str | None = None, choice: dict | None = None):
+        """Which segments are which tissue: from ``choice`` ({tissue: segment ID or name}) or the names.
+        ``family`` None: the segmentation's family (:meth:`family_of_segmentation`)."""
         if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):
             raise InputError("no segmentation selected; choose the segmentation with the head and the tumour")
+        family = self.family_of_segmentation(segmentation_node, family)
         if choice:
             return segments.explicit_mapping(segmentation_node, family, choice)
         return segments.auto_mapping(segmentation_node, family)
 
-    def name_segments_by_label(self, segmentation_node, family: Family | str = "whole_head") -> int:
+    def name_segments_by_label(self, segmentation_node, family: Family | str | None = None) -> int:
         """Name segments that carry no tissue name after the official label value they were imported from
         (a label file loaded as segmentation gives "Label_1", "Segment_2", ...); returns how many."""
-        family = segments.family_of(family)
+        family = self.family_of_segmentation(segmentation_node, family)
         names = dict(zip(family.condition_labels, family.condition_names))
         seg = segmentation_node.GetSegmentation()
         renamed = 0
@@ -123,13 +200,13 @@ class SceneLogic(MoveMixin):
                 renamed += 1
         return renamed
 
-    def label_map(self, segmentation_node, reference_volume=None, mapping=None, family="whole_head"):
+    def label_map(self, segmentation_node, reference_volume=None, mapping=None, family=None):
         """:class:`segments.LabelExport`: official label image on the reference grid, with its IJK->RAS."""
         mapping = mapping if isinstance(mapping, segments.SegmentMapping) else \
             self.segment_mapping(segmentation_node, family, mapping)
         return segments.export_labels(self.scene, segmentation_node, mapping, reference_volume)
 
-    def label_array(self, segmentation_node, reference_volume=None, mapping=None, family="whole_head"):
+    def label_array(self, segmentation_node, reference_volume=None, mapping=None, family=None):
         """(labels (K, J, I) uint8 in official values, 4x4 IJK->RAS) of the segmentation."""
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
         return sitk.GetArrayFromImage(export.image), export.ijk_to_ras
@@ -141,11 +218,11 @@ class SceneLogic(MoveMixin):
         """Check the input, then start the engine in the background; poll the returned job."""
         if settings is None:  # the engine's per-device default: Preview on a CPU, Exact on a GPU
             settings = GenerationSettings.preset(default_preset_label(), self.model_timesteps(GenerationSettings.model))
-        family = self.model_family(settings.model)
+        family = self.set_family(segmentation_node, settings.model)
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
         folder = new_folder(self.temp_dir)
         job = GenerationJob("generate", segmentation_node.GetID(), export, settings, folder)
-        mask = write_image(export.image, folder / "mask.nii.gz")
+        mask = write_image(export.image, folder / f"{MASK_STEM}.nii.gz")
         args = ["generate", "--mask", str(mask), "-o", str(folder / "out"), "--labels",
                 export.mapping.labels_option(), "--intensity", "unit", "--progress-lines", *settings.arguments()]
         return self._launch(job, args)
@@ -163,7 +240,7 @@ class SceneLogic(MoveMixin):
         try:
             job.check_success()
             family = job.export.mapping.family
-            files = output_files(job.folder / "out", job.settings.samples, family.modalities)
+            files = sample_files(job.folder / "out", MASK_STEM, ".nii.gz", job.settings.samples, family.modalities)
             provenance = json.loads((job.folder / "out" / "provenance.json").read_text())
             if job.kind == "regenerate":
                 nodes = self._update_nodes(job, files[0], provenance)
@@ -224,15 +301,15 @@ class SceneLogic(MoveMixin):
         return nodes
 
     def _describe(self, node, job, modality, seed, provenance) -> None:
-        node.SetAttribute(f"{ATTRIBUTE}.model", job.settings.model)
-        node.SetAttribute(f"{ATTRIBUTE}.modality", modality)
-        node.SetAttribute(f"{ATTRIBUTE}.seed", str(seed))
-        node.SetAttribute(f"{ATTRIBUTE}.segmentation", job.segmentation_id)
-        node.SetAttribute(f"{ATTRIBUTE}.provenance", json.dumps(provenance))
+        node.SetAttribute(attributes.MODEL, job.settings.model)
+        node.SetAttribute(attributes.MODALITY, modality)
+        node.SetAttribute(attributes.SEED, str(seed))
+        node.SetAttribute(attributes.SEGMENTATION, job.segmentation_id)
+        node.SetAttribute(attributes.PROVENANCE, json.dumps(provenance))
         # the label voxels it was generated from: Export refuses to pair it with an edited segmentation
-        node.SetAttribute(f"{ATTRIBUTE}.maskSha256", export_module.label_sha256(job.export.image))
+        node.SetAttribute(attributes.MASK_SHA256, export_module.label_sha256(job.export.image))
         if job.kind != "regenerate":  # one generation = one set of samples; Export makes a case per sample
-            node.SetAttribute(f"{ATTRIBUTE}.generation", f"{id(self):x}-{self._generation}")
+            node.SetAttribute(attributes.GENERATION, f"{id(self):x}-{self._generation}")
         if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
@@ -264,7 +341,7 @@ class SceneLogic(MoveMixin):
     # ------------------------------------------------------------------------------- tumour edits
 
     def _edit(self, segmentation_node, reference_volume, mapping, family, operation, *args) -> dict:
-        family = segments.family_of(family)
+        family = self.family_of_segmentation(segmentation_node, family)
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
         if not export.mapping.tumour_segments():
             raise InputError(f"segmentation '{segmentation_node.GetName()}' has no tumour segment to edit; add a "
@@ -281,36 +358,36 @@ class SceneLogic(MoveMixin):
         del stack[:-UNDO_DEPTH]  # bounded: the oldest edits can no longer be undone
         return record
 
-    def shift_tumor(self, segmentation_node, vector_ras_mm, reference_volume=None, mapping=None,
-                    family="whole_head", component=None) -> dict:
+    def shift_tumour(self, segmentation_node, vector_ras_mm, reference_volume=None, mapping=None,
+                    family=None, component=None) -> dict:
         """Move the tumour segment(s) by a RAS vector in mm (kept inside the head/brain); the edit record."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.shift(m, f, ras_to_lps(vector_ras_mm), component))
+                          lambda m, f: tumour_edit.shift(m, f, ras_to_lps(vector_ras_mm), component))
 
-    def scale_tumor(self, segmentation_node, factor, reference_volume=None, mapping=None,
-                    family="whole_head", component=None) -> dict:
+    def scale_tumour(self, segmentation_node, factor, reference_volume=None, mapping=None,
+                    family=None, component=None) -> dict:
         """Scale the tumour about its centroid (one factor, or three along R, A, S)."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.scale(m, f, factor, component))
+                          lambda m, f: tumour_edit.scale(m, f, factor, component))
 
-    def rotate_tumor(self, segmentation_node, angles_ras_deg, reference_volume=None, mapping=None,
-                     family="whole_head", component=None) -> dict:
+    def rotate_tumour(self, segmentation_node, angles_ras_deg, reference_volume=None, mapping=None,
+                     family=None, component=None) -> dict:
         """Rotate the tumour about its centroid: degrees about the R, then A, then S axis."""
-        ax, ay, az = (float(a) for a in angles_ras_deg)  # diag(-1,-1,1) Rz Ry Rx diag(-1,-1,1)
+        # diag(-1,-1,1) Rz Ry Rx diag(-1,-1,1): the angles about L and P are those about R and A negated
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.rotate(m, f, [-ax, -ay, az], component))
+                          lambda m, f: tumour_edit.rotate(m, f, ras_to_lps(angles_ras_deg), component))
 
-    def remove_tumor(self, segmentation_node, reference_volume=None, mapping=None, family="whole_head",
+    def remove_tumour(self, segmentation_node, reference_volume=None, mapping=None, family=None,
                      component=None) -> dict:
         """Erase the tumour (it becomes head/brain)."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.remove(m, f, component))
+                          lambda m, f: tumour_edit.remove(m, f, component))
 
-    def add_tumor(self, segmentation_node, center_ras_mm, radius_mm: float, reference_volume=None, mapping=None,
-                  family="whole_head") -> dict:
+    def add_tumour(self, segmentation_node, center_ras_mm, radius_mm: float, reference_volume=None, mapping=None,
+                  family=None) -> dict:
         """Add a ball of tumour at a RAS point (clipped to the head/brain): a paint-brush stroke."""
         return self._edit(segmentation_node, reference_volume, mapping, family,
-                          lambda m, f: tumor_edit.add(m, f, ras_to_lps(center_ras_mm), radius_mm))
+                          lambda m, f: tumour_edit.add(m, f, ras_to_lps(center_ras_mm), radius_mm))
 
     def _undo_stack(self, segmentation_node) -> list:
         self._forget_stale()
@@ -324,7 +401,7 @@ class SceneLogic(MoveMixin):
         """The records of the tumour edits that can still be undone, oldest first."""
         return [entry["record"] for entry in self._undo_stack(segmentation_node)]
 
-    def undo_tumor_edit(self, segmentation_node) -> bool:
+    def undo_tumour_edit(self, segmentation_node) -> bool:
         """Put the segments back as they were before the last tumour edit; False if there is none."""
         stack = self._undo_stack(segmentation_node)
         if not stack:
@@ -354,8 +431,8 @@ class SceneLogic(MoveMixin):
         settings = GenerationSettings(**{**(settings or last["settings"]).to_dict(), "samples": 1})
         family = last["export"].mapping.family
         export = self.label_map(segmentation_node, reference_volume, mapping or last["export"].mapping, family)
-        if export.dimensions != last["export"].dimensions or not np.allclose(
-                export.ijk_to_ras, last["export"].ijk_to_ras, atol=GEOMETRY_TOLERANCE):
+        if not same_matrix_grid(export.ijk_to_ras, export.dimensions, last["export"].ijk_to_ras,
+                                last["export"].dimensions):
             raise InputError("the segmentation's geometry changed since the last result; generate again instead")
         folder = new_folder(self.temp_dir)
         job = GenerationJob("regenerate", segmentation_node.GetID(), export, settings, folder,
@@ -363,7 +440,7 @@ class SceneLogic(MoveMixin):
         previous_mask = write_image(last["export"].image, folder / "previous_mask.nii.gz")
         keep = [write_image(image_from_node(self.scene.GetNodeByID(i)), folder / f"previous_{m}.nii.gz")
                 for i, m in zip(job.target_ids, family.modalities)]
-        mask = write_image(export.image, folder / "mask.nii.gz")
+        mask = write_image(export.image, folder / f"{MASK_STEM}.nii.gz")
         args = ["generate", "--mask", str(mask), "-o", str(folder / "out"), "--labels", export.mapping.labels_option(),
                 "--intensity", "unit", "--progress-lines", "--keep", str(keep[0]), "--previous-mask", str(previous_mask),
                 "--margin", str(settings.margin_mm), "--harmonize", str(settings.harmonize), *settings.arguments()]
@@ -387,9 +464,20 @@ class SceneLogic(MoveMixin):
         export = self.label_map(segmentation_node, volume_nodes[0], mapping, family)
         return export_module.write_cases(cases, export, Path(folder), case_id, overwrite)
 
+    def family_of_volumes(self, volume_nodes) -> Family:
+        """The family of generated volumes (the model they carry), whole-head for other volumes."""
+        return self._family_of_volumes(volume_nodes)
+
     def _family_of_volumes(self, volume_nodes) -> Family:
-        model = volume_nodes[0].GetAttribute(f"{ATTRIBUTE}.model")
-        return self.model_family(model) if model else segments.family_of("whole_head")
+        model = volume_nodes[0].GetAttribute(attributes.MODEL)
+        return self.model_family(model) if model else WHOLE_HEAD
+
+
+# the earlier spelling of the edit methods, kept for scripts written against it (identifiers now say tumour)
+for _name in ("shift", "scale", "rotate", "remove", "add"):
+    setattr(SceneLogic, f"{_name}_tumor", getattr(SceneLogic, f"{_name}_tumour"))
+SceneLogic.undo_tumor_edit = SceneLogic.undo_tumour_edit
+del _name
 
 
 def _wait_or_cancel(job, progress) -> None:

@@ -3,9 +3,9 @@
 :meth:`MoveMixin.begin_move` puts a copy of the tumour segment(s) (the "ghost", outlined) under a new
 ``vtkMRMLLinearTransformNode`` whose interaction handles Slicer shows in the slice and 3-D views; the
 segmentation itself is never transformed. :meth:`preview_move` runs the engine's
-:func:`tumor_edit.affine_preview` (the same edit as Apply, on the part of the grid it can change) and
+:func:`tumour_edit.affine_preview` (the same edit as Apply, on the part of the grid it can change) and
 shows where the tumour lands, clipped to the head/brain, as a filled "landing" segmentation.
-:meth:`apply_move` turns the transform's matrix into ONE :func:`tumor_edit.affine` edit through the scene
+:meth:`apply_move` turns the transform's matrix into ONE :func:`tumour_edit.affine` edit through the scene
 logic's edit path (one Undo step, in the edit history); :meth:`cancel_move` removes every node the move
 added. The segmentation and the rest of the scene change only on Apply.
 
@@ -19,11 +19,12 @@ import numpy as np
 import SimpleITK as sitk
 import vtk
 
-from MedDDPMSynthLib import tumor_edit
+from MedDDPMSynthLib.domain import tumour_edit
 from MedDDPMSynthLib.errors import InputError
+from MedDDPMSynthLib.domain.geometry import LPS_FROM_RAS, ras_to_lps
 
 from . import segments
-from .scene_io import LPS_FROM_RAS, node_ids, numpy_of, ras_matrix_of, scene_guard, update_node_from_array, vtk_matrix_of
+from .scene_io import node_ids, numpy_of, ras_matrix_of, scene_guard, update_node_from_array, vtk_matrix_of
 
 
 def _matrix_of(transform_node) -> np.ndarray:
@@ -39,9 +40,8 @@ def set_matrix(transform_node, matrix_ras: np.ndarray) -> None:
 
 def move_matrix(centre_ras, translation_ras=(0.0, 0.0, 0.0), scale=1.0, angles_ras_deg=(0.0, 0.0, 0.0)) -> np.ndarray:
     """4x4 RAS matrix of a scaling, then a rotation (degrees about R, then A, then S, as
-    :meth:`SceneLogic.rotate_tumor`), both about ``centre_ras``, then a translation."""
-    ax, ay, az = (float(a) for a in angles_ras_deg)
-    rotation = LPS_FROM_RAS @ tumor_edit.rotation_matrix([-ax, -ay, az]) @ LPS_FROM_RAS
+    :meth:`SceneLogic.rotate_tumour`), both about ``centre_ras``, then a translation."""
+    rotation = LPS_FROM_RAS @ tumour_edit.rotation_matrix(ras_to_lps(angles_ras_deg)) @ LPS_FROM_RAS
     linear = rotation @ (np.diag(np.broadcast_to(np.asarray(scale, float), 3)))
     c = np.asarray(centre_ras, float)
     matrix = np.eye(4)
@@ -84,10 +84,10 @@ class MoveMixin:
                    component=None, show_handles: bool = True):
         """Start moving the tumour; returns the linear transform node to drag (its centre of transformation
         is the tumour's centroid, so rotation and scaling handles act about it, as the engine does)."""
-        family = segments.family_of(family)
+        family = self.family_of_segmentation(segmentation_node, family)
         self.cancel_move(segmentation_node)  # one move per segmentation
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
-        tissues = [(t, s) for t, s in export.mapping.ordered() if t != segments.TISSUE[family.name]]
+        tissues = [(t, s) for t, s in export.mapping.ordered() if t != family.tissue_name]
         if not tissues:
             raise InputError(f"segmentation '{segmentation_node.GetName()}' has no tumour segment to move; add a "
                              "segment named 'tumour' (or map one) first")
@@ -206,7 +206,7 @@ class MoveMixin:
                 ids.InsertNextValue(segment_id)
                 lut[value] = ids.GetNumberOfValues()
         try:
-            image, record = tumor_edit.affine_preview(move["export"].image, move["family"].name, matrix, translation,
+            image, record = tumour_edit.affine_preview(move["export"].image, move["family"].name, matrix, translation,
                                                       move["component"], pivot_mm=(0.0, 0.0, 0.0))
         except InputError:
             empty = np.zeros((1, 1, 1), np.uint8)  # nothing lands: show nothing, then say why
@@ -224,7 +224,7 @@ class MoveMixin:
         move = self._move(segmentation_node)
         matrix, translation = self._lps(move)
         record = self._edit(segmentation_node, move["reference"], move["mapping"], move["family"],
-                            lambda m, f: tumor_edit.affine(m, f, matrix, translation, move["component"],
+                            lambda m, f: tumour_edit.affine(m, f, matrix, translation, move["component"],
                                                            pivot_mm=(0.0, 0.0, 0.0)))
         record["transform_ras"] = _matrix_of(move["transform"]).tolist()
         self.cancel_move(segmentation_node)

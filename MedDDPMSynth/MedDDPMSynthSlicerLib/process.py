@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import MedDDPMSynthLib
+from MedDDPMSynthLib.protocol import ERROR, LOG, PROGRESS, WARNING, parse_line  # the engine's line format
 
 ENGINE_PARENT = Path(MedDDPMSynthLib.__file__).resolve().parents[1]  # folder holding the engine package
 RUNNING, FINISHED, FAILED, CANCELLED = "running", "finished", "failed", "cancelled"
@@ -73,21 +74,6 @@ def engine_command(arguments: list[str], python: str | None = None) -> list[str]
     return [python or python_executable(), "-m", "MedDDPMSynthLib", *arguments]
 
 
-def parse_line(line: str) -> tuple[str, object]:
-    """('progress', (done, total)) | ('error', text) | ('warning', text) | ('wrote', path) | ('log', line)."""
-    text = line.rstrip("\r\n")
-    if text.startswith("PROGRESS "):
-        parts = text.split()
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            return "progress", (int(parts[1]), int(parts[2]))
-    for kind in ("error", "warning"):
-        if text.startswith(f"{kind}: "):
-            return kind, text[len(kind) + 2:]
-    if text.startswith("wrote "):
-        return "wrote", text[6:]
-    return "log", text
-
-
 class EngineProcess:
     """One engine command running in the background."""
 
@@ -99,7 +85,6 @@ class EngineProcess:
         self.warnings: list[str] = []
         self.log: list[str] = []
         self.returncode: int | None = None
-        self._started = time.monotonic()
         self._first_progress: tuple[float, int] | None = None
         self._lines: queue.Queue = queue.Queue()
         self._process = subprocess.Popen(
@@ -138,16 +123,16 @@ class EngineProcess:
 
     def _handle(self, event):
         kind, value = event
-        if kind == "progress":
+        if kind == PROGRESS:
             self.done, self.total = value
             if self._first_progress is None:
                 self._first_progress = (time.monotonic(), self.done)
-        elif kind == "error":
+        elif kind == ERROR:
             self.error = str(value)
-        elif kind == "warning":
+        elif kind == WARNING:
             self.warnings.append(str(value))
-        if kind != "progress":
-            self.log.append(f"{kind}: {value}" if kind != "log" else str(value))
+        if kind != PROGRESS:
+            self.log.append(f"{kind}: {value}" if kind != LOG else str(value))
             del self.log[:-200]
         return event
 
@@ -174,15 +159,12 @@ class EngineProcess:
         rate = (time.monotonic() - started) / (self.done - first)
         return rate * (self.total - self.done)
 
-    def elapsed_seconds(self) -> float:
-        return time.monotonic() - self._started
-
     def wait(self, timeout: float | None = None, progress=None) -> str:
         """Block until the process ends (for scripts and tests); ``progress(done, total)`` on each step."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.state == RUNNING:
             for kind, value in self.poll():
-                if kind == "progress" and progress is not None:
+                if kind == PROGRESS and progress is not None:
                     progress(*value)
             if deadline is not None and time.monotonic() > deadline:
                 self.cancel()

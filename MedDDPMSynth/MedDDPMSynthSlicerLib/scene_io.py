@@ -16,8 +16,9 @@ import SimpleITK as sitk
 import vtk
 from vtkmodules.util import numpy_support
 
-LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
-GEOMETRY_TOLERANCE = 1e-4  # mm and direction cosines: "the same grid"
+from MedDDPMSynthLib.domain.geometry import LPS_FROM_RAS
+from MedDDPMSynthLib.domain.geometry import same_grid as _same_grid
+
 
 
 def numpy_of(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
@@ -94,10 +95,21 @@ def update_node_from_array(node, array_zyx: np.ndarray, matrix: np.ndarray) -> N
     node.Modified()
 
 
+def grid_of_matrix(matrix: np.ndarray, dimensions) -> dict:
+    """The engine's grid dict (LPS) of an IJK->RAS matrix with these (I, J, K) dimensions."""
+    return {"size": [int(d) for d in dimensions], **itk_geometry(matrix)}
+
+
 def same_grid(image: sitk.Image, matrix: np.ndarray, dimensions) -> bool:
-    """Whether a SimpleITK image lies on the grid of an IJK->RAS matrix with these (I, J, K) dimensions."""
-    return tuple(image.GetSize()) == tuple(int(d) for d in dimensions) and np.allclose(
-        ras_matrix_of(image), matrix, atol=GEOMETRY_TOLERANCE)
+    """Whether a SimpleITK image lies on the grid of an IJK->RAS matrix with these (I, J, K) dimensions
+    (the engine's same-grid test, :func:`MedDDPMSynthLib.domain.geometry.same_grid`)."""
+    return _same_grid(image, grid_of_matrix(matrix, dimensions))
+
+
+def same_matrix_grid(matrix_a: np.ndarray, dimensions_a, matrix_b: np.ndarray, dimensions_b) -> bool:
+    """Whether two IJK->RAS matrices (with their dimensions) describe the same grid (the engine's test)."""
+    return dimensions_a is not None and dimensions_b is not None and _same_grid(
+        grid_of_matrix(matrix_a, dimensions_a), grid_of_matrix(matrix_b, dimensions_b))
 
 
 def node_ids(scene) -> set[str]:
@@ -125,10 +137,9 @@ def _belongs_to_kept(node, kept: set[str], scene) -> bool:
         owner = scene.GetNodeByID(node_id)
         if owner is None:
             continue
-        for getter in ("GetNumberOfDisplayNodes",):
-            if hasattr(owner, getter):
-                if any(owner.GetNthDisplayNodeID(n) == node.GetID() for n in range(owner.GetNumberOfDisplayNodes())):
-                    return True
+        if hasattr(owner, "GetNumberOfDisplayNodes") and any(
+                owner.GetNthDisplayNodeID(n) == node.GetID() for n in range(owner.GetNumberOfDisplayNodes())):
+            return True
         if hasattr(owner, "GetStorageNodeID") and owner.GetStorageNodeID() == node.GetID():
             return True
     return False

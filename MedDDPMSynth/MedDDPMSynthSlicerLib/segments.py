@@ -18,14 +18,11 @@ import SimpleITK as sitk
 import vtk
 
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.families import FAMILIES, Family
-from MedDDPMSynthLib.labels import ALIASES, LabelMapping, to_official
+from MedDDPMSynthLib.domain.families import Family, family_named
+from MedDDPMSynthLib.domain.labels import ALIASES, LabelMapping, to_official
 
 from .scene_io import array_from_node, ijk_to_ras, itk_geometry, scene_guard, update_node_from_array
 
-#: tissues of each family in painting order: the tissue first, the innermost tumour layer last
-PAINT_ORDER = {"whole_head": ("head", "tumor"), "brats": ("brain", "edema", "enhancing", "necrotic")}
-TISSUE = {"whole_head": "head", "brats": "brain"}
 #: extra segment names Slicer users give (on top of the engine's aliases)
 EXTRA_NAMES = {
     "whole_head": {"head": ("brain", "wholehead", "skin")},
@@ -36,12 +33,7 @@ DISPLAY = {"head": "head", "tumor": "tumour", "brain": "brain", "edema": "oedema
            "necrotic": "necrotic"}
 
 
-def family_of(name: str | Family) -> Family:
-    if isinstance(name, Family):
-        return name
-    if name not in FAMILIES:
-        raise InputError(f"unknown model family '{name}'; use {' or '.join(FAMILIES)}")
-    return FAMILIES[name]
+family_of = family_named  # the engine's lookup (a Family passes through)
 
 
 def _normalise(name: str) -> str:
@@ -51,7 +43,7 @@ def _normalise(name: str) -> str:
 def tissue_for_name(segment_name: str, family: Family) -> str | None:
     """The tissue a segment name stands for in this family ("Tumour 1" -> tumor), else None."""
     key = _normalise(segment_name)
-    for tissue in PAINT_ORDER[family.name]:
+    for tissue in family.paint_order:
         names = ALIASES.get(tissue, (tissue,)) + EXTRA_NAMES[family.name].get(tissue, ())
         if key in {_normalise(n) for n in names}:
             return tissue
@@ -67,14 +59,21 @@ class SegmentMapping:
 
     def ordered(self) -> list[tuple[str, str]]:
         """(tissue, segment ID) in painting order."""
-        return [(t, s) for t in PAINT_ORDER[self.family.name] for s in self.segments.get(t, [])]
+        return [(t, s) for t in self.family.paint_order for s in self.segments.get(t, [])]
 
     def tumour_segments(self) -> list[str]:
-        return [s for t, s in self.ordered() if t != TISSUE[self.family.name]]
+        return [s for t, s in self.ordered() if t != self.family.tissue_name]
 
     def labels_option(self) -> str:
         """The engine's ``--labels`` text for a map written in official values."""
         return ",".join(f"{n}={v}" for n, v in zip(self.family.condition_names, self.family.condition_labels))
+
+
+def import_labelmap(labelmap_node, segmentation_node) -> bool:
+    """Slicer's import of a label map volume into a segmentation (one segment per label value)."""
+    from slicer import vtkSlicerSegmentationsModuleLogic
+
+    return bool(vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, segmentation_node, ""))
 
 
 def _segments(segmentation_node) -> list[tuple[str, str]]:
@@ -103,7 +102,7 @@ def auto_mapping(segmentation_node, family: Family | str) -> SegmentMapping:
     segments = _segments(segmentation_node)
     if not segments:
         raise InputError(f"segmentation '{segmentation_node.GetName()}' has no segments; paint the "
-                         f"{DISPLAY[TISSUE[family.name]]} and the tumour in the Segment Editor first")
+                         f"{DISPLAY[family.tissue_name]} and the tumour in the Segment Editor first")
     mapping = SegmentMapping(family)
     unknown = []
     for segment_id, name in segments:
@@ -112,7 +111,7 @@ def auto_mapping(segmentation_node, family: Family | str) -> SegmentMapping:
             unknown.append(name)
         else:
             mapping.segments.setdefault(tissue, []).append(segment_id)
-    names = ", ".join(DISPLAY[t] for t in PAINT_ORDER[family.name])
+    names = ", ".join(DISPLAY[t] for t in family.paint_order)
     if unknown:
         raise InputError(
             f"segment name(s) {', '.join(repr(n) for n in unknown)} name no tissue of the {family.name} model; "
@@ -149,16 +148,16 @@ def explicit_mapping(segmentation_node, family: Family | str, choice: dict) -> S
 
 
 def _tissue_name(name: str, family: Family) -> str:
-    for tissue in PAINT_ORDER[family.name]:
+    for tissue in family.paint_order:
         spellings = ALIASES.get(tissue, (tissue,)) + EXTRA_NAMES[family.name].get(tissue, ())
         if _normalise(name) in {_normalise(s) for s in spellings}:
             return tissue
     raise InputError(f"unknown tissue '{name}' for the {family.name} model; use "
-                     + ", ".join(PAINT_ORDER[family.name]))
+                     + ", ".join(family.paint_order))
 
 
 def _check_required(mapping: SegmentMapping, segmentation_node) -> None:
-    tissue = TISSUE[mapping.family.name]
+    tissue = mapping.family.tissue_name
     if not mapping.segments.get(tissue):
         raise InputError(
             f"segmentation '{segmentation_node.GetName()}' has no {DISPLAY[tissue]} segment; add a segment named "
@@ -206,7 +205,7 @@ def export_labels(scene, segmentation_node, mapping: SegmentMapping, reference=N
     names = dict(_segments(segmentation_node))
     counts = np.bincount(values.ravel().astype(np.int64), minlength=len(ordered) + 1)
     for n, (tissue, segment_id) in enumerate(ordered, start=1):
-        if counts[n] == 0 and tissue == TISSUE[family.name]:  # an empty tumour segment is a healthy head
+        if counts[n] == 0 and tissue == family.tissue_name:  # an empty tumour segment is a healthy head
             raise InputError(f"segment '{names[segment_id]}' ({DISPLAY[tissue]}) is empty in the reference geometry; "
                              "paint it, remove it from the mapping, or choose the reference volume it was painted on")
     image = sitk.GetImageFromArray(lut[values])

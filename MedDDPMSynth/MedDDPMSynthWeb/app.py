@@ -24,7 +24,7 @@ from trame_slicer.rca_view import register_rca_factories
 
 from MedDDPMSynthLib.errors import MedDDPMError
 from MedDDPMSynthSlicerLib import GenerationSettings
-from MedDDPMSynthSlicerLib.jobs import PRESETS
+from MedDDPMSynthSlicerLib.jobs import PRESETS, duration_text
 
 from . import security
 from .move_mode import MoveMode
@@ -33,13 +33,7 @@ from .session import WebSession
 
 TITLE = "MedDDPMSynth"
 POLL_S = 0.3
-
-
-def _eta(seconds) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+MAX_SAMPLES = 8  # per request: one served process is shared, a page must not book it for hours
 
 
 class SynthWebApp(TrameApp):
@@ -118,7 +112,7 @@ class SynthWebApp(TrameApp):
                 return
             try:
                 name = Path(upload.name).name.split(".")[0] or "mask"
-                self.session.load_mask(image, name)
+                self.session.load_mask(image, name, self._checked_model(self.state.synth_model))
                 self._show_mask()
             except MedDDPMError as error:
                 self._show(error=str(error))
@@ -182,6 +176,8 @@ class SynthWebApp(TrameApp):
             return
         if timesteps and int(self.state.synth_steps or 0) > timesteps:
             self.state.synth_steps = timesteps
+        if self.session.segmentation is not None:  # the loaded mask is now painted for this model's family
+            self.session.logic.set_family(self.session.segmentation, synth_model)
 
     def _settings(self) -> GenerationSettings:
         sampler = str(self.state.synth_sampler or "preview")
@@ -191,14 +187,12 @@ class SynthWebApp(TrameApp):
             steps, samples, seed = (int(self.state[k] or 0) for k in ("synth_steps", "synth_samples", "synth_seed"))
         except (TypeError, ValueError):
             raise MedDDPMError("steps, samples and seed must be whole numbers") from None
+        # the scene logic's policy (presets as the engine resolves them, steps, spacing by sampler); the served
+        # app only caps the samples
         model = self._checked_model(self.state.synth_model)
-        common = {"model": model, "samples": max(1, min(samples, 8)), "seed": seed}
-        if sampler in PRESETS.values():  # the engine's preset; a Steps value other than 0 overrides its steps
-            label = next(k for k, v in PRESETS.items() if v == sampler)
-            return GenerationSettings.preset(label, self.session.logic.model_timesteps(model), **common,
-                                             **({"steps": steps} if steps and sampler != "exact" else {}))
-        return GenerationSettings(sampler=sampler, steps=steps or None, **common,
-                                  spacing="uniform" if sampler == "ddim" else "quadratic")
+        preset = next((label for label, name in PRESETS.items() if name == sampler), "Custom")
+        return self.session.logic.settings_for(model, preset, sampler=sampler, steps=steps,
+                                               samples=max(1, min(samples, MAX_SAMPLES)), seed=seed)
 
     def request(self, kind: str) -> None:
         """Queue a generation or local re-generation; a watcher task advances the queue and the progress."""
@@ -255,7 +249,7 @@ class SynthWebApp(TrameApp):
         status = self.session.status()
         self.state.update({
             "synth_mask": status["mask"], "synth_running": status["running"], "synth_kind": status["kind"],
-            "synth_fraction": status["fraction"], "synth_eta": _eta(status["eta"]), "synth_queued": status["queued"],
+            "synth_fraction": status["fraction"], "synth_eta": duration_text(status["eta"]), "synth_queued": status["queued"],
             "synth_result": status["result"], "synth_message": status["message"], "synth_error": status["error"],
             "synth_can_regenerate": status["can_regenerate"],
         })

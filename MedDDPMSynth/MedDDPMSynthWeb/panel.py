@@ -21,7 +21,7 @@ from trame_slicer.app.ui import (
 )
 from undo_stack import Signal
 
-from MedDDPMSynthLib.presets import PRESET_NAMES
+from MedDDPMSynthLib.model.presets import PRESET_NAMES
 
 from . import security
 

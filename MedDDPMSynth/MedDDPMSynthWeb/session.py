@@ -13,13 +13,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
-import slicer
 
 from MedDDPMSynthLib.errors import MedDDPMError
 from MedDDPMSynthSlicerLib import GenerationSettings, SceneLogic
-from MedDDPMSynthSlicerLib.scene_io import ras_matrix_of, update_node_from_array
 
 
 #: generations that may wait behind the running one (each takes minutes on a GPU; a page clicking
@@ -46,34 +43,12 @@ class WebSession:
 
     # --------------------------------------------------------------------------------- input
 
-    def load_mask(self, image: sitk.Image, name: str) -> None:
-        """A label image as a segmentation node (one segment per label, named by the official labels);
-        the previous mask and results leave the scene only once the new mask has been read."""
+    def load_mask(self, image: sitk.Image, name: str, model: str = "demo") -> None:
+        """A label image as a segmentation for ``model``'s family (SceneLogic.load_label_image); the previous
+        mask and results leave the scene only once the new mask has been read."""
         if self.busy:
             raise MedDDPMError("a generation is running; cancel it before loading another mask")
-        labels = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkUInt8)) if image.GetPixelID() != sitk.sitkUInt8 \
-            else sitk.GetArrayFromImage(image)
-        if not labels.any():
-            raise MedDDPMError("the mask is empty (all zero); upload a label mask with head and tumour labels")
-        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} labels")
-        try:
-            update_node_from_array(labelmap, labels, ras_matrix_of(image))
-            segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-            segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation, ""):
-                self.scene.RemoveNode(segmentation)
-                raise MedDDPMError("the mask could not be turned into a segmentation")
-        finally:
-            self.scene.RemoveNode(labelmap)
-        self.logic.name_segments_by_label(segmentation)
-        try:  # labels the model does not know: refused here, the scene and the loaded mask as they were
-            self.logic.segment_mapping(segmentation)
-        except MedDDPMError as error:
-            self.scene.RemoveNode(segmentation)
-            raise MedDDPMError(f"the mask's labels do not fit the model: {error}") from None
-        reference = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{name} (mask)")
-        update_node_from_array(reference, labels.astype(np.float32), ras_matrix_of(image))
-        reference.CreateDefaultDisplayNodes()
+        segmentation, reference = self.logic.load_label_image(image, name, model)
         if self.moving:  # the move's helper nodes go with the old mask
             self.logic.cancel_move(self.segmentation)
         self._remove_nodes([self.segmentation, self.reference, *self.volumes])
@@ -90,8 +65,7 @@ class WebSession:
         """Voxels labelled tumour now (what the next Generate uses), shown in the page after each edit."""
         if self.segmentation is None:
             return 0
-        labels, _ = self.logic.label_array(self.segmentation)
-        return int((labels == 2).sum())
+        return self.logic.tumour_voxels(self.segmentation)
 
     # ---------------------------------------------------------------------------- generation
 
@@ -164,13 +138,13 @@ class WebSession:
         if self.moving:
             raise MedDDPMError("the tumour is being moved; Apply or Cancel the move first")
         if operation == "shift":
-            self.logic.shift_tumor(self.segmentation, value)
+            self.logic.shift_tumour(self.segmentation, value)
         elif operation == "scale":
-            self.logic.scale_tumor(self.segmentation, value)
+            self.logic.scale_tumour(self.segmentation, value)
         elif operation == "remove":
-            self.logic.remove_tumor(self.segmentation)
+            self.logic.remove_tumour(self.segmentation)
         elif operation == "undo":
-            self.logic.undo_tumor_edit(self.segmentation)
+            self.logic.undo_tumour_edit(self.segmentation)
         else:
             raise MedDDPMError(f"unknown edit '{operation}'")
         self.message, self.error = f"{operation} done", ""

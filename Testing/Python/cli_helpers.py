@@ -84,7 +84,7 @@ def assert_same_geometry(image: sitk.Image, reference: sitk.Image, atol: float =
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
     """``medddpm-synth ARGS`` in this process: (exit code, stdout, stderr). argparse exits count too."""
-    from MedDDPMSynthLib.cli import main
+    from MedDDPMSynthLib.cli.commands import main
 
     try:
         code = main([str(a) for a in args])

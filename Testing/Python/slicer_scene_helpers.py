@@ -18,6 +18,14 @@ from cli_helpers import head_labels, oblique_direction  # noqa: E402
 from MedDDPMSynthSlicerLib.scene_io import update_node_from_array  # noqa: E402
 
 SPACING = 4.0
+NAMES = {1: "head", 2: "Tumour"}
+
+
+def fast(**overrides):
+    """Settings of a seconds-long generation with the tiny model ('tiny16' of the model_home fixture)."""
+    from MedDDPMSynthSlicerLib import GenerationSettings
+
+    return GenerationSettings(**{"model": "tiny16", "sampler": "ddim", "steps": 2, "device": "cpu", **overrides})
 
 
 def matrix(kind: str, spacing: float = SPACING) -> np.ndarray:
@@ -68,3 +76,8 @@ def standard_head(tumour_radius_mm: float = 20.0) -> np.ndarray:
 
 def node_count(scene) -> int:
     return scene.GetNumberOfNodes()
+
+
+def tumour_centroid_ras(labels_zyx: np.ndarray, m: np.ndarray) -> np.ndarray:
+    kji = np.argwhere(labels_zyx == 2).mean(0)
+    return (m @ np.r_[kji[::-1], 1.0])[:3]

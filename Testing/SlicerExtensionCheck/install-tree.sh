@@ -4,7 +4,7 @@
 # prefix, one per line. This is the tree an installed extension has on a user's machine.
 # Usage: install-tree.sh [REPO_ROOT] [SLICER_MAJOR.MINOR]      (defaults: the current directory, 5.8)
 # Exit status: 0 installed (the list is on stdout), 1 configure/build/install failed (the log is on stderr).
-# INSTALL_TREE_KEEP=DIR: also copy the installed tree to DIR (Testing/Python/test_extension_install.py
+# INSTALL_TREE_KEEP=DIR: also copy the installed tree to DIR (Testing/Python/slicer_module/test_extension_install.py
 # imports the module from it); without it the tree is deleted, as in the original script.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

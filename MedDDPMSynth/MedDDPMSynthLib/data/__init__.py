@@ -1,0 +1,1 @@
+"""Data sets: the synthetic nnU-Net dataset, training pairs, demo data."""

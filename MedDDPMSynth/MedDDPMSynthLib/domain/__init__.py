@@ -1,0 +1,1 @@
+"""Domain knowledge: model families, label conventions, geometry, normalisation, tumour edits."""

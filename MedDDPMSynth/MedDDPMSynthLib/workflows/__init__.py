@@ -1,0 +1,1 @@
+"""Mask file in, files out: generate, local re-generation, tumour insertion."""
