@@ -163,6 +163,17 @@ def _view_pixels(page, path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[..., :3].astype(np.float32)
 
 
+
+def _download_pair(page, tmp_path: Path) -> set[str]:
+    """Click Download, unpack the archive into ``tmp_path / "pair"`` and return its member names."""
+    with page.expect_download() as info:
+        page.click(".synth-download")
+    archive = tmp_path / "pair.zip"
+    info.value.save_as(archive)
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(tmp_path / "pair")
+        return set(z.namelist())
+
 def test_generate_download_reload(server, browser, tmp_path):
     page = _open(browser, server)
 
@@ -196,13 +207,7 @@ def test_generate_download_reload(server, browser, tmp_path):
     if os.environ.get("MEDDDPMSYNTH_SAVE_SCREENSHOT"):  # refresh the README's picture on request
         shutil.copy(shot, REPO / "docs" / "images" / "web_app.png")
 
-    with page.expect_download() as info:
-        page.click(".synth-download")
-    archive = tmp_path / "pair.zip"
-    info.value.save_as(archive)
-    with zipfile.ZipFile(archive) as z:
-        names = set(z.namelist())
-        z.extractall(tmp_path / "pair")
+    names = _download_pair(page, tmp_path)
     assert {"MedDDPMSynth/imagesTr/synth_001_0000.nii.gz", "MedDDPMSynth/labelsTr/synth_001.nii.gz",
             "MedDDPMSynth/provenance/synth_001.json", "MedDDPMSynth/dataset.json"} <= names
     mask = sitk.ReadImage(str(MASK))
@@ -299,13 +304,7 @@ def test_brats_mask_generates_four_modalities(brats_server, browser, tmp_path):
     _message(page, "generate finished")
     assert page.locator(".synth-error").count() == 0
 
-    with page.expect_download() as info:
-        page.click(".synth-download")
-    archive = tmp_path / "pair.zip"
-    info.value.save_as(archive)
-    with zipfile.ZipFile(archive) as z:
-        names = set(z.namelist())
-        z.extractall(tmp_path / "pair")
+    names = _download_pair(page, tmp_path)
     channels = [f"MedDDPMSynth/imagesTr/synth_001_{c:04d}.nii.gz" for c in range(4)]
     assert set(channels) <= names and "MedDDPMSynth/imagesTr/synth_001_0004.nii.gz" not in names
 
