@@ -28,8 +28,8 @@ import torch
 
 from MedDDPMSynthLib.model.diffusion import GaussianDiffusion
 from MedDDPMSynthLib.model.sampling import (
-    CancelCheck, EpsFunction, NoiseSource, ProgressCallback, _batch_t, _check_cancel, _initial, _x0, make_eps_fn,
-    timestep_sequence,
+    CancelCheck, EpsFunction, NoiseSource, ProgressCallback, batch_timesteps, check_cancel, initial_noise,
+    make_eps_fn, timestep_sequence, x0_estimate,
 )
 
 
@@ -49,11 +49,11 @@ def dpmpp_3m_sample(
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
     lam = torch.log(alpha / sigma)
     seq = timestep_sequence(model.num_timesteps, steps, spacing)
-    x = _initial(noise, cond)
+    x = initial_noise(noise, cond)
     history: list[tuple[torch.Tensor, float]] = []  # (x0, lambda) of the previous evaluations, newest first
     for done, (t, t_next) in enumerate(zip(seq, seq[1:] + [None]), start=1):
-        _check_cancel(cancel)
-        m0 = _x0(model, x, t, eps_fn(x, cond, _batch_t(x, t)))
+        check_cancel(cancel)
+        m0 = x0_estimate(model, x, t, eps_fn(x, cond, batch_timesteps(x, t)))
         if t_next is None:
             x = m0
         else:

@@ -18,8 +18,8 @@ import torch
 
 from MedDDPMSynthLib.model.diffusion import GaussianDiffusion
 from MedDDPMSynthLib.model.sampling import (
-    CancelCheck, EpsFunction, Inpainting, NoiseSource, ProgressCallback, _batch_t, _check_cancel, _initial, _x0,
-    make_eps_fn, repaint_schedule, timestep_sequence,
+    CancelCheck, EpsFunction, Inpainting, NoiseSource, ProgressCallback, batch_timesteps, check_cancel,
+    initial_noise, make_eps_fn, repaint_schedule, timestep_sequence, x0_estimate,
 )
 
 
@@ -56,23 +56,23 @@ def fast_repaint_sample(
     total = sum(1 for a, _ in actions if a == "denoise")
     keep = inpaint.keep.to(cond.device, torch.float32)
     known = inpaint.known.to(cond.device, torch.float32)
-    x, done = _initial(noise, cond), 0
+    x, done = initial_noise(noise, cond), 0
     for action, k in actions:
         a_t, a_prev = level_abar(k), level_abar(k - 1)
         if action == "renoise":  # level k-1 -> k
             ratio = a_t / a_prev
             x = torch.sqrt(ratio) * x + torch.sqrt(1 - ratio) * noise.draw()
             continue
-        _check_cancel(cancel)
+        check_cancel(cancel)
         t = ascending[k]
-        x0 = _x0(model, x, t, eps_fn(x, cond, _batch_t(x, t)))
+        x0 = x0_estimate(model, x, t, eps_fn(x, cond, batch_timesteps(x, t)))
         eps = (x * model.sqrt_recip_alphas_cumprod[t] - x0) / model.sqrt_recipm1_alphas_cumprod[t]
         sigma = torch.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))  # eta = 1
         x = torch.sqrt(a_prev) * x0 + torch.sqrt((1 - a_prev - sigma**2).clamp(min=0)) * eps
         z = noise.draw()
         if k > 0:
             x = x + sigma * z
-            known_t = model.q_sample(known, _batch_t(x, ascending[k - 1]), noise.draw())
+            known_t = model.q_sample(known, batch_timesteps(x, ascending[k - 1]), noise.draw())
         else:
             known_t = known
         x = keep * known_t + (1 - keep) * x

@@ -57,7 +57,7 @@ class SeededNoise:
         return torch.cat(parts).to(self.device)
 
 
-def _check_cancel(cancel: CancelCheck | None) -> None:
+def check_cancel(cancel: CancelCheck | None) -> None:
     if cancel is not None and cancel():
         raise GenerationCancelled("generation cancelled by the user; nothing was written")
 
@@ -147,7 +147,7 @@ def exact_math(enabled: bool = True):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def _batch_t(x: torch.Tensor, t: int) -> torch.Tensor:
+def batch_timesteps(x: torch.Tensor, t: int) -> torch.Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
 
 
@@ -157,7 +157,7 @@ def ddpm_step(
     eps_fn: EpsFunction | None = None,
 ) -> torch.Tensor:
     """One official ancestral step x_t -> x_{t-1}; ``z`` is ignored (but must be drawn) at t = 0."""
-    t_batch = _batch_t(x, t)
+    t_batch = batch_timesteps(x, t)
     eps = (eps_fn or make_eps_fn(model))(x, cond, t_batch)
     step = model.posterior_from_eps(x, t_batch, eps)
     nonzero = float(t != 0)
@@ -177,24 +177,24 @@ def ddpm_sample(
     """Full-length official sampler: T network evaluations, returns x_0 in [-1, 1]."""
     total = model.num_timesteps
     eps_fn = eps_fn or make_eps_fn(model)
-    x = _initial(noise, cond)
+    x = initial_noise(noise, cond)
     for done, t in enumerate(reversed(range(total)), start=1):
-        _check_cancel(cancel)
+        check_cancel(cancel)
         x = ddpm_step(model, x, cond, t, noise.draw(), eps_fn)
         if progress is not None:
             progress(done, total)
     return x
 
 
-def _initial(noise: NoiseSource, cond: torch.Tensor) -> torch.Tensor:
+def initial_noise(noise: NoiseSource, cond: torch.Tensor) -> torch.Tensor:
     x = noise.draw()
     if x.shape[0] != cond.shape[0] or x.shape[2:] != cond.shape[2:]:
         raise ValueError(f"noise shape {tuple(x.shape)} does not fit condition {tuple(cond.shape)}")
     return x
 
 
-def _x0(model: GaussianDiffusion, x: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
-    return model.predict_x0(x, _batch_t(x, t), eps)
+def x0_estimate(model: GaussianDiffusion, x: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
+    return model.predict_x0(x, batch_timesteps(x, t), eps)
 
 
 @torch.no_grad()
@@ -215,11 +215,11 @@ def ddim_sample(
     eps_fn = eps_fn or make_eps_fn(model)
     abar = model.alphas_cumprod
     seq = timestep_sequence(model.num_timesteps, steps, spacing)
-    x = _initial(noise, cond)
+    x = initial_noise(noise, cond)
     for done, (t, t_prev) in enumerate(zip(seq, seq[1:] + [-1]), start=1):
-        _check_cancel(cancel)
-        eps = eps_fn(x, cond, _batch_t(x, t))
-        x0 = _x0(model, x, t, eps)
+        check_cancel(cancel)
+        eps = eps_fn(x, cond, batch_timesteps(x, t))
+        x0 = x0_estimate(model, x, t, eps)
         a_t, a_prev = abar[t], (abar[t_prev] if t_prev >= 0 else abar.new_tensor(1.0))
         eps = (x * model.sqrt_recip_alphas_cumprod[t] - x0) / model.sqrt_recipm1_alphas_cumprod[t]  # consistent with clipped x0
         sigma = eta * torch.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
@@ -252,11 +252,11 @@ def dpmpp_2m_sample(
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
     lam = torch.log(alpha / sigma)
     seq = timestep_sequence(model.num_timesteps, steps, spacing)
-    x = _initial(noise, cond)
+    x = initial_noise(noise, cond)
     x0_prev, h_prev = None, None
     for done, (t, t_next) in enumerate(zip(seq, seq[1:] + [None]), start=1):
-        _check_cancel(cancel)
-        x0 = _x0(model, x, t, eps_fn(x, cond, _batch_t(x, t)))
+        check_cancel(cancel)
+        x0 = x0_estimate(model, x, t, eps_fn(x, cond, batch_timesteps(x, t)))
         if t_next is None:
             x = x0
         else:
@@ -318,14 +318,14 @@ def repaint_sample(
     total = sum(1 for a, _ in actions if a == "denoise")
     keep = inpaint.keep.to(cond.device, torch.float32)
     known = inpaint.known.to(cond.device, torch.float32)
-    x, done = _initial(noise, cond), 0
+    x, done = initial_noise(noise, cond), 0
     for action, t in actions:
         if action == "renoise":
             x = torch.sqrt(1 - model.betas[t]) * x + torch.sqrt(model.betas[t]) * noise.draw()
             continue
-        _check_cancel(cancel)
+        check_cancel(cancel)
         x = ddpm_step(model, x, cond, t, noise.draw(), eps_fn)
-        known_t = model.q_sample(known, _batch_t(x, t - 1), noise.draw()) if t > 0 else known
+        known_t = model.q_sample(known, batch_timesteps(x, t - 1), noise.draw()) if t > 0 else known
         x = keep * known_t + (1 - keep) * x
         done += 1
         if progress is not None:
@@ -371,7 +371,7 @@ def cancel_between_blocks(model: GaussianDiffusion, cancel: CancelCheck | None):
         yield
         return
     blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
-    handles = [b.register_forward_pre_hook(lambda _module, _inputs: _check_cancel(cancel)) for b in blocks]
+    handles = [b.register_forward_pre_hook(lambda _module, _inputs: check_cancel(cancel)) for b in blocks]
     try:
         yield
     finally:
