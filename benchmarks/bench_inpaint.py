@@ -11,6 +11,8 @@ sub-sequences (repaint_fast.py). One JSON line per case:
   visible seam raises it above the official run's value.
 * ``mean_region`` / ``std_region``: intensity inside the region (the official run's for comparison),
   ``evaluations``, ``seconds``.
+* ``tumour_mean`` (the moved tumour) against ``brain_mean`` (the head outside the region): the moved tumour
+  should be as bright as in a free generation of the edited mask (its own line, ``free generation``).
 
 A first line gives the same score for the unedited previous image at the same region: the value without
 any seam. The official run is slow (730 evaluations), so put it last.
@@ -35,7 +37,7 @@ from MedDDPMSynthLib.model.api import inpainting_evaluations
 from MedDDPMSynthLib.store.models import load_named_model
 from MedDDPMSynthLib.workflows.pipeline import GenerateRequest, prepare_labels
 from MedDDPMSynthLib.model.presets import preset_settings
-from MedDDPMSynthLib.workflows.regenerate import seam_score
+from MedDDPMSynthLib.training.evaluation import seam_score
 from MedDDPMSynthLib.model.sampling import SamplerSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +77,13 @@ def main() -> int:
     seam = seam_score(sitk.GetImageFromArray(previous[0].transpose(2, 1, 0)), region_img)  # no seam: the baseline
     print(json.dumps({**common, "case": "previous image, unedited (no seam)", "seam": {k: round(v, 4) for k, v in seam.items()},
                       "seam_ratio": round(seam["boundary"] / (0.5 * (seam["inside"] + seam["outside"])), 3)}), flush=True)
+    brain = head & ~region
+
+    def brightness(image: np.ndarray) -> dict:
+        return {"tumour_mean": round(float(image[moved].mean()), 4), "brain_mean": round(float(image[brain].mean()), 4)}
+
+    free = model.generate(new_labels, seed=args.seed, sampler=preset_settings("preview", model.timesteps))[0, 0]
+    print(json.dumps({**common, "case": "free generation of the edited mask (preview)", **brightness(free)}), flush=True)
     images = {}
     for spec in args.cases.split(","):
         settings = _settings(spec, model)
@@ -88,6 +97,7 @@ def main() -> int:
                "seconds": round(seconds, 1), "seam": {k: round(v, 4) for k, v in seam.items()},
                "seam_ratio": round(seam["boundary"] / (0.5 * (seam["inside"] + seam["outside"])), 3),
                "mean_region": round(float(image[region].mean()), 4), "std_region": round(float(image[region].std()), 4),
+               **brightness(image),
                "kept_exact": bool(np.array_equal(image[~region], previous[0][~region]))}
         images[spec] = image
         print(json.dumps(row), flush=True)

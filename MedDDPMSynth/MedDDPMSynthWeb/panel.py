@@ -153,7 +153,7 @@ class SynthUI:
         with v.VRow(dense=True):
             with v.VCol(cols=6):
                 v.VSelect(label="Sampler", v_model=("synth_sampler",), items=("synth_samplers", list(SAMPLERS)),
-                          density="compact", hide_details=True)
+                          density="compact", hide_details=True, classes="synth-sampler")
             with v.VCol(cols=6):
                 v.VTextField(label="Steps (0: the preset's)", v_model_number=("synth_steps",), type="number",
                              density="compact", hide_details=True, classes="synth-steps")

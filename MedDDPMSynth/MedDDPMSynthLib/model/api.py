@@ -183,7 +183,7 @@ def inpainting_evaluations(inpaint: Inpainting, sampler: SamplerSettings, timest
     if sampler.name == "ddpm":
         return sum(1 for a, _ in repaint_schedule(timesteps, inpaint.jump, inpaint.resample) if a == "denoise")
     from MedDDPMSynthLib.model.repaint_fast import fast_repaint_evaluations
-    return fast_repaint_evaluations(inpaint, timesteps, sampler.evaluations(timesteps))
+    return fast_repaint_evaluations(inpaint, timesteps, sampler.evaluations(timesteps), sampler.spacing)
 
 
 def _check_network_output(images: torch.Tensor, path) -> None:

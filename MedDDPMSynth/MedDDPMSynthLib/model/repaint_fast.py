@@ -9,7 +9,15 @@ noised to the new level, and the resampling jumps go back ``jump * N / T`` sub-s
 the exact forward transition q(x_t | x_s) = N(sqrt(abar_t / abar_s) x_s, (1 - abar_t / abar_s) I).
 Whatever fast sampler was chosen (ddim, dpm++, dpm++3m), in-painting uses these stochastic steps, with
 the chosen number of steps and spacing: a deterministic multistep solver does not survive the jumps.
-Seam quality against the official run: benchmarks/bench_inpaint.py.
+
+The jumps stop below t = 0.3 T (HARMONISE_DOWN_TO). Harmonising is done by then: the region's shape and
+brightness form at high noise, and the low-noise steps only sharpen texture. Jumps at low noise re-apply
+the network's low-noise bias over and over, and the region drifts dark. On the demo model, after moving
+the example's tumour by 4 voxels, the moved tumour came out at -0.08 and -0.11 (2 seeds, preview preset,
+brain 0.16; a free generation gives +0.45). With the floor it is +0.32 and +0.34, with 18 evaluations
+instead of 28. The seam ratio is 1.03-1.06 with the floor and 0.92-0.97 without it (unedited image
+0.97-0.99). The official RePaint (``sampling.repaint_sample``, sampler ddpm) keeps its jumps down to t = 0.
+Seam and brightness against the official run: benchmarks/bench_inpaint.py.
 """
 
 from __future__ import annotations
@@ -28,9 +36,21 @@ def sub_jump(inpaint: Inpainting, timesteps: int, steps: int) -> int:
     return max(1, round(inpaint.jump * steps / timesteps))
 
 
-def fast_repaint_evaluations(inpaint: Inpainting, timesteps: int, steps: int) -> int:
-    return sum(1 for a, _ in repaint_schedule(steps, sub_jump(inpaint, timesteps, steps), inpaint.resample)
-               if a == "denoise")
+#: resampling jumps only while t >= this fraction of T (see the module notes)
+HARMONISE_DOWN_TO = 0.3
+
+
+def fast_repaint_schedule(inpaint: Inpainting, timesteps: int, steps: int, spacing: str = "uniform",
+                          down_to: float = HARMONISE_DOWN_TO) -> tuple[list[int], list[tuple[str, int]]]:
+    """The sub-sequence's timesteps in ascending order (level k = ``ascending[k]``) and the RePaint actions
+    on its levels, with jumps only from levels at or above ``down_to * timesteps``."""
+    ascending = sorted(timestep_sequence(timesteps, steps, spacing))
+    lowest = next((k for k, t in enumerate(ascending) if t >= down_to * timesteps), steps)
+    return ascending, repaint_schedule(steps, sub_jump(inpaint, timesteps, steps), inpaint.resample, lowest)
+
+
+def fast_repaint_evaluations(inpaint: Inpainting, timesteps: int, steps: int, spacing: str = "uniform") -> int:
+    return sum(1 for a, _ in fast_repaint_schedule(inpaint, timesteps, steps, spacing)[1] if a == "denoise")
 
 
 @torch.no_grad()
@@ -50,9 +70,8 @@ def fast_repaint_sample(
     abar = model.alphas_cumprod
     one = abar.new_tensor(1.0)
     # level k (0 = least noisy) is timestep ascending[k]; level -1 is the clean image
-    ascending = sorted(timestep_sequence(model.num_timesteps, steps, spacing))
+    ascending, actions = fast_repaint_schedule(inpaint, model.num_timesteps, steps, spacing)
     level_abar = lambda k: abar[ascending[k]] if k >= 0 else one  # noqa: E731
-    actions = repaint_schedule(steps, sub_jump(inpaint, model.num_timesteps, steps), inpaint.resample)
     total = sum(1 for a, _ in actions if a == "denoise")
     keep = inpaint.keep.to(cond.device, torch.float32)
     known = inpaint.known.to(cond.device, torch.float32)

@@ -286,14 +286,15 @@ class Inpainting:
     resample: int = 3
 
 
-def repaint_schedule(timesteps: int, jump: int, resample: int) -> list[tuple[str, int]]:
-    """Actions ('denoise', t): x_t -> x_{t-1}; ('renoise', t): x_{t-1} -> x_t, as a list."""
+def repaint_schedule(timesteps: int, jump: int, resample: int, lowest: int = 0) -> list[tuple[str, int]]:
+    """Actions ('denoise', t): x_t -> x_{t-1}; ('renoise', t): x_{t-1} -> x_t, as a list. No jump starts below
+    level ``lowest`` (0 = the official schedule: jumps down to the last step)."""
     actions, repeats = [], {}
     level = timesteps - 1  # x is at noise level ``level``; the next denoise step is t = level
     while level >= 0:
         actions.append(("denoise", level))
         level -= 1
-        if resample > 1 and level >= 0 and level % jump == 0 and level + jump <= timesteps - 1 \
+        if resample > 1 and level >= lowest and level % jump == 0 and level + jump <= timesteps - 1 \
                 and repeats.get(level, 0) < resample - 1:
             repeats[level] = repeats.get(level, 0) + 1
             actions.extend(("renoise", u) for u in range(level + 1, level + jump + 1))

@@ -18,7 +18,7 @@ from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.model.presets import (
     PREVIEW_PRECISION, PREVIEW_SAMPLER, PREVIEW_STEPS, choose_sampler, default_preset, preset_settings,
 )
-from MedDDPMSynthLib.model.repaint_fast import fast_repaint_evaluations
+from MedDDPMSynthLib.model.repaint_fast import HARMONISE_DOWN_TO, fast_repaint_evaluations, fast_repaint_schedule
 from MedDDPMSynthLib.model.sampling import Inpainting, repaint_schedule, run_sampler
 from MedDDPMSynthLib.model.unet import UNetConfig
 
@@ -135,10 +135,29 @@ def test_fast_repaint_keeps_the_region_exactly_and_runs_any_prediction_target(pr
     assert (outs[0] - outs[1]).abs().max() <= 1e-4
     assert torch.equal(outs[1][keep.bool()], torch.full(shape, 0.2)[keep.bool()])  # kept region exact
     assert outs[1][~keep.bool()].std() > 0.01  # regenerated, not copied
-    evaluations = fast_repaint_evaluations(inpaint, 250, 25)
+    evaluations = fast_repaint_evaluations(inpaint, 250, 25, "quadratic")
     official = sum(1 for a, _ in repaint_schedule(250, 10, 3) if a == "denoise")
     assert calls[-1] == (evaluations, evaluations) and len(calls) == evaluations
     assert official == 730 and evaluations <= 75  # one tenth of the official run's evaluations
+
+
+@pytest.mark.parametrize("steps, spacing", [(10, "quadratic"), (25, "uniform"), (50, "quadratic")])
+def test_fast_repaint_harmonises_only_above_the_floor(steps, spacing):
+    """Jumps back (re-noising) only from levels at t >= 0.3 T; below it one pass down to t = 0 (re-noising at
+    low noise drifted the demo model's moved tumour dark, see repaint_fast). Every level is denoised, the
+    levels above the floor ``resample`` times."""
+    inpaint = Inpainting(torch.zeros(1, 1, 8, 8, 8), torch.ones(1, 1, 8, 8, 8), jump=10, resample=3)
+    ascending, actions = fast_repaint_schedule(inpaint, 250, steps, spacing)
+    floor = next(k for k, t in enumerate(ascending) if t >= HARMONISE_DOWN_TO * 250)
+    renoised = {k for action, k in actions if action == "renoise"}
+    assert renoised and min(renoised) >= floor + 1  # a jump from level floor re-noises floor -> floor + 1 first
+    denoised = [k for action, k in actions if action == "denoise"]
+    assert sorted(set(denoised)) == list(range(steps))
+    assert all(denoised.count(k) == 1 for k in range(floor))
+    assert max(denoised.count(k) for k in range(floor, steps)) == 3
+    assert fast_repaint_evaluations(inpaint, 250, steps, spacing) == len(denoised)
+    # the schedule without the floor (down_to 0) re-noises down to the last level, as the official RePaint does
+    assert min(k for a, k in fast_repaint_schedule(inpaint, 250, steps, spacing, down_to=0)[1] if a == "renoise") == 1
 
 
 # ------------------------------------------------------------------- every command, one set of options

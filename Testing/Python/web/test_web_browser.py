@@ -83,11 +83,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(home: Path, model: str):
-    """A real ``medddpm-synth serve --model MODEL`` on a free port with its own model home: yields (url, token)."""
+def _serve(home: Path, model: str, bundled_demo: bool = False):
+    """A real ``medddpm-synth serve --model MODEL`` on a free port with its own model home: yields (url, token).
+    ``bundled_demo``: "demo" is the bundled demo model, as users get it (not this module's tiny one)."""
     port = _free_port()
     env = {**os.environ, "MEDDDPMSYNTH_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("MEDDDPMSYNTH_TOKEN", None)
+    if bundled_demo:
+        env.pop("MEDDDPMSYNTH_DEMO_MODEL", None)
     log = open(home / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "MedDDPMSynthLib", "serve", "--port", str(port),
                              "--model", model], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -157,6 +160,17 @@ def _message(page, text: str) -> None:
     page.wait_for_selector(f".synth-message:has-text('{text}')")
 
 
+def _wait_for_new_picture(page, before: np.ndarray, path: Path) -> np.ndarray:
+    """The slice view once it shows something else than ``before``. The remote view streams its next frame
+    when the server gets to it: wait for that event (a changed picture), not a time."""
+    deadline = time.monotonic() + WAIT_S
+    view = _view_pixels(page, path)
+    while np.abs(view - before).mean() <= 5 and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        view = _view_pixels(page, path)
+    return view
+
+
 def _view_pixels(page, path: Path) -> np.ndarray:
     """The axial slice view (the layout's first view) as the browser shows it."""
     page.locator(".display-area").first.screenshot(path=str(path))
@@ -193,19 +207,11 @@ def test_generate_download_reload(server, browser, tmp_path):
     assert page.get_attribute(".synth-progress", "aria-valuenow") == "100"
     assert page.locator(".synth-error").count() == 0
 
-    # the result is the slice view's background now: the picture changed and is not blank. The remote view
-    # streams its next frame when the server gets to it: wait for that event (a changed picture), not a time
-    deadline = time.monotonic() + WAIT_S
-    view = _view_pixels(page, tmp_path / "result_view.png")
-    while np.abs(view - mask_view).mean() <= 5 and time.monotonic() < deadline:
-        page.wait_for_timeout(250)
-        view = _view_pixels(page, tmp_path / "result_view.png")
-    shot = tmp_path / "web_app.png"
-    page.screenshot(path=str(shot))
+    # the result is the slice view's background now: the picture changed and is not blank
+    view = _wait_for_new_picture(page, mask_view, tmp_path / "result_view.png")
+    page.screenshot(path=str(tmp_path / "web_app.png"))
     assert view.std() > 20 and (view.max(-1) > 50).mean() > 0.05
     assert np.abs(view - mask_view).mean() > 5  # not the mask's picture any more
-    if os.environ.get("MEDDDPMSYNTH_SAVE_SCREENSHOT"):  # refresh the README's picture on request
-        shutil.copy(shot, REPO / "docs" / "images" / "web_app.png")
 
     names = _download_pair(page, tmp_path)
     assert {"MedDDPMSynth/imagesTr/synth_001_0000.nii.gz", "MedDDPMSynth/labelsTr/synth_001.nii.gz",
@@ -323,4 +329,48 @@ def test_brats_mask_generates_four_modalities(brats_server, browser, tmp_path):
     provenance = json.loads((tmp_path / "pair/MedDDPMSynth/provenance/synth_001.json").read_text())
     assert provenance["family"] == "brats"
     assert [i["channel"] for i in provenance["images"]] == ["t1", "t1ce", "t2", "flair"]
+    page.close()
+
+
+# ----------------------------------------------------------------------------- the bundled demo model
+
+
+@pytest.fixture(scope="module")
+def bundled_server(tmp_path_factory):
+    """The app as a user starts it: ``medddpm-synth serve``, whose "demo" is the bundled demo model."""
+    yield from _serve(tmp_path_factory.mktemp("web_bundled_home"), "demo", bundled_demo=True)
+
+
+def test_first_generate_with_the_page_defaults_is_a_brain(bundled_server, browser, tmp_path):
+    """What a new user sees first: the bundled demo model and the page's own defaults (the sampler it picks for
+    this machine, the preset's steps, seed 0), the example mask uploaded, Generate clicked, nothing else touched.
+    The result is a brain on a black background, not noise (the bounds of test_demo_model.py, which the old
+    noisy demo file failed), and the page shows it. This capture is the README's picture and the catalogue
+    screenshot: MEDDDPMSYNTH_SAVE_SCREENSHOT=1 refreshes docs/images/web_app.png from it."""
+    url, token = bundled_server
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(WAIT_S * 1000)
+    assert page.goto(f"{url}/?token={token}").status == 200
+    page.wait_for_selector(".synth-generate")
+    _upload(page, MASK, "demo_mask")
+    mask_view = _view_pixels(page, tmp_path / "mask_view.png")
+    page.click(".synth-generate")
+    _message(page, "generate finished")
+    assert page.locator(".synth-error").count() == 0
+    assert "preview" in page.inner_text(".synth-sampler")  # the page's choice on a CPU: the preview preset
+    view = _wait_for_new_picture(page, mask_view, tmp_path / "result_view.png")
+    shot = tmp_path / "web_app.png"
+    page.screenshot(path=str(shot))
+
+    _download_pair(page, tmp_path)
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pair/MedDDPMSynth/imagesTr/synth_001_0000.nii.gz")))
+    image = 2 * image - 1  # the scene's images are in [0, 1] (--intensity unit); the bounds are in the model's [-1, 1]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(MASK)))
+    background, brain = image[labels == 0], image[labels == 1].mean()
+    print(f"background {background.mean():.3f} +- {background.std():.3f}, brain {brain:.3f}")
+    assert background.mean() <= -0.9 and background.std() <= 0.1 and brain > background.mean() + 0.6
+    # and the view shows it: a dark surround, a bright brain
+    assert np.abs(view - mask_view).mean() > 5 and view.std() > 20
+    if os.environ.get("MEDDDPMSYNTH_SAVE_SCREENSHOT"):  # refresh the README's picture on request
+        shutil.copy(shot, REPO / "docs" / "images" / "web_app.png")
     page.close()
