@@ -23,6 +23,16 @@ from PIL import Image, ImageDraw
 WIDTH, HEIGHT, MARGIN = 720, 360, 56
 
 
+def _objective(log: Path) -> str:
+    """What the run's loss measures, from the config.json the trainer writes beside its log."""
+    try:
+        config = json.loads((log.parent / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return "as the run defines it"
+    return (f"{config.get('loss', 'l1').upper()} on {config.get('prediction', 'eps')}, "
+            f"{config.get('weighting', 'uniform')} weighting")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logs", type=Path, nargs="+", help="train_log.csv of a run (then of runs continuing it)")
@@ -77,7 +87,7 @@ def main() -> int:
         x, _ = xy(start, 10 ** low)
         draw.line([x, MARGIN, x, HEIGHT - MARGIN], fill=(40, 90, 220), width=2)
         draw.text((x + 4, MARGIN + 4), f"from {start}: next run", fill=(40, 90, 220))
-    draw.text((MARGIN, 18), f"training loss (L1 on noise, as each run weights it), log scale; moving average of {window} rows",
+    draw.text((MARGIN, 18), f"training loss ({_objective(args.logs[-1])}), log scale; moving average of {window} rows",
               fill="black")
     draw.text((WIDTH // 2 - 30, HEIGHT - 22), "optimiser step", fill="black")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,11 @@
   metrics equal those of the 25-step DPM-Solver++(2M) preview it replaces, and bf16 changes none of them
   (benchmarks/bench_realism.py; see benchmarks/README.md), at 40 % of the evaluations.
 
+The preview's bf16 needs native kernels: oneDNN runs bf16 convolutions natively only with AVX-512 (BF16) or
+AMX, and emulates them elsewhere (most laptop CPUs: AVX2 only). With ONEDNN_MAX_CPU_ISA=AVX2 on the
+development machine one evaluation of the demo network took 3.4 s in fp32 and more than 6 CPU-minutes in bf16
+(stopped there; 1.2 s with native bf16). On such a CPU the preset runs in fp32 and the one line says so.
+
 Without sampler options a run takes ``preview`` on a CPU (the exact sampler takes minutes for the demo
 model and hours for the official 128^3 models there) and ``exact`` on a GPU (seconds), and says which
 in one line; ``--sampler ddpm`` (or ``exact``) gives the official sampler everywhere.
@@ -48,6 +53,22 @@ class SamplerChoice:
     def record(self) -> dict:
         """For provenance: the preset and the reason next to the settings."""
         return {"preset": self.preset, "reason": self.reason}
+
+
+def native_precision(device_type: str, precision: str) -> bool:
+    """Whether ``precision`` runs on native kernels on this kind of device (fp32 always does). On a CPU,
+    oneDNN says for bf16/fp16 (it honours ONEDNN_MAX_CPU_ISA); on CUDA, bf16 needs compute capability 8."""
+    if precision == "fp32":
+        return True
+    if device_type == "cpu":
+        name = "_is_mkldnn_bf16_supported" if precision == "bf16" else "_is_mkldnn_fp16_supported"
+        try:
+            return bool(getattr(torch.ops.mkldnn, name)())
+        except (AttributeError, RuntimeError):  # a torch built without oneDNN: emulated
+            return False
+    if device_type == "cuda" and precision == "bf16":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return True
 
 
 def default_preset(device: torch.device | str) -> str:
@@ -94,6 +115,9 @@ def choose_sampler(
         reason = (f"--sampler {preset}" if sampler else
                   f"the default on a {'CPU' if device_type == 'cpu' else 'GPU (' + device_type + ')'}")
         settings = preset_settings(preset, timesteps, metadata)
+        if "precision" not in overrides and not native_precision(device_type, settings.precision):
+            reason += f" (in fp32: this {device_type.upper()} has no native {settings.precision})"
+            settings = replace(settings, precision="fp32")
         if overrides:
             if preset == "exact" and "steps" in overrides:
                 raise InputError("the exact preset always runs all steps; use --sampler preview, ddim or dpm++ for fewer")

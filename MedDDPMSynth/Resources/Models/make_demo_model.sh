@@ -6,38 +6,45 @@
 # Phases 1-2 (history, this script at commit c9c076f, demo-data generator version 1): 6000 steps of the
 # official objective (eps prediction, per-slice normalisation, uniform L1), then 250 steps of truncated-SNR
 # fine-tuning: the eps model shipped until then, whose samples had a grey background, stripes along z and
-# dark tumours (see the model card). Phase 3 (this script): fine-tune that network into a v-predicting model
-# on robust whole-volume intensities, with demo-data generator version 2 (mostly bright enhancing tumours):
-# 600 steps (the file shipped at commit 18b5455). Phase 4 (this script, the shipped file): the same objective
-# and data, 800 more steps from phase 3's file with a fresh optimiser (its optimiser state was not kept);
-# the shipped file is the checkpoint of step 700, the one the card measures.
-#   WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh                  # phase 4, export, card numbers
-#   RESUME=1 STEPS=3000 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh # phase 4 on from its last checkpoint
+# dark tumours (see the model card). Phase 3 (commit 18b5455): fine-tune that network into a v-predicting
+# model on robust whole-volume intensities, with demo-data generator version 2 (mostly bright enhancing
+# tumours): 600 steps. Phase 4 (this script): the same objective and data, 800 steps from phase 3's file with
+# a fresh optimiser (its optimiser state was not kept); its step 700 shipped at commit 4d92a10. Phase 5 (this
+# script, the shipped file): the same run resumed at step 800 with the cosine stretched to STEPS = 2000 (a warm
+# restart: the learning rate goes back up to 6.8e-5 at step 801, then down to 1e-5); the shipped file is the
+# EMA weights of step 2000.
+#   WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh                  # phases 4-5, export, card numbers
+#   RESUME=1 STEPS=4000 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh # on from the last checkpoint
 #   SKIP_TRAINING=1 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh  # export + card only
-#   ... MODEL=/tmp/demo/run4/model-last.pt ...   export that checkpoint instead of step 700
+#   ... MODEL=/tmp/demo/run4/model-last.pt ...   export that checkpoint instead of step 2000
 set -euo pipefail
 WORK=${WORK:-demo-work}
-STEPS=${STEPS:-800}
-MODEL=${MODEL:-$WORK/run4/model-700.pt}
+STEPS=${STEPS:-2000}
+MODEL=${MODEL:-$WORK/run4/model-2000.pt}
 INIT=${INIT:-$WORK/phase3-model-6850.safetensors}
+BEFORE=${BEFORE:-$WORK/phase4-model-7550.safetensors}
 GRID=48,64,48
 SPACING=3.5,3.5,3.5
 OUT=MedDDPMSynth/Resources/Models
+
+train_run4() {  # train_run4 STEPS RESUME_FROM: the run of phases 4 and 5
+  # one OpenMP thread: steady on a shared 2-core machine (two threads thrash when another process runs).
+  # v prediction with MSE: the network predicts the image where the noisy input says nothing (background,
+  # brightness); robust-volume: one intensity scale per volume (no per-slice stripes); cosine LR to a tenth.
+  OMP_NUM_THREADS=1 medddpm-synth train --masks "$WORK/data/masks" --images "$WORK/data/images" -o "$WORK/run4" \
+    --grid $GRID --spacing $SPACING --prediction v --normalisation robust-volume --loss l2 \
+    --steps "$1" --batch 1 --accum 1 --lr 1e-4 --lr-schedule cosine --ema-start 100 --ema-every 1 --ema-decay 0.998 \
+    --precision bf16 --seed 4 --save-every 100 --log-every 10 --device cpu --quiet --resume "$2"
+}
 
 if [ -z "${SKIP_TRAINING:-}" ]; then
   if [ -z "${RESUME:-}" ]; then
     # the phase-3 network as it shipped (its EMA weights, fp16) is where phase 4 starts
     [ -f "$INIT" ] || { mkdir -p "$WORK" && git show 18b5455:MedDDPMSynth/Resources/Models/demo_model.safetensors > "$INIT"; }
     medddpm-synth demo-data -o "$WORK/data" --cases 400 --seed 2026 --grid $GRID --spacing $SPACING --quiet
+    train_run4 800 "$INIT"  # phase 4
   fi
-  # one OpenMP thread: steady on a shared 2-core machine (two threads thrash when another process runs).
-  # v prediction with MSE: the network predicts the image where the noisy input says nothing (background,
-  # brightness); robust-volume: one intensity scale per volume (no per-slice stripes); cosine LR to a tenth.
-  OMP_NUM_THREADS=1 medddpm-synth train --masks "$WORK/data/masks" --images "$WORK/data/images" -o "$WORK/run4" \
-    --grid $GRID --spacing $SPACING --prediction v --normalisation robust-volume --loss l2 \
-    --steps "$STEPS" --batch 1 --accum 1 --lr 1e-4 --lr-schedule cosine --ema-start 100 --ema-every 1 --ema-decay 0.998 \
-    --precision bf16 --seed 4 --save-every 100 --log-every 10 --device cpu --quiet \
-    --resume "$([ -n "${RESUME:-}" ] && echo "$WORK/run4/model-last.pt" || echo "$INIT")"
+  train_run4 "$STEPS" "$WORK/run4/model-last.pt"  # phase 5 (and on)
 fi
 
 medddpm-synth models export "$MODEL" -o "$OUT/demo_model.safetensors" --dtype fp16 --overwrite
@@ -53,21 +60,23 @@ for case in case_0000 case_0001 case_0002; do
 done
 medddpm-synth evaluate --generated "$WORK/generated" --reference "$WORK/heldout3/images" --masks "$WORK/heldout3/masks" \
   -o "$OUT/demo_model_eval.json" --montage "$OUT/demo_model_montage.png" --overwrite
-# phase 4's loss curve (phases 1-3 are in the history of this file)
+# phases 4-5's loss curve (phases 1-3 are in the history of this file)
 python benchmarks/plot_training_log.py "$WORK/run4/train_log.csv" --until "$MODEL" -o "$OUT/demo_model_loss.png"
-# realism on held-out cases (seed 7) with the preview preset, against phase 3 and TorchIO's label->image baseline
-MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/bench_realism.py --model demo --model "$INIT" --cases 4 --samples 1 \
-  --work "$WORK/realism" --sampler dpm++3m:10:quadratic:bf16 > benchmarks/results_realism_phase4_cpu.jsonl
+# realism on held-out cases (seed 7) with the preview preset, against phase 4 (the file shipped before) and
+# TorchIO's label->image baseline
+[ -f "$BEFORE" ] || git show 4d92a10:MedDDPMSynth/Resources/Models/demo_model.safetensors > "$BEFORE"
+MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/bench_realism.py --model demo --model "$BEFORE" --cases 4 --samples 1 \
+  --work "$WORK/realism" --sampler dpm++3m:10:quadratic:bf16 > benchmarks/results_realism_phase5_cpu.jsonl
 # the card's machine-readable facts (checked by Testing/Python/test_demo_model.py)
 MEDDDPMSYNTH_DEMO_MODEL= python - "$OUT/demo_model.json" "$MODEL" <<'PY'
 import json, sys
 import torch
-from MedDDPMSynthLib.models import demo_entry
+from MedDDPMSynthLib.store.models import demo_entry
 entry = demo_entry()
 keep = ("file", "family", "grid_xyz", "spacing_mm", "timesteps", "prediction", "normalisation", "config", "sha256",
         "size_bytes", "container", "step")
 card = {k: entry[k] for k in keep}
-# phases 1-2: 6250 steps (eps), phase 3: 600 steps; phase 4 counts its own steps from 0
+# phases 1-2: 6250 steps (eps), phase 3: 600 steps; phases 4-5 count their own steps from 0
 card["steps_trained"] = 6250 + 600 + int(torch.load(sys.argv[2], map_location="cpu", weights_only=True)["step"])
 card["labels"] = {"0": "background", "1": "brain (the whole-head family's head label)", "2": "tumour"}
 open(sys.argv[1], "w").write(json.dumps(card, indent=2) + "\n")

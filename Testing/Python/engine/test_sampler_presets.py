@@ -16,7 +16,8 @@ from cli_helpers import head_labels, run_cli, write_mask
 from MedDDPMSynthLib import GaussianDiffusion, SamplerSettings, SeededNoise
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.model.presets import (
-    PREVIEW_PRECISION, PREVIEW_SAMPLER, PREVIEW_STEPS, choose_sampler, default_preset, preset_settings,
+    PREVIEW_PRECISION, PREVIEW_SAMPLER, PREVIEW_STEPS, choose_sampler, default_preset, native_precision,
+    preset_settings,
 )
 from MedDDPMSynthLib.model.repaint_fast import HARMONISE_DOWN_TO, fast_repaint_evaluations, fast_repaint_schedule
 from MedDDPMSynthLib.model.sampling import Inpainting, repaint_schedule, run_sampler
@@ -26,6 +27,10 @@ pytestmark = pytest.mark.usefixtures("tiny_demo")  # "demo" = the tiny model (co
 
 SCALE = 0.2  # data ~ N(0, SCALE^2): every |x0| stays inside the clip at [-1, 1], so the ODE solution is exact
 TINY = UNetConfig(3, 1, 32, (1, 2), 1, ())
+# the preview's precision on this machine's CPU: bf16 where oneDNN runs it natively, else fp32 with a note
+CPU_NATIVE = native_precision("cpu", PREVIEW_PRECISION)
+CPU_PRECISION = PREVIEW_PRECISION if CPU_NATIVE else "fp32"
+CPU_REASON = "the default on a CPU" + ("" if CPU_NATIVE else f" (in fp32: this CPU has no native {PREVIEW_PRECISION})")
 
 
 # ------------------------------------------------------------------------------------ per-device default
@@ -39,7 +44,7 @@ def test_the_default_is_preview_on_a_cpu_and_exact_on_a_gpu(device, preset, name
     assert default_preset(device) == preset and choice.preset == preset and choice.settings.name == name
     assert choice.settings == (SamplerSettings("ddpm") if preset == "exact" else
                                SamplerSettings(PREVIEW_SAMPLER, PREVIEW_STEPS, spacing="quadratic",
-                                               precision=PREVIEW_PRECISION))
+                                               precision=CPU_PRECISION))
     assert ("CPU" if device == "cpu" else "GPU") in choice.reason and choice.line().startswith(f"sampler: {preset} (")
     assert choice.record() == {"preset": preset, "reason": choice.reason}
 
@@ -65,7 +70,42 @@ def test_a_model_recommends_its_own_preview_and_small_models_get_half_their_step
     meta = {"preview_sampler": "dpm++", "preview_steps": "20", "preview_spacing": "uniform"}
     assert preset_settings("preview", 250, meta) == SamplerSettings("dpm++", 20, precision=PREVIEW_PRECISION)
     tiny = SamplerSettings("ddim", 5, precision=PREVIEW_PRECISION)  # T = 10 test models: half their steps
-    assert preset_settings("preview", 10) == tiny and choose_sampler("cpu", 10).settings == tiny
+    assert preset_settings("preview", 10) == tiny
+    assert choose_sampler("cpu", 10).settings == SamplerSettings("ddim", 5, precision=CPU_PRECISION)
+
+
+SAY_PREVIEW = """
+import json
+from MedDDPMSynthLib.model.presets import choose_sampler
+choice = choose_sampler("cpu", 250)
+print(json.dumps({"precision": choice.settings.precision, "line": choice.line()}))
+"""
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"])
+def test_the_cpu_preview_runs_bf16_only_where_the_cpu_has_native_bf16(isa, monkeypatch):
+    """oneDNN emulates bf16 on CPUs without AVX-512 BF16 / AMX (most laptops), where one network evaluation took
+    over 100 times longer in bf16 than in fp32: there the preview runs in fp32 and its line says why. ONEDNN_MAX_CPU_ISA=AVX2
+    makes this machine such a CPU (read when oneDNN starts, so in a new process)."""
+    import subprocess
+    import sys
+
+    if isa:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    probe = "import torch; print(torch.ops.mkldnn._is_mkldnn_bf16_supported())"
+    native = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    done = subprocess.run([sys.executable, "-c", SAY_PREVIEW], capture_output=True, text=True, check=True)
+    said = json.loads(done.stdout)
+    if isa == "AVX2":
+        assert native == "False"
+    if native == "True":
+        assert said["precision"] == "bf16" and "native" not in said["line"]
+    else:
+        assert said["precision"] == "fp32"
+        assert said["line"].startswith("sampler: preview (dpm++3m, 10 steps, quadratic spacing, fp32): the default on "
+                                       "a CPU (in fp32: this CPU has no native bf16)")
 
 
 # ------------------------------------------------------------------------------- DPM-Solver++(3M)
@@ -143,7 +183,7 @@ def test_fast_repaint_keeps_the_region_exactly_and_runs_any_prediction_target(pr
 
 @pytest.mark.parametrize("steps, spacing", [(10, "quadratic"), (25, "uniform"), (50, "quadratic")])
 def test_fast_repaint_harmonises_only_above_the_floor(steps, spacing):
-    """Jumps back (re-noising) only from levels at t >= 0.3 T; below it one pass down to t = 0 (re-noising at
+    """Jumps back (re-noising) only from levels at t >= 0.15 T; below it one pass down to t = 0 (re-noising at
     low noise drifted the demo model's moved tumour dark, see repaint_fast). Every level is denoised, the
     levels above the floor ``resample`` times."""
     inpaint = Inpainting(torch.zeros(1, 1, 8, 8, 8), torch.ones(1, 1, 8, 8, 8), jump=10, resample=3)
@@ -183,10 +223,10 @@ def test_every_sampling_command_takes_the_sampler_options_and_records_the_choice
     code, out, err = run_cli(["generate", "--mask", mask, "-o", tmp_path / "default", *base[:-1]], capsys)
     lines = [line for line in out.splitlines() if line.startswith("sampler: ")]
     assert code == 0, err
-    assert lines == [f"sampler: preview (ddim, 5 steps, uniform spacing, {PREVIEW_PRECISION}): the default on a CPU; "
+    assert lines == [f"sampler: preview (ddim, 5 steps, uniform spacing, {CPU_PRECISION}): {CPU_REASON}; "
                                    "--sampler exact (or ddpm) for the official sampler"]
     prov = json.loads((tmp_path / "default" / "provenance.json").read_text())["sampler"]
-    assert (prov["name"], prov["steps"], prov["preset"], prov["reason"]) == ("ddim", 5, "preview", "the default on a CPU")
+    assert (prov["name"], prov["steps"], prov["preset"], prov["reason"]) == ("ddim", 5, "preview", CPU_REASON)
 
     code, _, err = run_cli(["generate", "--mask", mask, "-o", tmp_path / "exact", *base, "--sampler", "ddpm"], capsys)
     prov = json.loads((tmp_path / "exact" / "provenance.json").read_text())["sampler"]
