@@ -142,10 +142,11 @@ def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
 
 
-def _open(browser, server):
+def _open(browser, url: str, token: str | None = None):
+    """The page at ``url`` with ``token`` (default: the module server's), once its panel is there."""
     page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     page.set_default_timeout(WAIT_S * 1000)
-    assert page.goto(f"{server}/?token={TOKEN}").status == 200
+    assert page.goto(f"{url}/?token={TOKEN if token is None else token}").status == 200
     page.wait_for_selector(".synth-generate")
     return page
 
@@ -298,11 +299,7 @@ def test_brats_mask_generates_four_modalities(brats_server, browser, tmp_path):
     """A BraTS segmentation (1 necrotic, 2 oedema, 3 enhancing, 4 brain) uploaded to the page works with a
     BraTS model: its segments are the BraTS tissues, Generate gives the four modalities, and the download
     holds one case with four channels and the uploaded labels."""
-    url, token = brats_server
-    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
-    page.set_default_timeout(WAIT_S * 1000)
-    assert page.goto(f"{url}/?token={token}").status == 200
-    page.wait_for_selector(".synth-generate")
+    page = _open(browser, *brats_server)
     _upload(page, BRATS_SEG, "BraTS2021_00529_seg")
     assert page.locator(".synth-error").count() == 0
     page.fill(".synth-steps input", "2")
@@ -347,11 +344,7 @@ def test_first_generate_with_the_page_defaults_is_a_brain(bundled_server, browse
     The result is a brain on a black background, not noise (the bounds of test_demo_model.py, which the old
     noisy demo file failed), and the page shows it. This capture is the README's picture and the catalogue
     screenshot: MEDDDPMSYNTH_SAVE_SCREENSHOT=1 refreshes docs/images/web_app.png from it."""
-    url, token = bundled_server
-    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
-    page.set_default_timeout(WAIT_S * 1000)
-    assert page.goto(f"{url}/?token={token}").status == 200
-    page.wait_for_selector(".synth-generate")
+    page = _open(browser, *bundled_server)
     _upload(page, MASK, "demo_mask")
     mask_view = _view_pixels(page, tmp_path / "mask_view.png")
     page.click(".synth-generate")
