@@ -52,6 +52,16 @@ def _unchanged_outside(before: Path, after: Path) -> dict:
     return {"voxels_changed": int(changed.sum()), "fraction_changed": round(float(changed.mean()), 5)}
 
 
+def _brightness(before: Path, after: Path, tumour: sitk.Image) -> dict:
+    """The inserted tumour's mean against the scan's tissue it replaced, and the regenerated 4-voxel rim's."""
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(before))).astype(float)
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(after))).astype(float)
+    inside = sitk.GetArrayFromImage(tumour) > 0
+    rim = (sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.Cast(tumour > 0, sitk.sitkUInt8), [4, 4, 4])) > 0) & ~inside
+    return {"tumour_mean": round(b[inside].mean(), 1), "replaced_tissue_mean": round(a[inside].mean(), 1),
+            "rim_mean": round(b[rim].mean(), 1), "rim_mean_before": round(a[rim].mean(), 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path, default=REPO / "docs" / "images" / "edit_and_insert.png")
@@ -95,7 +105,8 @@ def main() -> int:
         "figure": str(args.output), "rows": ["generated", "tumour shifted + local re-generation",
                                              "MNI152 T1 (real)", "MNI152 T1 + inserted tumour"],
         "shift_mm": args.vector, "regeneration": _unchanged_outside(first, second),
-        "insertion": _unchanged_outside(work / "mni_t1.nii.gz", inserted),
+        "insertion": {**_unchanged_outside(work / "mni_t1.nii.gz", inserted),
+                      **_brightness(work / "mni_t1.nii.gz", inserted, tumour)},
         "seconds": round(time.perf_counter() - started, 1),
     }))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from MedDDPMSynthLib.cli.numbers import float_list, int_list
@@ -139,9 +140,10 @@ def _architecture_of(checkpoint: Path) -> dict:
     state, info = read_state_dict(checkpoint)
     unet, timesteps = infer_config(state, checkpoint)
     family = family_for_channels(unet.in_channels, unet.out_channels)
+    options = model_options(info)  # its healthy landmarks are not carried over: each run measures its own data's
     return {"family": family.name, "model_channels": unet.model_channels, "channel_mult": unet.channel_mult,
             "num_res_blocks": unet.num_res_blocks, "attention_ds": unet.attention_ds, "timesteps": timesteps,
-            **model_options(info).to_metadata()}
+            "prediction": options.prediction, "normalisation": options.normalisation}
 
 
 def _check_output(args: argparse.Namespace) -> None:
@@ -169,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         dataset[0]  # bad files fail now, not hours in
     else:
         dataset.preload()
+    config = replace(config, healthy_landmarks=dataset.healthy_landmarks() or ())
     trainer = Trainer(config, dataset, args.output, device=args.device, quiet=args.quiet)
     try:
         notes = trainer.resume(resume) if resume is not None else []

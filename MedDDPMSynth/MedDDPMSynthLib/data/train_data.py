@@ -32,13 +32,16 @@ from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.domain.families import Family
 from MedDDPMSynthLib.domain.geometry import plan_physical
 from MedDDPMSynthLib.io.mask_io import MASK_SUFFIXES, list_images, read_image, read_mask  # noqa: F401 (read_image: this module's reader)
-from MedDDPMSynthLib.domain.normalisation import fit_intensity
+from MedDDPMSynthLib.domain.normalisation import fit_intensity, healthy_landmarks
+from MedDDPMSynthLib.model.model_options import Landmarks
 from MedDDPMSynthLib.domain.labels import LabelMapping, to_official
 from MedDDPMSynthLib.io.outputs import image_extension, split_image_name
 
 MASK_STEM_SUFFIXES = ("_seg", "_mask", "_label")
 #: tolerated fraction of labelled voxels outside the image before the pair is refused
 MAX_UNCOVERED = 0.01
+#: how many training images (evenly spread) give a model's healthy-tissue landmarks: their median settles well before
+HEALTHY_LANDMARK_CASES = 64
 
 #: augment(image, labels) -> (image, labels): SimpleITK images before resampling. ``image`` has one
 #: component per modality (scalar for whole-head, a vector image t1,t1ce,t2,flair for BraTS); ``labels``
@@ -168,9 +171,15 @@ class PairedVolumeDataset(Dataset):
         return labels, image
 
     def _to_model_grid(self, labels: sitk.Image, image: sitk.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        volumes, labels_xyz = self._normalised(labels, image)
+        cond = self.family.condition_from_labels(labels_xyz)[0]
+        zyx = [v.transpose(2, 1, 0) for v in volumes]  # (X, Y, Z) -> (Z, Y, X), like the condition
+        return torch.from_numpy(np.ascontiguousarray(np.stack(zyx))), cond
+
+    def _normalised(self, labels: sitk.Image, image: sitk.Image) -> tuple[list[np.ndarray], np.ndarray]:
+        """Each image channel on the model grid in model units, and the labels there, all (X, Y, Z)."""
         mapping = plan_physical(labels, self.grid_xyz, self.spacing_mm, self.direction)
         labels_xyz = mapping.labels_to_model(labels)
-        cond = self.family.condition_from_labels(labels_xyz)[0]
         reference = mapping.model_grid.reference_image()
         channels = [image] if image.GetNumberOfComponentsPerPixel() == 1 else [
             sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32) for c in range(image.GetNumberOfComponentsPerPixel())
@@ -182,8 +191,27 @@ class PairedVolumeDataset(Dataset):
             resampled = sitk.Resample(channel, reference, sitk.Transform(), sitk.sitkLinear, low, sitk.sitkFloat32)
             volume_xyz = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
             intensity = fit_intensity(volume_xyz, self.family, self.normalisation, labels_xyz > 0)
-            volumes.append(intensity.forward(volume_xyz).transpose(2, 1, 0))  # (X, Y, Z) -> (Z, Y, X), like the condition
-        return torch.from_numpy(np.ascontiguousarray(np.stack(volumes))), cond
+            volumes.append(intensity.forward(volume_xyz))
+        return volumes, labels_xyz
+
+    def healthy_landmarks(self, max_cases: int = HEALTHY_LANDMARK_CASES) -> Landmarks | None:
+        """Per image channel, the median over (up to ``max_cases`` evenly spread, unaugmented) training images
+        of their healthy tissue's landmarks in model units: what insertion anchors a real scan on
+        (model_options.py). None for the official normalisation or without healthy tissue."""
+        if self.normalisation != "robust-volume" or len(self) == 0:
+            return None
+        picks = np.unique(np.linspace(0, len(self) - 1, min(max_cases, len(self))).round().astype(int))
+        per_case = []
+        for index in picks:
+            volumes, labels_xyz = self._normalised(*self._load(int(index)))
+            healthy = labels_xyz == self.family.tissue_label
+            landmarks = [healthy_landmarks(v, healthy) for v in volumes]
+            if all(pair is not None for pair in landmarks):
+                per_case.append(landmarks)
+        if not per_case:
+            return None
+        median = np.median(np.asarray(per_case, dtype=np.float64), axis=0)  # (channels, 2)
+        return tuple((float(m), float(h)) for m, h in median)
 
 
 # ------------------------------------------------------------------------------ data order, processes

@@ -5,7 +5,10 @@ third NIfTI axis (Z) min-max to [0, 1] (constant slice -> 0), then 2v - 1 (the o
 MinMaxScaler on (X*Y, Z)); BraTS, each modality volume min-max to [-1, 1].
 ``robust-volume`` (our own models' default): the whole volume from its 0.5th to 99.5th percentile inside
 the labelled anatomy to [-1, 1], clipped; one scale per volume, robust to a few hot voxels.
-Training uses the forward map; inserting a tumour into a real scan also needs the inverse.
+Training uses the forward map; inserting a tumour into a real scan also needs the inverse. A robust-volume
+model that records its training images' healthy-tissue landmarks (model_options.py) has a scan mapped so
+that its healthy tissue lands on them (:meth:`IntensityRange.anchored`): the training images were scaled
+with their tumour inside the percentiles, a scan without one would otherwise come out brighter.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from MedDDPMSynthLib.domain.families import BRATS, Family
 from MedDDPMSynthLib.model.model_options import NORMALISATIONS
 
 ROBUST_PERCENTILES = (0.5, 99.5)
+#: the healthy-tissue landmarks a robust-volume model records: median and the robust range's top
+HEALTHY_PERCENTILES = (50.0, 99.5)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,20 @@ class IntensityRange:
         return cls(np.asarray(low), np.asarray(high - low))
 
     @classmethod
+    def anchored(cls, volume: np.ndarray, healthy: np.ndarray, landmarks: tuple[float, float]) -> "IntensityRange | None":
+        """The linear range that puts the median and 99.5th percentile of the ``healthy`` voxels at
+        ``landmarks`` (model units); None when those voxels have no spread (nothing to anchor on)."""
+        values = np.asarray(volume, dtype=np.float64)[healthy]
+        if values.size == 0:
+            return None
+        median, high = np.percentile(values, HEALTHY_PERCENTILES)
+        target_median, target_high = landmarks
+        if not high > median:
+            return None
+        per_unit = (high - median) / (target_high - target_median)  # intensity per model unit
+        return cls(np.asarray(median - (target_median + 1.0) * per_unit), np.asarray(2.0 * per_unit))
+
+    @classmethod
     def per_volume(cls, volume: np.ndarray) -> "IntensityRange":
         v = np.asarray(volume, dtype=np.float64)
         return cls(np.asarray(v.min()), np.asarray(v.max() - v.min()))
@@ -60,6 +79,15 @@ class IntensityRange:
         return (self.low + unit * self.span).astype(np.float32)
 
 
+def healthy_landmarks(model_values_xyz: np.ndarray, healthy_xyz: np.ndarray) -> tuple[float, float] | None:
+    """Median and 99.5th percentile of the healthy voxels of a normalised image (None without any)."""
+    values = np.asarray(model_values_xyz, dtype=np.float64)[healthy_xyz]
+    if values.size == 0:
+        return None
+    median, high = np.percentile(values, HEALTHY_PERCENTILES)
+    return float(median), float(high)
+
+
 def normalise_per_slice(volume_xyz: np.ndarray) -> np.ndarray:
     return IntensityRange.per_slice(volume_xyz).forward(volume_xyz)
 
@@ -69,11 +97,16 @@ def normalise_per_volume(volume: np.ndarray) -> np.ndarray:
 
 
 def fit_intensity(volume_xyz: np.ndarray, family: Family, normalisation: str,
-                  inside_xyz: np.ndarray | None = None) -> IntensityRange:
+                  inside_xyz: np.ndarray | None = None, healthy_xyz: np.ndarray | None = None,
+                  landmarks: tuple[float, float] | None = None) -> IntensityRange:
     """The range a model with this ``normalisation`` option maps to [-1, 1]; ``inside_xyz`` marks the labelled
-    anatomy (head or brain) of the same (X, Y, Z) grid, used by ``robust-volume``."""
+    anatomy (head or brain) of the same (X, Y, Z) grid, used by ``robust-volume``; with the model's healthy
+    ``landmarks``, the ``healthy_xyz`` voxels (tissue without tumour) are anchored on them instead."""
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation '{normalisation}'; use one of {', '.join(NORMALISATIONS)}")
     if normalisation == "robust-volume":
-        return IntensityRange.robust(volume_xyz, inside_xyz)
+        anchored = None
+        if landmarks is not None and healthy_xyz is not None:
+            anchored = IntensityRange.anchored(volume_xyz, healthy_xyz, landmarks)
+        return anchored or IntensityRange.robust(volume_xyz, inside_xyz)
     return IntensityRange.per_volume(volume_xyz) if family is BRATS else IntensityRange.per_slice(volume_xyz)

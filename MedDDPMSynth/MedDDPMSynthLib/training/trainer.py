@@ -97,6 +97,9 @@ class TrainConfig:
     prediction: str = "eps"
     normalisation: str = "robust-volume"  # new runs; fine-tuning an official checkpoint keeps "official"
     lr_schedule: str = "constant"
+    # robust-volume: the training images' healthy-tissue landmarks per channel, measured on the data at the
+    # start of every (resumed) run and recorded in the model for insertion (model_options.py)
+    healthy_landmarks: tuple = ()
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -106,6 +109,7 @@ class TrainConfig:
         self.spacing_mm = tuple(float(v) for v in (self.spacing_mm or family.spacing_mm))
         self.channel_mult = tuple(int(v) for v in self.channel_mult)
         self.attention_ds = tuple(int(v) for v in self.attention_ds)
+        self.healthy_landmarks = tuple(tuple(float(v) for v in pair) for pair in self.healthy_landmarks)
 
     def unet(self) -> UNetConfig:
         family = FAMILIES[self.family]
@@ -142,11 +146,12 @@ class TrainConfig:
             raise InputError(f"--spacing {self.spacing_mm} must be three positive sizes in mm")
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: _lists(v) for k, v in asdict(self).items()}
 
     @property
     def options(self) -> ModelOptions:
-        return ModelOptions(self.prediction, self.normalisation)
+        landmarks = self.healthy_landmarks if self.normalisation == "robust-volume" and self.healthy_landmarks else None
+        return ModelOptions(self.prediction, self.normalisation, landmarks)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimiser step ``step`` (1-based): constant, or cosine from lr down to lr/10 at
@@ -161,6 +166,10 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {"normalisation": "official", **values}  # runs from before the option used the official one
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+
+
+def _lists(value):
+    return [_lists(v) for v in value] if isinstance(value, tuple) else value
 
 
 class _Objective(nn.Module):

@@ -74,7 +74,7 @@ import torch
 from MedDDPMSynthLib.store.models import demo_entry
 entry = demo_entry()
 keep = ("file", "family", "grid_xyz", "spacing_mm", "timesteps", "prediction", "normalisation", "config", "sha256",
-        "size_bytes", "container", "step")
+        "size_bytes", "container", "step", "healthy_landmarks")
 card = {k: entry[k] for k in keep}
 # phases 1-2: 6250 steps (eps), phase 3: 600 steps; phases 4-5 count their own steps from 0
 card["steps_trained"] = 6250 + 600 + int(torch.load(sys.argv[2], map_location="cpu", weights_only=True)["step"])

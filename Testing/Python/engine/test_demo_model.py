@@ -95,3 +95,32 @@ def test_a_moved_tumour_regenerated_with_the_cpu_default_stays_bright(bundled):
     # measured for the shipped file: 0.44 against 0.52 (0.85 of it)
     assert fresh > 0.2 and edited > 0.72 * fresh
     assert np.array_equal(image[:, ~region], previous[:, ~region])
+
+
+def test_a_tumour_inserted_into_the_real_mni_t1_is_brighter_than_the_tissue_it_replaces(bundled):
+    """The example's tumour drawn on the real MNI152 T1 (1 mm, no tumour) and inserted with the CPU default:
+    the synthetic tumour is brighter than the white matter it replaces, as the demo data's tumours are, and
+    the regenerated rim around it keeps the scan's brightness. Scaled the way the training images were (their
+    tumour inside the percentiles), the scan's white matter landed where the model's tumours sit: the tumour
+    came out darker than the tissue it replaced (0.93 of it) and the rim 9 % dark. The model's healthy-tissue
+    landmarks (model_options.py) fix that."""
+    from MedDDPMSynthLib.data.demo_data import TEMPLATE_FILES, find_template_dir
+    from MedDDPMSynthLib.workflows.insertion import insert_tumour
+
+    model = load_named_model("demo")
+    assert model.options.healthy_landmarks is not None
+    settings = choose_sampler("cpu", model.timesteps, metadata=model.info.metadata).settings
+    scan = sitk.ReadImage(str(find_template_dir() / TEMPLATE_FILES["t1"]))
+    tumour = sitk.Resample(sitk.ReadImage(str(EXAMPLE)) == 2, scan, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    result = insert_tumour(model, [scan], tumour, seed=5, sampler=settings)
+    before, after = sitk.GetArrayFromImage(scan).astype(float), sitk.GetArrayFromImage(result.images[0]).astype(float)
+    inside = sitk.GetArrayFromImage(tumour) > 0
+    rim = (sitk.GetArrayFromImage(sitk.BinaryDilate(tumour, [4, 4, 4])) > 0) & ~inside
+    brightening, rim_change = after[inside].mean() / before[inside].mean(), after[rim].mean() / before[rim].mean()
+    print(f"tumour {after[inside].mean():.1f} where the scan had {before[inside].mean():.1f} ({brightening:.2f}); "
+          f"rim {after[rim].mean():.1f} vs {before[rim].mean():.1f} ({rim_change:.2f})")
+    # measured for the shipped file: tumour 1.11 times the tissue it replaced, rim 1.05 times the scan's
+    assert brightening > 1.04
+    assert abs(rim_change - 1) < 0.07
+    region = sitk.GetArrayFromImage(result.region) > 0
+    assert np.array_equal(after[~region], before[~region])

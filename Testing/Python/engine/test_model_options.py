@@ -4,6 +4,8 @@ Gaussian data); the robust volume normalisation keeps the slices' relative brigh
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -16,6 +18,7 @@ from MedDDPMSynthLib.model.model_options import CHECKPOINT_KEY, ModelOptions
 from MedDDPMSynthLib.store.models import export_model
 from MedDDPMSynthLib.model.sampling import Inpainting, SamplerSettings, run_sampler
 from MedDDPMSynthLib.data.train_data import PairedVolumeDataset
+from MedDDPMSynthLib.domain.normalisation import fit_intensity
 from MedDDPMSynthLib.training.trainer import TrainConfig
 from MedDDPMSynthLib.model.unet import UNetConfig
 
@@ -107,20 +110,27 @@ def _weights(prediction: str) -> dict:
     return GaussianDiffusion(TINY, 20, prediction=prediction).state_dict()
 
 
-def test_options_round_trip_through_checkpoint_and_export(tmp_path):
-    options = ModelOptions("v", "robust-volume")
+@pytest.mark.parametrize("landmarks", [None, ((0.0272, 0.6738),)])
+def test_options_round_trip_through_checkpoint_and_export(tmp_path, landmarks):
+    options = ModelOptions("v", "robust-volume", landmarks)
     state = _weights("v")
     ckpt = tmp_path / "run" / "model-5.pt"
     save_official_checkpoint(ckpt, state, state, 5, options)
     raw = torch.load(ckpt, weights_only=True)
-    assert raw[CHECKPOINT_KEY] == {"prediction": "v", "normalisation": "robust-volume"}
+    written = {"healthy_landmarks": "0.0272,0.6738"} if landmarks else {}
+    assert raw[CHECKPOINT_KEY] == {"prediction": "v", "normalisation": "robust-volume", **written}
     diffusion, info = load_checkpoint(ckpt)
     assert diffusion.prediction == "v" and model_options(info) == options
     exported = tmp_path / "m.safetensors"
     entry = export_model(ckpt, exported, grid_xyz=(16, 16, 16), spacing_mm=(4, 4, 4))
     assert entry["prediction"] == "v" and entry["normalisation"] == "robust-volume"
+    assert entry.get("healthy_landmarks") == written.get("healthy_landmarks")
     model = load_model(exported)
     assert model.diffusion.prediction == "v" and model.options == options
+    # and through a run's config.json (lists), as TrainConfig writes and reads it
+    config = TrainConfig(prediction="v", healthy_landmarks=landmarks or ())
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).options == options
+    assert ModelOptions.from_metadata(config.to_dict()) == options
 
 
 def test_official_options_leave_the_official_format_untouched(tmp_path):
@@ -131,11 +141,14 @@ def test_official_options_leave_the_official_format_untouched(tmp_path):
     assert diffusion.prediction == "eps" and model_options(info).official
 
 
-@pytest.mark.parametrize("entry", [{"prediction": "noise"}, {"prediction": 3}, "v"])
+@pytest.mark.parametrize("entry", [{"prediction": "noise"}, {"prediction": 3}, "v",
+                                   {"normalisation": "robust-volume", "healthy_landmarks": "0.7,0.1"},
+                                   {"normalisation": "robust-volume", "healthy_landmarks": "0.1;x"},
+                                   {"healthy_landmarks": "0.1,0.7"}])  # landmarks of the official normalisation
 def test_unknown_or_malformed_options_are_refused(tmp_path, entry):
     state = _weights("eps")
     torch.save({"step": 1, "model": state, "ema": state, CHECKPOINT_KEY: entry}, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="prediction|malformed"):
+    with pytest.raises(CheckpointError, match="prediction|malformed|landmarks"):
         load_checkpoint(tmp_path / "bad.pt")
 
 
@@ -183,3 +196,27 @@ def test_robust_volume_normalisation_keeps_the_slices_relative_brightness(tmp_pa
     assert np.all(np.diff(volume_means) > 0)  # brightness rises along Z as in the image
     trend = lambda m: np.polyfit(np.arange(len(m)), m, 1)[0]  # noqa: E731
     assert trend(volume_means) > 0.05 and abs(trend(slice_means)) < 0.5 * trend(volume_means)
+
+
+def test_anchoring_puts_the_scans_healthy_tissue_on_the_models_landmarks():
+    """A tumour-free 'scan' scaled the training way has its healthy tissue reach +1; anchored, its healthy
+    median and 99.5th percentile land on the model's landmarks, and the map still inverts exactly."""
+    rng = np.random.default_rng(3)
+    volume = np.zeros((20, 20, 20))
+    healthy = np.zeros(volume.shape, bool)
+    healthy[3:17, 3:17, 3:17] = True
+    volume[healthy] = rng.normal(500, 60, healthy.sum())
+    plain = fit_intensity(volume, WHOLE_HEAD, "robust-volume", healthy)
+    assert np.percentile(plain.forward(volume)[healthy], 99.5) == pytest.approx(1.0, abs=0.01)
+    anchored = fit_intensity(volume, WHOLE_HEAD, "robust-volume", healthy, healthy, (0.03, 0.67))
+    model = anchored.forward(volume)
+    assert np.median(model[healthy]) == pytest.approx(0.03, abs=1e-4)
+    assert np.percentile(model[healthy], 99.5) == pytest.approx(0.67, abs=1e-4)
+    assert (model[~healthy] == -1).all()  # the background stays background (clipped)
+    kept = healthy & (np.abs(model) < 1)  # all but the rare voxel beyond the model's range
+    assert kept.sum() > 0.99 * healthy.sum()
+    np.testing.assert_allclose(anchored.inverse(model[kept]), volume[kept], rtol=1e-5)
+    # nothing to anchor on (no healthy voxels, or no spread): the training-time robust range
+    for no_anchor in (np.zeros(volume.shape, bool), volume == 0):
+        fallback = fit_intensity(volume, WHOLE_HEAD, "robust-volume", healthy, no_anchor, (0.03, 0.67))
+        assert fallback == plain

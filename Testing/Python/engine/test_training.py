@@ -338,6 +338,13 @@ def test_cli_trains_writes_and_refuses(data_dirs, tmp_path, capsys):
     with open(out / "train_log.csv") as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3]
     assert torch.load(out / "model-last.pt", weights_only=True)["step"] == 3
+    # a new run normalises robust-volume and records its data's healthy-tissue landmarks for insertion: the
+    # bright tumours held the top of each image's range, so the healthy tissue stops below +1
+    landmarks = PairedVolumeDataset(*data_dirs, WHOLE_HEAD, (16, 16, 16), (3, 3, 3)).healthy_landmarks()
+    (median, high), = landmarks
+    assert -1 < median < high < 0.9
+    assert load_model(out / "model-last.pt").options.healthy_landmarks[0] == pytest.approx((median, high), abs=1e-4)
+    assert json.loads((out / "config.json").read_text())["config"]["healthy_landmarks"][0] == pytest.approx([median, high])
 
     assert main(_argv(*data_dirs, out, "--steps", "3")) == 2
     assert "not empty" in capsys.readouterr().err
@@ -381,6 +388,7 @@ def test_fine_tunes_an_official_checkpoint_without_sidecar(data_dirs, tiny_ckpt,
     assert "no .train-state.pt" in capsys.readouterr().err
     model = load_model(out / "model-last.pt")
     assert model.info.step == 4001 and model.diffusion.config.attention_ds == (2,) and model.timesteps == 10
+    assert model.options.normalisation == "official" and model.options.healthy_landmarks is None
 
 
 def test_bf16_autocast_trains(dataset):
