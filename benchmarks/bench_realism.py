@@ -17,6 +17,8 @@ One JSON line per generator (and a last ``"generator": "reference"`` line for th
   difference computed; the index is var_z / mean(var_x, var_y). Smooth anatomy gives ~1 (it changes
   slowly along every axis); per-slice intensity scales give stripes, a jump from one axial slice to
   the next, and a large index;
+* ``fine_texture``: the standard deviation of the 3-D Laplacian inside the healthy brain (eroded 2 voxels),
+  in the model's units: voxel-scale texture, to compare with the reference's (speckle: higher, blur: lower);
 * ``ms_ssim_vs_reference`` (mean over samples) and ``mmd`` (first sample of each case vs the references),
   computed as ``medddpm-synth evaluate`` does (every volume min-max scaled to [0, 1]);
 * ``seconds_per_sample``.
@@ -40,7 +42,7 @@ import SimpleITK as sitk
 
 from MedDDPMSynthLib import SamplerSettings
 from MedDDPMSynthLib.data.demo_data import build_dataset
-from MedDDPMSynthLib.training.evaluation import mmd, ms_ssim, normalise, stripe_index, tumour_contrast
+from MedDDPMSynthLib.training.evaluation import fine_texture, mmd, ms_ssim, normalise, stripe_index, tumour_contrast
 from MedDDPMSynthLib.store.models import load_named_model
 from MedDDPMSynthLib.domain.normalisation import fit_intensity
 
@@ -73,7 +75,7 @@ def _torchio_images(labels: np.ndarray, seeds, spacing) -> list[np.ndarray]:
 
 def _row(name: str, samples: dict[str, list[np.ndarray]], cases: dict, seconds: float | None) -> dict:
     stats = {k: [] for k in ("background", "brain")}
-    contrasts, ds, stripes, ssim, firsts, refs = [], [], [], [], [], []
+    contrasts, ds, stripes, textures, ssim, firsts, refs = [], [], [], [], [], [], []
     for key, images in samples.items():
         labels, reference, spacing = cases[key]
         for image in images:
@@ -84,6 +86,7 @@ def _row(name: str, samples: dict[str, list[np.ndarray]], cases: dict, seconds: 
                 contrasts.append(contrast["difference"])
                 ds.append(contrast["cohens_d"])
             stripes.append(stripe_index(image, labels > 0))
+            textures.append(fine_texture(image, labels == 1))
             if reference is not None:
                 ssim.append(ms_ssim(normalise(image), normalise(reference)))
         if reference is not None:
@@ -96,6 +99,7 @@ def _row(name: str, samples: dict[str, list[np.ndarray]], cases: dict, seconds: 
     row["tumour_contrast"] = round(float(np.mean(contrasts)), 4) if contrasts else None
     row["tumour_cohens_d"] = round(float(np.mean(ds)), 3) if ds else None
     row["stripe_index"] = round(float(np.mean(stripes)), 3)
+    row["fine_texture"] = round(float(np.nanmean(textures)), 4)
     if ssim:
         row["ms_ssim_vs_reference"] = round(float(np.mean(ssim)), 4)
         row["mmd"] = round(mmd(firsts, refs), 5) if len(firsts) >= 2 else None

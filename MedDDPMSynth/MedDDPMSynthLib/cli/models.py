@@ -158,12 +158,13 @@ def _info(args) -> None:
     if args.json:
         print(json.dumps(entry, indent=2))
         return
+    width = max(map(len, entry)) + 2  # "key:" and a space, values aligned
     for key, value in entry.items():
         if key == "config" and isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         elif isinstance(value, list):
             value = _triple(value, ",")
-        print(f"{key + ':':<14}{'-' if value is None else value}")
+        print(f"{key + ':':<{width}}{'-' if value is None else value}")
 
 
 _ACTIONS = {"list": _list, "import": _import, "export": _export, "verify": _verify, "remove": _remove, "info": _info}

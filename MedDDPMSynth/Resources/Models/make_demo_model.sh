@@ -9,25 +9,29 @@
 # dark tumours (see the model card). Phase 3 (commit 18b5455): fine-tune that network into a v-predicting
 # model on robust whole-volume intensities, with demo-data generator version 2 (mostly bright enhancing
 # tumours): 600 steps. Phase 4 (this script): the same objective and data, 800 steps from phase 3's file with
-# a fresh optimiser (its optimiser state was not kept); its step 700 shipped at commit 4d92a10. Phase 5 (this
-# script, the shipped file): the same run resumed at step 800 with the cosine stretched to STEPS = 2000 (a warm
-# restart: the learning rate goes back up to 6.8e-5 at step 801, then down to 1e-5); the shipped file is the
-# EMA weights of step 2000.
-#   WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh                  # phases 4-5, export, card numbers
-#   RESUME=1 STEPS=4000 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh # on from the last checkpoint
+# a fresh optimiser (its optimiser state was not kept); its step 700 shipped at commit 4d92a10. Phase 5: the
+# same run resumed at step 800 with the cosine stretched to 2000 steps (a warm restart: the learning rate goes
+# back up to 6.8e-5 at step 801, then down to 1e-5); its step 2000 shipped at commit 619ae4b. Phase 6: on to
+# 4000 with the cosine stretched again (lr back up to 6.8e-5). Phase 7 (the shipped file): on from step 4000
+# with the cosine stretched to STEPS = 7000 (lr back up to 4.5e-5); the shipped file is the EMA weights of
+# step EXPORT_STEP. Each warm restart is a function of the step and --steps alone, so the run is reproduced
+# exactly (the resume tests check bit-identity).
+#   WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh                  # phases 4-7, export, card numbers
+#   RESUME=1 STEPS=9000 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh # on from the last checkpoint
 #   SKIP_TRAINING=1 WORK=/tmp/demo bash MedDDPMSynth/Resources/Models/make_demo_model.sh  # export + card only
-#   ... MODEL=/tmp/demo/run4/model-last.pt ...   export that checkpoint instead of step 2000
+#   ... MODEL=/tmp/demo/run4/model-last.pt ...   export that checkpoint instead of step EXPORT_STEP
 set -euo pipefail
 WORK=${WORK:-demo-work}
-STEPS=${STEPS:-2000}
-MODEL=${MODEL:-$WORK/run4/model-2000.pt}
+STEPS=${STEPS:-7000}
+EXPORT_STEP=${EXPORT_STEP:-7000}
+MODEL=${MODEL:-$WORK/run4/model-$EXPORT_STEP.pt}
 INIT=${INIT:-$WORK/phase3-model-6850.safetensors}
-BEFORE=${BEFORE:-$WORK/phase4-model-7550.safetensors}
+BEFORE=${BEFORE:-$WORK/phase5-model-8850.safetensors}
 GRID=48,64,48
 SPACING=3.5,3.5,3.5
 OUT=MedDDPMSynth/Resources/Models
 
-train_run4() {  # train_run4 STEPS RESUME_FROM: the run of phases 4 and 5
+train_run4() {  # train_run4 STEPS RESUME_FROM: the run of phases 4 to 7
   # one OpenMP thread: steady on a shared 2-core machine (two threads thrash when another process runs).
   # v prediction with MSE: the network predicts the image where the noisy input says nothing (background,
   # brightness); robust-volume: one intensity scale per volume (no per-slice stripes); cosine LR to a tenth.
@@ -43,8 +47,10 @@ if [ -z "${SKIP_TRAINING:-}" ]; then
     [ -f "$INIT" ] || { mkdir -p "$WORK" && git show 18b5455:MedDDPMSynth/Resources/Models/demo_model.safetensors > "$INIT"; }
     medddpm-synth demo-data -o "$WORK/data" --cases 400 --seed 2026 --grid $GRID --spacing $SPACING --quiet
     train_run4 800 "$INIT"  # phase 4
+    train_run4 2000 "$WORK/run4/model-last.pt"  # phase 5
+    train_run4 4000 "$WORK/run4/model-last.pt"  # phase 6
   fi
-  train_run4 "$STEPS" "$WORK/run4/model-last.pt"  # phase 5 (and on)
+  train_run4 "$STEPS" "$WORK/run4/model-last.pt"  # phase 7 (and on)
 fi
 
 medddpm-synth models export "$MODEL" -o "$OUT/demo_model.safetensors" --dtype fp16 --overwrite
@@ -60,13 +66,20 @@ for case in case_0000 case_0001 case_0002; do
 done
 medddpm-synth evaluate --generated "$WORK/generated" --reference "$WORK/heldout3/images" --masks "$WORK/heldout3/masks" \
   -o "$OUT/demo_model_eval.json" --montage "$OUT/demo_model_montage.png" --overwrite
-# phases 4-5's loss curve (phases 1-3 are in the history of this file)
+# phases 4-7's loss curve (phases 1-3 are in the history of this file)
 python benchmarks/plot_training_log.py "$WORK/run4/train_log.csv" --until "$MODEL" -o "$OUT/demo_model_loss.png"
-# realism on held-out cases (seed 7) with the preview preset, against phase 4 (the file shipped before) and
-# TorchIO's label->image baseline
-[ -f "$BEFORE" ] || git show 4d92a10:MedDDPMSynth/Resources/Models/demo_model.safetensors > "$BEFORE"
-MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/bench_realism.py --model demo --model "$BEFORE" --cases 4 --samples 1 \
-  --work "$WORK/realism" --sampler dpm++3m:10:quadratic:bf16 > benchmarks/results_realism_phase5_cpu.jsonl
+# realism on 8 held-out cases (seed 7) with the preview preset, against phase 5 (the file shipped before) and
+# TorchIO's label->image baseline; then the background target with dpm++ 25 and the exact sampler (4 cases)
+[ -f "$BEFORE" ] || git show 619ae4b:MedDDPMSynth/Resources/Models/demo_model.safetensors > "$BEFORE"
+MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/bench_realism.py --model demo --model "$BEFORE" --cases 8 --samples 1 \
+  --work "$WORK/realism8" --sampler dpm++3m:10:quadratic:bf16 > benchmarks/results_realism_phase7_cpu.jsonl
+MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/bench_realism.py --model demo --cases 4 --samples 1 --no-baseline \
+  --work "$WORK/realism" --sampler dpm++:25 --sampler ddpm > benchmarks/results_realism_phase7_samplers_cpu.jsonl
+# the README's edit-and-insert figure (tumour shift + local re-generation; a tumour inserted into the MNI T1),
+# with its numbers; the browser screenshot docs/images/web_app.png is retaken by
+# MEDDDPMSYNTH_SAVE_SCREENSHOT=1 pytest Testing/Python/web/test_web_browser.py -k first_generate
+MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/figure_edit_insert.py -o docs/images/edit_and_insert.png --work "$WORK/figure" \
+  > benchmarks/results_figure_edit_insert.json
 # the card's machine-readable facts (checked by Testing/Python/test_demo_model.py)
 MEDDDPMSYNTH_DEMO_MODEL= python - "$OUT/demo_model.json" "$MODEL" <<'PY'
 import json, sys
@@ -76,7 +89,7 @@ entry = demo_entry()
 keep = ("file", "family", "grid_xyz", "spacing_mm", "timesteps", "prediction", "normalisation", "config", "sha256",
         "size_bytes", "container", "step", "healthy_landmarks")
 card = {k: entry[k] for k in keep}
-# phases 1-2: 6250 steps (eps), phase 3: 600 steps; phases 4-5 count their own steps from 0
+# phases 1-2: 6250 steps (eps), phase 3: 600 steps; phases 4-7 count their own steps from 0
 card["steps_trained"] = 6250 + 600 + int(torch.load(sys.argv[2], map_location="cpu", weights_only=True)["step"])
 card["labels"] = {"0": "background", "1": "brain (the whole-head family's head label)", "2": "tumour"}
 open(sys.argv[1], "w").write(json.dumps(card, indent=2) + "\n")

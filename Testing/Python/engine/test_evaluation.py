@@ -223,3 +223,20 @@ def test_stripe_index_sees_per_slice_scales_and_not_smooth_anatomy():
     assert 0.3 < stripe_index(smooth, brain) < 3
     assert stripe_index(striped, brain) > 5 * stripe_index(smooth, brain)
     assert stripe_index(striped.transpose(2, 1, 0), brain) < stripe_index(striped, brain)  # only z counts
+
+
+def test_fine_texture_scores_speckle_above_smooth_anatomy_and_blur_below():
+    from scipy import ndimage
+
+    from MedDDPMSynthLib.training.evaluation import fine_texture
+
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij")
+    brain = x**2 + y**2 + z**2 <= 0.9
+    rng = np.random.default_rng(1)
+    anatomy = np.cos(6 * x) + np.sin(5 * y) + 0.1 * rng.standard_normal(x.shape)
+    speckled = anatomy + 0.2 * rng.standard_normal(x.shape)
+    blurred = ndimage.gaussian_filter(anatomy, 1.5)
+    assert fine_texture(speckled, brain) > 1.5 * fine_texture(anatomy, brain) > 3 * fine_texture(blurred, brain)
+    # the brain's edge does not count: a bright outside changes nothing
+    assert fine_texture(np.where(brain, anatomy, 50.0), brain) == pytest.approx(fine_texture(anatomy, brain))
+    assert np.isnan(fine_texture(anatomy, np.zeros_like(brain)))

@@ -291,7 +291,11 @@ def test_cli_import_info_verify_remove(home, source, capsys):
     entry = json.loads(capsys.readouterr().out)
     assert entry["grid_xyz"] == [64, 64, 32] and entry["spacing_mm"] == [2.0, 2.0, 4.0] and entry["file_exists"]
     assert main(["models", "info", "cli"]) == 0
-    assert "sha256:" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("sha256:") for line in lines)
+    # one column for the values, after the longest key ("normalisation:" has its space too)
+    starts = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in lines}
+    assert len(starts) == 1 and all(": " in line for line in lines)
     assert main(["models", "verify", "cli"]) == 0
     assert capsys.readouterr().out.startswith("ok: 'cli'")
     assert main(["models", "remove", "cli"]) == 0
