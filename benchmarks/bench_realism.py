@@ -19,6 +19,9 @@ One JSON line per generator (and a last ``"generator": "reference"`` line for th
   the next, and a large index;
 * ``fine_texture``: the standard deviation of the 3-D Laplacian inside the healthy brain (eroded 2 voxels),
   in the model's units: voxel-scale texture, to compare with the reference's (speckle: higher, blur: lower);
+* ``anatomy_correlation``: Pearson correlation with the case's reference image inside the healthy brain (mean
+  over samples): how much of the reference's own anatomy (grey/white matter, ventricles) a sample draws
+  where the mask gives only "brain";
 * ``ms_ssim_vs_reference`` (mean over samples) and ``mmd`` (first sample of each case vs the references),
   computed as ``medddpm-synth evaluate`` does (every volume min-max scaled to [0, 1]);
 * ``seconds_per_sample``.
@@ -75,7 +78,7 @@ def _torchio_images(labels: np.ndarray, seeds, spacing) -> list[np.ndarray]:
 
 def _row(name: str, samples: dict[str, list[np.ndarray]], cases: dict, seconds: float | None) -> dict:
     stats = {k: [] for k in ("background", "brain")}
-    contrasts, ds, stripes, textures, ssim, firsts, refs = [], [], [], [], [], [], []
+    contrasts, ds, stripes, textures, ssim, anatomy, firsts, refs = [], [], [], [], [], [], [], []
     for key, images in samples.items():
         labels, reference, spacing = cases[key]
         for image in images:
@@ -89,6 +92,7 @@ def _row(name: str, samples: dict[str, list[np.ndarray]], cases: dict, seconds: 
             textures.append(fine_texture(image, labels == 1))
             if reference is not None:
                 ssim.append(ms_ssim(normalise(image), normalise(reference)))
+                anatomy.append(float(np.corrcoef(image[labels == 1], reference[labels == 1])[0, 1]))
         if reference is not None:
             firsts.append(normalise(images[0]))
             refs.append(normalise(reference))
@@ -102,6 +106,7 @@ def _row(name: str, samples: dict[str, list[np.ndarray]], cases: dict, seconds: 
     row["fine_texture"] = round(float(np.nanmean(textures)), 4)
     if ssim:
         row["ms_ssim_vs_reference"] = round(float(np.mean(ssim)), 4)
+        row["anatomy_correlation"] = round(float(np.mean(anatomy)), 3)
         row["mmd"] = round(mmd(firsts, refs), 5) if len(firsts) >= 2 else None
     if seconds is not None:
         row["seconds_per_sample"] = round(seconds, 2)
@@ -162,7 +167,7 @@ def main(argv=None) -> int:
         print(json.dumps(_row("torchio RandomLabelsToImage+blur+bias", samples, cases, seconds)))
     references = {key: [reference] for key, (_, reference, _) in cases.items()}
     print(json.dumps({k: v for k, v in _row("reference", references, cases, None).items()
-                      if k not in ("ms_ssim_vs_reference", "mmd")}))
+                      if k not in ("ms_ssim_vs_reference", "anatomy_correlation", "mmd")}))
     return 0
 
 
