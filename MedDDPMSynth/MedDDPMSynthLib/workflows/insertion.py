@@ -102,7 +102,9 @@ def insert_tumour(
     region_model = mapping.labels_to_model(region) > 0
     # the tissue the model keeps, scaled as its training images' healthy tissue was (model_options.py)
     healthy = inside & ~region_model
-    landmarks = model.options.healthy_landmarks or (None,) * len(arrays)
+    landmarks = model.options.healthy_landmarks
+    if landmarks is None or len(landmarks) != len(arrays):  # none recorded (or not one per modality): plain range
+        landmarks = (None,) * len(arrays)
     ranges = [fit_intensity(a, model.family, model.options.normalisation, inside, healthy, lm)
               for a, lm in zip(arrays, landmarks)]
     known = np.stack([r.forward(a) for r, a in zip(ranges, arrays)])
@@ -120,7 +122,7 @@ def insert_tumour(
         "regenerated_voxels": int(sitk.GetArrayViewFromImage(region).sum()),
         "head_mask": "automatic" if automatic else "given", "geometry": mapping.to_dict(),
         "intensity": {"normalisation": model.options.normalisation,
-                      "healthy_landmarks": model.options.to_metadata().get("healthy_landmarks")},
+                      "healthy_landmarks": None if landmarks[0] is None else [list(pair) for pair in landmarks]},
     }
     return InsertionResult(images, labels, region, record)
 

@@ -113,6 +113,7 @@ def test_a_tumour_inserted_into_the_real_mni_t1_is_brighter_than_the_tissue_it_r
     scan = sitk.ReadImage(str(find_template_dir() / TEMPLATE_FILES["t1"]))
     tumour = sitk.Resample(sitk.ReadImage(str(EXAMPLE)) == 2, scan, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     result = insert_tumour(model, [scan], tumour, seed=5, sampler=settings)
+    assert result.record["intensity"]["healthy_landmarks"] == [list(model.options.healthy_landmarks[0])]
     before, after = sitk.GetArrayFromImage(scan).astype(float), sitk.GetArrayFromImage(result.images[0]).astype(float)
     inside = sitk.GetArrayFromImage(tumour) > 0
     rim = (sitk.GetArrayFromImage(sitk.BinaryDilate(tumour, [4, 4, 4])) > 0) & ~inside
