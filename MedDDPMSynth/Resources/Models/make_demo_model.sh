@@ -69,17 +69,20 @@ medddpm-synth evaluate --generated "$WORK/generated" --reference "$WORK/heldout3
 # phases 4-7's loss curve (phases 1-3 are in the history of this file)
 python benchmarks/plot_training_log.py "$WORK/run4/train_log.csv" --until "$MODEL" -o "$OUT/demo_model_loss.png"
 # realism on 8 held-out cases (seed 7) with the preview preset, against phase 5 (the file shipped before) and
-# TorchIO's label->image baseline; then the background target with dpm++ 25 and the exact sampler (4 cases)
+# TorchIO's label->image baseline; then the background target with dpm++ 25 (4 cases) and the exact sampler
+# (2 cases: 250 network evaluations a sample)
 [ -f "$BEFORE" ] || git show 619ae4b:MedDDPMSynth/Resources/Models/demo_model.safetensors > "$BEFORE"
 MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/bench_realism.py --model demo --model "$BEFORE" --cases 8 --samples 1 \
   --work "$WORK/realism8" --sampler dpm++3m:10:quadratic:bf16 > benchmarks/results_realism_phase7_cpu.jsonl
 MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/bench_realism.py --model demo --cases 4 --samples 1 --no-baseline \
-  --work "$WORK/realism" --sampler dpm++:25 --sampler ddpm > benchmarks/results_realism_phase7_samplers_cpu.jsonl
+  --work "$WORK/realism" --sampler dpm++:25 > benchmarks/results_realism_phase7_samplers_cpu.jsonl
+MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/bench_realism.py --model demo --cases 2 --samples 1 --no-baseline \
+  --work "$WORK/realism2" --sampler ddpm >> benchmarks/results_realism_phase7_samplers_cpu.jsonl
 # the README's edit-and-insert figure (tumour shift + local re-generation; a tumour inserted into the MNI T1),
 # with its numbers; the browser screenshot docs/images/web_app.png is retaken by
 # MEDDDPMSYNTH_SAVE_SCREENSHOT=1 pytest Testing/Python/web/test_web_browser.py -k first_generate
 MEDDDPMSYNTH_DEMO_MODEL= python benchmarks/figure_edit_insert.py -o docs/images/edit_and_insert.png --work "$WORK/figure" \
-  > benchmarks/results_figure_edit_insert.json
+  | tail -n 1 > benchmarks/results_figure_edit_insert.json  # its last line: the JSON (the commands' own lines before it)
 # the card's machine-readable facts (checked by Testing/Python/test_demo_model.py)
 MEDDDPMSYNTH_DEMO_MODEL= python - "$OUT/demo_model.json" "$MODEL" <<'PY'
 import json, sys
