@@ -51,13 +51,10 @@ class IntensityRange:
     def anchored(cls, volume: np.ndarray, healthy: np.ndarray, landmarks: tuple[float, float]) -> "IntensityRange | None":
         """The linear range that puts the median and 99.5th percentile of the ``healthy`` voxels at
         ``landmarks`` (model units); None when those voxels have no spread (nothing to anchor on)."""
-        values = np.asarray(volume, dtype=np.float64)[healthy]
-        if values.size == 0:
+        measured = healthy_landmarks(volume, healthy)
+        if measured is None or not measured[1] > measured[0]:
             return None
-        median, high = np.percentile(values, HEALTHY_PERCENTILES)
-        target_median, target_high = landmarks
-        if not high > median:
-            return None
+        (median, high), (target_median, target_high) = measured, landmarks
         per_unit = (high - median) / (target_high - target_median)  # intensity per model unit
         return cls(np.asarray(median - (target_median + 1.0) * per_unit), np.asarray(2.0 * per_unit))
 
@@ -79,9 +76,10 @@ class IntensityRange:
         return (self.low + unit * self.span).astype(np.float32)
 
 
-def healthy_landmarks(model_values_xyz: np.ndarray, healthy_xyz: np.ndarray) -> tuple[float, float] | None:
-    """Median and 99.5th percentile of the healthy voxels of a normalised image (None without any)."""
-    values = np.asarray(model_values_xyz, dtype=np.float64)[healthy_xyz]
+def healthy_landmarks(volume_xyz: np.ndarray, healthy_xyz: np.ndarray) -> tuple[float, float] | None:
+    """Median and 99.5th percentile of the healthy voxels of an image, in its own units (None without any):
+    of a normalised training image, what a model records; of a scan, what is anchored on them."""
+    values = np.asarray(volume_xyz, dtype=np.float64)[healthy_xyz]
     if values.size == 0:
         return None
     median, high = np.percentile(values, HEALTHY_PERCENTILES)

@@ -244,6 +244,11 @@ def model_from_checkpoint(
     config = diffusion.config
     family = family_for_channels(config.in_channels, config.out_channels)
     dev = resolve_device(device)
+    landmarks = model_options(info).healthy_landmarks
+    if landmarks is not None and len(landmarks) != family.image_channels:
+        raise CheckpointError(
+            f"{Path(path).name} records healthy-tissue landmarks for {len(landmarks)} image channel(s) but is a "
+            f"{family.name} model with {family.image_channels}; the file is damaged: export it again from its run")
     grid, spacing, from_file = training_grid(path, info, family, grid_xyz, spacing_mm)
     grid, spacing = tuple(grid), tuple(spacing)
     check_grid_size(grid, config.model_channels, f"the grid of {Path(path).name}")

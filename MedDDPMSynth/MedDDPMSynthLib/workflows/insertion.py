@@ -102,9 +102,7 @@ def insert_tumour(
     region_model = mapping.labels_to_model(region) > 0
     # the tissue the model keeps, scaled as its training images' healthy tissue was (model_options.py)
     healthy = inside & ~region_model
-    landmarks = model.options.healthy_landmarks
-    if landmarks is None or len(landmarks) != len(arrays):  # none recorded (or not one per modality): plain range
-        landmarks = (None,) * len(arrays)
+    landmarks = model.options.healthy_landmarks or (None,) * len(arrays)  # one per modality (checked at load)
     ranges = [fit_intensity(a, model.family, model.options.normalisation, inside, healthy, lm)
               for a, lm in zip(arrays, landmarks)]
     known = np.stack([r.forward(a) for r, a in zip(ranges, arrays)])

@@ -133,6 +133,15 @@ def test_options_round_trip_through_checkpoint_and_export(tmp_path, landmarks):
     assert ModelOptions.from_metadata(config.to_dict()) == options
 
 
+def test_landmarks_for_another_number_of_channels_are_refused_at_load(tmp_path):
+    """Two landmark pairs in a one-image (whole-head) model: a damaged file, refused before any workflow uses it."""
+    state = _weights("v")
+    options = ModelOptions("v", "robust-volume", ((0.03, 0.67), (0.1, 0.8)))
+    save_official_checkpoint(tmp_path / "two.pt", state, state, 5, options)
+    with pytest.raises(CheckpointError, match="landmarks for 2 image channel"):
+        load_model(tmp_path / "two.pt", grid_xyz=(16, 16, 16), spacing_mm=(4, 4, 4))
+
+
 def test_official_options_leave_the_official_format_untouched(tmp_path):
     state = _weights("eps")
     save_official_checkpoint(tmp_path / "a.pt", state, state, 1)
