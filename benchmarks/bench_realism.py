@@ -114,9 +114,10 @@ def _row(name: str, samples: dict[str, list[np.ndarray]], cases: dict, seconds: 
 
 
 def _sampler(text: str) -> SamplerSettings:
-    """NAME[:STEPS[:SPACING[:PRECISION]]], e.g. dpm++3m:15:quadratic:bf16"""
-    name, steps, spacing, precision = (text.split(":") + ["", "", ""])[:4]
-    return SamplerSettings(name, int(steps) if steps else None, spacing=spacing or "uniform", precision=precision or "fp32")
+    """NAME[:STEPS[:SPACING[:PRECISION[:ETA]]]], e.g. dpm++3m:15:quadratic:bf16 or ddim:50:quadratic:bf16:1"""
+    name, steps, spacing, precision, eta = (text.split(":") + ["", "", "", ""])[:5]
+    return SamplerSettings(name, int(steps) if steps else None, float(eta) if eta else 0.0,
+                           spacing=spacing or "uniform", precision=precision or "fp32")
 
 
 def main(argv=None) -> int:
@@ -127,8 +128,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7, help="demo-data seed of the held-out cases (default 7)")
-    parser.add_argument("--sampler", action="append", type=_sampler, metavar="NAME[:STEPS[:SPACING[:PRECISION]]]",
-                        help="sampler setting, repeatable (default dpm++:25)")
+    parser.add_argument("--sampler", action="append", type=_sampler, metavar="NAME[:STEPS[:SPACING[:PRECISION[:ETA]]]]",
+                        help="sampler setting, repeatable (default dpm++:25); ETA > 0: stochastic ddim")
     parser.add_argument("--work", type=Path, required=True, help="folder for the held-out cases")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-baseline", action="store_true", help="skip the TorchIO baseline")
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
             seconds = (time.perf_counter() - start) / (len(cases) * args.samples)
             label = f"{name} {settings.name}" + (f" {settings.steps}" if settings.steps else " (all steps)") + \
                 (f" {settings.spacing}" if settings.spacing != "uniform" else "") + \
-                (f" {settings.precision}" if settings.precision != "fp32" else "")
+                (f" {settings.precision}" if settings.precision != "fp32" else "") + \
+                (f" eta {settings.eta:g}" if settings.eta else "")
             print(json.dumps({**_row(label, samples, cases, seconds), "model_options": model.options.to_metadata()}))
             sys.stdout.flush()
     if not args.no_baseline:

@@ -24,7 +24,10 @@ from MedDDPMSynthLib.domain.families import FAMILIES, family_for_channels
 from MedDDPMSynthLib.domain.labels import LabelMapping
 from MedDDPMSynthLib.data.train_data import PairedVolumeDataset
 from MedDDPMSynthLib.model.model_options import NORMALISATIONS, PREDICTIONS
-from MedDDPMSynthLib.training.trainer import ARCHITECTURE, LR_SCHEDULES, PRECISIONS, WEIGHTINGS, TrainConfig, Trainer, read_train_state
+from MedDDPMSynthLib.model.sampling import PRECISIONS
+from MedDDPMSynthLib.training.train_config import ARCHITECTURE, LR_SCHEDULES, WEIGHTINGS, TrainConfig
+from MedDDPMSynthLib.training.train_state import read_train_state
+from MedDDPMSynthLib.training.trainer import Trainer
 
 EPILOG = """examples:
   # whole-head: masks/case1.nii.gz + images/case1.nii.gz, ...

@@ -19,7 +19,7 @@ from MedDDPMSynthLib.store.models import export_model
 from MedDDPMSynthLib.model.sampling import Inpainting, SamplerSettings, run_sampler
 from MedDDPMSynthLib.data.train_data import PairedVolumeDataset
 from MedDDPMSynthLib.domain.normalisation import fit_intensity
-from MedDDPMSynthLib.training.trainer import TrainConfig
+from MedDDPMSynthLib.training.train_config import TrainConfig
 from MedDDPMSynthLib.model.unet import UNetConfig
 
 SCALE = 0.3  # data ~ N(0, SCALE^2): the ideal network of each target is known in closed form

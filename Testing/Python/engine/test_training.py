@@ -19,7 +19,9 @@ from MedDDPMSynthLib.cli.commands import main
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.domain.normalisation import normalise_per_slice, normalise_per_volume
 from MedDDPMSynthLib.data.train_data import PairedVolumeDataset
-from MedDDPMSynthLib.training.trainer import MAX_WEIGHT, TrainConfig, Trainer, _Objective, loss_weights, sidecar_path
+from MedDDPMSynthLib.training.train_config import TrainConfig
+from MedDDPMSynthLib.training.train_state import sidecar_path
+from MedDDPMSynthLib.training.trainer import MAX_WEIGHT, Trainer, _Objective, loss_weights
 
 GRID, SPACING = (16, 16, 16), (3.0, 3.0, 3.0)
 LPS = (1, 0, 0, 0, 1, 0, 0, 0, 1)
