@@ -46,6 +46,8 @@ import SimpleITK as sitk
 from MedDDPMSynthLib import SamplerSettings
 from MedDDPMSynthLib.data.demo_data import build_dataset
 from MedDDPMSynthLib.training.evaluation import fine_texture, mmd, ms_ssim, normalise, stripe_index, tumour_contrast
+from MedDDPMSynthLib.errors import InputError
+from MedDDPMSynthLib.model.presets import parse_sampler_spec
 from MedDDPMSynthLib.store.models import load_named_model
 from MedDDPMSynthLib.domain.normalisation import fit_intensity
 
@@ -114,10 +116,10 @@ def _row(name: str, samples: dict[str, list[np.ndarray]], cases: dict, seconds: 
 
 
 def _sampler(text: str) -> SamplerSettings:
-    """NAME[:STEPS[:SPACING[:PRECISION[:ETA]]]], e.g. dpm++3m:15:quadratic:bf16 or ddim:50:quadratic:bf16:1"""
-    name, steps, spacing, precision, eta = (text.split(":") + ["", "", "", ""])[:5]
-    return SamplerSettings(name, int(steps) if steps else None, float(eta) if eta else 0.0,
-                           spacing=spacing or "uniform", precision=precision or "fp32")
+    try:
+        return parse_sampler_spec(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,7 @@ from typing import Sequence
 from MedDDPMSynthLib.cli.numbers import number_list
 from MedDDPMSynthLib.store import models
 from MedDDPMSynthLib.errors import InputError
+from MedDDPMSynthLib.model.presets import parse_sampler_spec, preset_settings, sampler_spec
 
 EPILOG = """examples:
   medddpm-synth models list
@@ -58,6 +59,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     exporting.add_argument("--grid", metavar="X,Y,Z", help="model grid (default: the run's config.json beside CKPT)")
     exporting.add_argument("--spacing", metavar="A,B,C", help="voxel spacing in mm (default: the run's config.json)")
     exporting.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    exporting.add_argument("--preview", metavar="NAME:STEPS[:SPACING[:PRECISION[:ETA]]]",
+                           help="the fast sampler the file recommends as its 'preview' preset, e.g. ddim:25:uniform:bf16:1 "
+                                "(default: the source file's recommendation, else none: the built-in preview)")
 
     for action, text in (("verify", "re-hash a stored model and check that it loads"),
                          ("remove", "delete an imported model and its file"),
@@ -132,7 +136,7 @@ def _export(args) -> None:
         args.path, args.output, dtype=args.dtype,
         grid_xyz=_parse_triple(args.grid, int, "--grid", "64,64,64"),
         spacing_mm=_parse_triple(args.spacing, float, "--spacing", "3,3,3"),
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, preview=parse_sampler_spec(args.preview) if args.preview else None,
     )
     print(f"wrote {args.output}: {entry['family']}, grid {_triple(entry['grid_xyz'])} at "
           f"{_triple(entry['spacing_mm'])} mm, {entry['timesteps']} steps, {_size(entry['size_bytes'])}")
@@ -164,6 +168,8 @@ def _info(args) -> None:
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         elif isinstance(value, list):
             value = _triple(value, ",")
+        elif key == "preview" and value is None:
+            value = f"(none recommended: the built-in {sampler_spec(preset_settings('preview', 10**9))})"
         print(f"{key + ':':<{width}}{'-' if value is None else value}")
 
 

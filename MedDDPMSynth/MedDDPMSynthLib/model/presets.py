@@ -2,7 +2,8 @@
 
 * ``exact``: the official ancestral sampler, all T steps, fp32 (what the paper's numbers are made with).
 * ``preview``: the fast sampler a model recommends (safetensors metadata ``preview_sampler``,
-  ``preview_steps``, ``preview_spacing``, ``preview_precision``), else DPM-Solver++(3M) with
+  ``preview_steps``, ``preview_spacing``, ``preview_precision``, ``preview_eta``; written by
+  ``models export --preview SPEC``, see :func:`preview_metadata`), else DPM-Solver++(3M) with
   ``PREVIEW_STEPS`` quadratically spaced evaluations under bf16 autocast: on the demo model its realism
   metrics equal those of the 25-step DPM-Solver++(2M) preview it replaces, and bf16 changes none of them
   (benchmarks/bench_realism.py; see benchmarks/README.md), at 40 % of the evaluations.
@@ -28,6 +29,8 @@ from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.model.sampling import SAMPLERS, SamplerSettings
 
 PRESET_NAMES = ("preview", "exact")
+#: the metadata keys by which a model file recommends its preview (:func:`preview_metadata`)
+PREVIEW_KEYS = ("preview_sampler", "preview_steps", "preview_spacing", "preview_precision", "preview_eta")
 #: preview defaults (a model may recommend its own in its metadata)
 PREVIEW_SAMPLER, PREVIEW_STEPS, PREVIEW_SPACING, PREVIEW_PRECISION = "dpm++3m", 10, "quadratic", "bf16"
 
@@ -43,6 +46,7 @@ class SamplerChoice:
     def describe(self) -> str:
         s = self.settings
         what = "ddpm, all steps" if s.name == "ddpm" else f"{s.name}, {s.steps} steps, {s.spacing} spacing"
+        what += f", eta {s.eta:g}" if s.eta and s.name == "ddim" else ""
         return f"{self.preset or 'custom'} ({what}, {s.precision})"
 
     def line(self) -> str:
@@ -88,7 +92,11 @@ def preset_settings(name: str, timesteps: int, metadata: Mapping[str, object] | 
         steps = int(meta.get("preview_steps") or PREVIEW_STEPS)
     except (TypeError, ValueError):
         steps = PREVIEW_STEPS
-    settings = SamplerSettings(sampler, min(steps, timesteps), 0.0, str(meta.get("preview_spacing") or PREVIEW_SPACING),
+    try:
+        eta = float(meta.get("preview_eta") or 0.0)
+    except (TypeError, ValueError):
+        eta = 0.0
+    settings = SamplerSettings(sampler, min(steps, timesteps), eta, str(meta.get("preview_spacing") or PREVIEW_SPACING),
                                str(meta.get("preview_precision") or PREVIEW_PRECISION))
     if settings.steps < 2 or timesteps < 2 * settings.steps:  # tiny test models: a preview of half their steps
         settings = replace(settings, name="ddim", steps=max(1, timesteps // 2), spacing="uniform")
@@ -129,3 +137,47 @@ def choose_sampler(
         raise InputError(f"unknown sampler '{sampler}'; use one of {', '.join((*PRESET_NAMES, *SAMPLERS))}")
     settings.check(timesteps)
     return SamplerChoice(settings, preset, reason)
+
+
+def parse_sampler_spec(text: str) -> SamplerSettings:
+    """``NAME[:STEPS[:SPACING[:PRECISION[:ETA]]]]``, e.g. ``dpm++3m:10:quadratic:bf16`` or
+    ``ddim:25:uniform:bf16:1`` (ETA: ddim only; omitted parts take SamplerSettings' defaults)."""
+    parts = text.split(":")
+    if len(parts) > 5 or not parts[0]:
+        raise InputError(f"sampler '{text}' must read NAME[:STEPS[:SPACING[:PRECISION[:ETA]]]], e.g. ddim:25:uniform:bf16:1")
+    name, steps, spacing, precision, eta = (parts + [""] * 4)[:5]
+    try:
+        settings = SamplerSettings(name, int(steps) if steps else None, float(eta) if eta else 0.0,
+                                   spacing or "uniform", precision or "fp32")
+    except ValueError:
+        raise InputError(f"sampler '{text}': STEPS must be a whole number and ETA a number") from None
+    if settings.eta and settings.name != "ddim":
+        raise InputError(f"sampler '{text}': ETA applies to ddim only; drop it or use ddim")
+    settings.check(settings.steps or 10**9)  # names, spacing, precision and eta; the steps against T later
+    return settings
+
+
+def preview_metadata(settings: SamplerSettings, timesteps: int) -> dict[str, str]:
+    """The metadata by which a model file recommends ``settings`` as its ``preview`` (a fast sampler with a
+    number of steps: the exact sampler is a preset of its own)."""
+    settings.check(timesteps)
+    if settings.name == "ddpm" or not settings.steps:
+        raise InputError("a preview is a fast sampler with a number of steps (e.g. ddim:25:uniform:bf16:1); "
+                         "the exact sampler is always available as --sampler exact")
+    return {"preview_sampler": settings.name, "preview_steps": str(settings.steps), "preview_spacing": settings.spacing,
+            "preview_precision": settings.precision, "preview_eta": f"{settings.eta:g}"}
+
+
+def recommended_preview(metadata: Mapping[str, object] | None) -> str | None:
+    """The preview a model file recommends, as a spec (``ddim:25:uniform:bf16:1``), or None."""
+    meta = metadata or {}
+    if not meta.get("preview_sampler"):
+        return None
+    return sampler_spec(preset_settings("preview", 10**9, meta))
+
+
+def sampler_spec(settings: SamplerSettings) -> str:
+    """The ``NAME:STEPS:SPACING:PRECISION[:ETA]`` text of ``settings`` (what parse_sampler_spec reads)."""
+    spec = f"{settings.name}:{settings.steps or ''}:{settings.spacing}:{settings.precision}"
+    return spec + (f":{settings.eta:g}" if settings.eta else "")
+

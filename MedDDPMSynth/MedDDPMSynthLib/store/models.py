@@ -43,6 +43,8 @@ from MedDDPMSynthLib.model.checkpoint import (
 )
 from MedDDPMSynthLib.model.api import check_grid_size
 from MedDDPMSynthLib.model.model_grid import training_grid
+from MedDDPMSynthLib.model.presets import PREVIEW_KEYS, preview_metadata, recommended_preview
+from MedDDPMSynthLib.model.sampling import SamplerSettings
 from MedDDPMSynthLib.errors import CheckpointError, InputError, MedDDPMError, OutputError
 from MedDDPMSynthLib.io.outputs import atomic_write, check_destinations, new_temp_file
 from MedDDPMSynthLib.domain.families import family_for_channels
@@ -129,6 +131,7 @@ def _describe(path: Path, grid_xyz: Sequence[int] | None = None, spacing_mm: Seq
         "container": info.container,
         "step": info.step,
         "known_as": known.get("name"),
+        "preview": recommended_preview(info.metadata),
     }
     return json.loads(json.dumps(entry))  # tuples -> lists: the same values the catalogue gives back
 
@@ -232,6 +235,7 @@ def export_model(
     grid_xyz: Sequence[int] | None = None,
     spacing_mm: Sequence[float] | None = None,
     overwrite: bool = False,
+    preview: SamplerSettings | None = None,
 ) -> dict:
     """Write a checkpoint's sampling weights (EMA) as a compact safetensors file with its grid as metadata.
 
@@ -239,7 +243,8 @@ def export_model(
     optimiser state and the raw weights are dropped, floats are cast to ``dtype`` (the schedule buffers
     stay fp32) and ``grid_xyz``/``spacing_mm`` travel inside the file, so ``--model FILE`` needs no
     options. Grid and spacing default to the file's metadata, else the training run's ``config.json`` beside
-the checkpoint (:func:`model_grid.training_grid`).
+the checkpoint (:func:`model_grid.training_grid`). ``preview``: the fast sampler the file recommends as its
+    ``preview`` preset (presets.py), else the one the source file recommends, if any.
     Returns the new file's description (as in the catalogue).
     """
     source, destination = Path(source).expanduser(), Path(destination).expanduser()
@@ -250,14 +255,16 @@ the checkpoint (:func:`model_grid.training_grid`).
     # the shared check: an existing file (or dangling link) needs --overwrite, the source is never replaced
     check_destinations([destination], overwrite, inputs=[source])
     state, info = read_state_dict(source)
-    config, _ = infer_config(state, source)
+    config, timesteps = infer_config(state, source)
     grid, spacing, _ = training_grid(source, info, None, grid_xyz, spacing_mm)
     if not grid or not spacing:
         raise InputError(f"the grid of {source} is unknown; give it with --grid X,Y,Z and --spacing A,B,C")
     grid, spacing = _check_grid(list(grid), config.divisor), _check_spacing(list(spacing))
+    recommended = preview_metadata(preview, timesteps) if preview is not None else \
+        {k: v for k, v in info.metadata.items() if k in PREVIEW_KEYS}
     metadata = {"grid_xyz": ",".join(map(str, grid)), "spacing_mm": ",".join(f"{v:g}" for v in spacing),
                 "source_step": str(info.step if info.step is not None else ""), "format": "medddpm-synth model",
-                **model_options(info).to_metadata()}
+                **model_options(info).to_metadata(), **recommended}
     destination.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(destination, state, metadata, EXPORT_DTYPES[dtype])
     return _describe(destination)

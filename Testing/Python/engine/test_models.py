@@ -345,6 +345,35 @@ def test_export_writes_fp16_ema_with_its_grid_and_samples_like_the_source(tmp_pa
     assert diff.max() > 0 and diff.mean() < 0.01 and (diff > 0.05).mean() < 0.01
 
 
+def test_export_records_the_preview_the_file_recommends_and_every_front_samples_with_it(tmp_path, source, capsys):
+    """--preview writes the recommendation into the file; models info shows it, a run without sampler options
+    takes it (its line says so), and re-exporting the file keeps it."""
+    from MedDDPMSynthLib import SamplerSettings, load_model
+    from MedDDPMSynthLib.model.presets import choose_sampler
+
+    out = tmp_path / "rec.safetensors"
+    assert main(["models", "export", str(source), "-o", str(out), "--grid", "32,32,32", "--spacing", "6,6,6",
+                 "--preview", "ddim:4:uniform:fp32:1"]) == 0
+    model = load_model(out)
+    choice = choose_sampler("cpu", model.timesteps, metadata=model.info.metadata)
+    assert choice.settings == SamplerSettings("ddim", 4, 1.0, "uniform", "fp32") and "eta 1" in choice.line()
+    assert main(["models", "import", str(out), "--name", "rec"]) == 0
+    capsys.readouterr()
+    assert main(["models", "info", "rec", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["preview"] == "ddim:4:uniform:fp32:1"
+    again = tmp_path / "again.safetensors"
+    assert main(["models", "export", str(out), "-o", str(again)]) == 0
+    assert load_model(again).info.metadata["preview_eta"] == "1"
+    assert main(["models", "import", str(source), "--name", "plain"]) == 0
+    capsys.readouterr()
+    assert main(["models", "info", "plain"]) == 0
+    assert "none recommended: the built-in" in capsys.readouterr().out
+    bad = tmp_path / "bad.safetensors"
+    assert main(["models", "export", str(source), "-o", str(bad), "--grid", "32,32,32", "--spacing", "6,6,6",
+                 "--preview", "ddim:40"]) == 2  # more steps than the model's T = 10
+    assert "between 1 and 10" in capsys.readouterr().err and not bad.exists()
+
+
 def test_export_refusals_leave_nothing_behind(tmp_path, source, capsys):
     out = tmp_path / "tiny.safetensors"
     assert main(["models", "export", str(source), "-o", str(out)]) == 2  # the tiny checkpoint has no run config

@@ -17,7 +17,7 @@ from MedDDPMSynthLib import GaussianDiffusion, SamplerSettings, SeededNoise
 from MedDDPMSynthLib.errors import InputError
 from MedDDPMSynthLib.model.presets import (
     PREVIEW_PRECISION, PREVIEW_SAMPLER, PREVIEW_STEPS, choose_sampler, default_preset, native_precision,
-    preset_settings,
+    parse_sampler_spec, preset_settings, preview_metadata, recommended_preview, sampler_spec,
 )
 from MedDDPMSynthLib.model.repaint_fast import HARMONISE_DOWN_TO, fast_repaint_evaluations, fast_repaint_schedule
 from MedDDPMSynthLib.model.sampling import Inpainting, repaint_schedule, run_sampler
@@ -72,6 +72,39 @@ def test_a_model_recommends_its_own_preview_and_small_models_get_half_their_step
     tiny = SamplerSettings("ddim", 5, precision=PREVIEW_PRECISION)  # T = 10 test models: half their steps
     assert preset_settings("preview", 10) == tiny
     assert choose_sampler("cpu", 10).settings == SamplerSettings("ddim", 5, precision=CPU_PRECISION)
+
+
+def test_a_recommended_stochastic_preview_keeps_its_eta_from_spec_to_metadata_to_sampler():
+    """A model may recommend ancestral DDIM (eta 1) as its preview: the spec, the file's metadata, the preset
+    and the printed line all carry the eta (it is what makes that sampler stochastic)."""
+    settings = parse_sampler_spec("ddim:25:uniform:bf16:1")
+    assert settings == SamplerSettings("ddim", 25, 1.0, "uniform", "bf16")
+    meta = preview_metadata(settings, 250)
+    assert meta["preview_eta"] == "1" and meta["preview_sampler"] == "ddim"
+    assert preset_settings("preview", 250, meta) == settings
+    assert recommended_preview(meta) == sampler_spec(settings) == "ddim:25:uniform:bf16:1"
+    assert recommended_preview({}) is None and sampler_spec(parse_sampler_spec("dpm++3m:10:quadratic")) == "dpm++3m:10:quadratic:fp32"
+    choice = choose_sampler("cpu", 250, precision="fp32", metadata=meta)
+    assert choice.settings.eta == 1.0 and "ddim, 25 steps, uniform spacing, eta 1, fp32" in choice.line()
+    assert choose_sampler("cpu", 250, eta=0.0, metadata=meta).settings.eta == 0.0  # --eta overrides it
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("dpm++:25:uniform:bf16:1", "ETA applies to ddim only"), ("ddim:many", "whole number"),
+    ("ddim:25:uniform:bf16:2", "eta must be between 0 and 1"), ("ddim:25:zigzag", "unknown step spacing"),
+    ("ddim:25:uniform:bf16:1:x", "must read NAME"), ("euler:10", "unknown sampler"),
+])
+def test_a_bad_sampler_spec_is_refused_with_what_to_write(spec, message):
+    with pytest.raises(InputError, match=message):
+        parse_sampler_spec(spec)
+
+
+def test_the_exact_sampler_is_not_a_preview_a_model_can_recommend():
+    for spec in ("ddpm", "ddim"):
+        with pytest.raises(InputError, match="fast sampler with a number of steps"):
+            preview_metadata(parse_sampler_spec(spec), 250)
+    with pytest.raises(InputError, match="between 1 and 250"):
+        preview_metadata(parse_sampler_spec("ddim:400"), 250)
 
 
 SAY_PREVIEW = """
