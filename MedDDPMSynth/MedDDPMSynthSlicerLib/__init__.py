@@ -23,7 +23,7 @@ _EXPORTS = {
 
 #: the scene logic's public methods, offered on the module logic (``slicer.util.getModuleLogic``)
 LOGIC_METHODS = (
-    "available_models", "import_model", "model_family", "model_timesteps", "settings_for",
+    "available_models", "import_model", "model_family", "model_timesteps", "model_preview", "settings_for",
     "set_family", "family_of_segmentation", "family_of_volumes", "load_label_image", "tumour_voxels",
     "segment_mapping", "name_segments_by_label", "label_map", "label_array",
     "start_generation", "finish_generation", "cancel_generation", "generate", "show_volumes",

@@ -56,14 +56,16 @@ class GenerationSettings:
     engine_preset: str | None = None
 
     @classmethod
-    def preset(cls, name: str, timesteps: int | None = None, **overrides) -> "GenerationSettings":
+    def preset(cls, name: str, timesteps: int | None = None, preview: str | None = None, **overrides) -> "GenerationSettings":
         """A preset, as the engine resolves it for a model with ``timesteps`` steps (its preview never asks
-        more steps than a small test model has)."""
-        from MedDDPMSynthLib.model.presets import preset_settings  # torch: imported once the dependencies are there
+        more steps than a small test model has) that recommends ``preview`` (a sampler spec, the catalogue's
+        ``preview``; None: the built-in preview), so options given on top change the model's own preview."""
+        from MedDDPMSynthLib.model.presets import parse_sampler_spec, preset_settings, preview_metadata
 
         if name not in PRESETS:
             raise MedDDPMError(f"unknown preset '{name}'; use {' or '.join(PRESETS)}")
-        engine = preset_settings(PRESETS[name], timesteps or 1000)
+        metadata = preview_metadata(parse_sampler_spec(preview), timesteps or 1000) if preview else None
+        engine = preset_settings(PRESETS[name], timesteps or 1000, metadata)
         values = {"sampler": engine.name, "steps": engine.steps, "spacing": engine.spacing, "eta": engine.eta,
                   "precision": engine.precision, "engine_preset": PRESETS[name]}
         if {"sampler", "steps", "spacing", "eta", "precision"} & set(overrides):

@@ -97,8 +97,15 @@ class SceneLogic(MoveMixin):
         return self._families[model]
 
     def model_timesteps(self, model: str) -> int | None:
-        entry = models.info(model) if not Path(model).expanduser().is_file() else {}
-        return entry.get("timesteps")
+        return self._catalogue_entry(model).get("timesteps")
+
+    def model_preview(self, model: str) -> str | None:
+        """The preview sampler ``model`` recommends (a spec such as ``ddim:25:uniform:bf16:1``), or None."""
+        return self._catalogue_entry(model).get("preview")
+
+    @staticmethod
+    def _catalogue_entry(model: str) -> dict:
+        return models.info(model) if not Path(model).expanduser().is_file() else {}
 
     def settings_for(self, model: str, preset: str = "Preview", **choices) -> GenerationSettings:
         """The generation settings of every front for ``model``: a named preset (``Preview``, ``Exact``: the
@@ -112,7 +119,8 @@ class SceneLogic(MoveMixin):
         if preset != "Custom":
             if steps and preset != "Exact":
                 choices["steps"] = int(steps)
-            return GenerationSettings.preset(preset, self.model_timesteps(model), model=model, **choices)
+            return GenerationSettings.preset(preset, self.model_timesteps(model), self.model_preview(model), model=model,
+                                             **choices)
         sampler = sampler or "dpm++"
         steps = None if sampler == "ddpm" or not steps else int(steps)
         return GenerationSettings(model=model, sampler=sampler, steps=steps,
@@ -217,7 +225,8 @@ class SceneLogic(MoveMixin):
                          reference_volume=None, mapping=None) -> GenerationJob:
         """Check the input, then start the engine in the background; poll the returned job."""
         if settings is None:  # the engine's per-device default: Preview on a CPU, Exact on a GPU
-            settings = GenerationSettings.preset(default_preset_label(), self.model_timesteps(GenerationSettings.model))
+            model = GenerationSettings.model
+            settings = GenerationSettings.preset(default_preset_label(), self.model_timesteps(model), self.model_preview(model))
         family = self.set_family(segmentation_node, settings.model)
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
         folder = new_folder(self.temp_dir)

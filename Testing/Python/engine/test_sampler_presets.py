@@ -308,6 +308,12 @@ def test_the_slicer_and_browser_fronts_default_to_the_engine_presets():
     assert preview.arguments()[-2:] == ["--sampler", "preview"] and exact.arguments()[-2:] == ["--sampler", "exact"]
     shorter = GenerationSettings.preset("Preview", 250, steps=5).arguments()  # no longer the preset itself
     assert shorter[shorter.index("--sampler") + 1] == PREVIEW_SAMPLER and shorter[shorter.index("--steps") + 1] == "5"
+    # a model that recommends its own preview: options given on top change that preview, eta included
+    own = GenerationSettings.preset("Preview", 250, "ddim:25:uniform:bf16:1")
+    assert (own.sampler, own.steps, own.eta, own.engine_preset) == ("ddim", 25, 1.0, "preview")
+    more = GenerationSettings.preset("Preview", 250, "ddim:25:uniform:bf16:1", steps=40).arguments()
+    assert [more[more.index(flag) + 1] for flag in ("--sampler", "--steps", "--eta", "--step-spacing")] == \
+        ["ddim", "40", "1.0", "uniform"]
     from MedDDPMSynthWeb.panel import DEFAULTS, SAMPLERS
 
     assert DEFAULTS["synth_sampler"] == default_preset(resolve_device("auto")) and SAMPLERS[:2] == ("preview", "exact")

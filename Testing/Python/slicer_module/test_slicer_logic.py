@@ -353,3 +353,24 @@ def test_every_front_shows_the_same_time_left():
     from MedDDPMSynthSlicerLib.jobs import duration_text
 
     assert [duration_text(s) for s in (None, 0.4, 40.4, 59.6, 125)] == ["", "0 s", "40 s", "1 min 00 s", "2 min 05 s"]
+
+
+def test_a_models_own_preview_is_what_every_front_runs_and_changes(model_home, tmp_path):
+    """A model file that recommends its preview (models export --preview): the scene logic's Preview is that
+    sampler, a steps value given on top changes that sampler's steps (not the built-in preview's), and the
+    engine is asked for the preset by name when nothing is changed."""
+    from conftest import OFFICIAL
+    from MedDDPMSynthLib.store.models import export_model, import_model
+    from MedDDPMSynthLib.model.presets import parse_sampler_spec
+
+    exported = tmp_path / "recommends.safetensors"
+    export_model(OFFICIAL / "tiny_wholehead_ckpt.pt", exported, grid_xyz=(16, 16, 16), spacing_mm=(12.0, 12.0, 12.0),
+                 preview=parse_sampler_spec("ddim:4:uniform:fp32:1"))
+    import_model(exported, name="recommends")
+    logic = SceneLogic(new_scene())
+    assert logic.model_preview("recommends") == "ddim:4:uniform:fp32:1" and logic.model_preview("tiny16") is None
+    preview = logic.settings_for("recommends", "Preview")
+    assert (preview.sampler, preview.steps, preview.eta) == ("ddim", 4, 1.0)
+    assert preview.arguments()[-2:] == ["--sampler", "preview"]
+    fewer = logic.settings_for("recommends", "Preview", steps=3)
+    assert (fewer.sampler, fewer.steps, fewer.eta, fewer.spacing, fewer.engine_preset) == ("ddim", 3, 1.0, "uniform", None)
