@@ -12,7 +12,8 @@ from MedDDPMSynthLib.protocol import warning_line
 from MedDDPMSynthLib.model.sampling import PRECISIONS, SAMPLERS, SPACINGS
 
 SAMPLER_HELP = f"""sampler: without --sampler a run takes 'preview' on a CPU and 'exact' on a GPU, and prints which.
-  preview  the model's recommended fast sampler (default {PREVIEW_SAMPLER}, {PREVIEW_STEPS} steps, {PREVIEW_PRECISION}): seconds on a CPU
+  preview  the model's recommended fast sampler ('models info' shows it; a model without one:
+           {PREVIEW_SAMPLER}, {PREVIEW_STEPS} steps, {PREVIEW_PRECISION}): seconds on a CPU
   exact    the official sampler (= ddpm), all T steps: the published quality, minutes to hours on a CPU
   ddpm / ddim / dpm++ / dpm++3m with --steps, --step-spacing, --eta: a sampler of your own.
   In-painting (--keep, insert) with a fast sampler runs RePaint on its sub-sequence of steps."""
