@@ -37,6 +37,9 @@ def test_the_file_matches_its_card_and_loads_as_demo(bundled):
     model = load_named_model("demo")
     assert list(model.grid_xyz) == bundled["grid_xyz"] and list(model.spacing_mm) == bundled["spacing_mm"]
     assert model.timesteps == bundled["timesteps"]
+    # its own preview (the card's; models export --preview): ancestral DDIM, whose anatomy beat the built-in
+    # deterministic preview's without the speckle (bench_realism.py, the card)
+    assert entry["preview"] == bundled["preview"] and bundled["preview"].startswith("ddim:") and bundled["preview"].endswith(":1")
 
 
 def test_it_draws_a_brain_with_the_tumour_where_the_mask_says(bundled, tmp_path):
@@ -47,7 +50,8 @@ def test_it_draws_a_brain_with_the_tumour_where_the_mask_says(bundled, tmp_path)
     assert model.options.prediction == bundled["prediction"] == "v"
     settings = choose_sampler("cpu", model.timesteps, metadata=model.info.metadata).settings
     preview = preset_settings("preview", model.timesteps, model.info.metadata)  # in fp32 on a CPU without native bf16
-    assert (settings.name, settings.steps, settings.spacing) == (preview.name, preview.steps, preview.spacing)
+    assert (settings.name, settings.steps, settings.spacing, settings.eta) == \
+        (preview.name, preview.steps, preview.spacing, preview.eta)
     assert settings.name != "ddpm"
     request = GenerateRequest(EXAMPLE, tmp_path / "synth.nii.gz", seed=0, sampler=settings)
     result = generate_files(request, model)

@@ -345,7 +345,7 @@ def test_export_writes_fp16_ema_with_its_grid_and_samples_like_the_source(tmp_pa
     assert diff.max() > 0 and diff.mean() < 0.01 and (diff > 0.05).mean() < 0.01
 
 
-def test_export_records_the_preview_the_file_recommends_and_every_front_samples_with_it(tmp_path, source, capsys):
+def test_export_records_the_preview_the_file_recommends_and_every_front_samples_with_it(tmp_path, home, source, capsys):
     """--preview writes the recommendation into the file; models info shows it, a run without sampler options
     takes it (its line says so), and re-exporting the file keeps it."""
     from MedDDPMSynthLib import SamplerSettings, load_model
