@@ -180,4 +180,3 @@ def sampler_spec(settings: SamplerSettings) -> str:
     """The ``NAME:STEPS:SPACING:PRECISION[:ETA]`` text of ``settings`` (what parse_sampler_spec reads)."""
     spec = f"{settings.name}:{settings.steps or ''}:{settings.spacing}:{settings.precision}"
     return spec + (f":{settings.eta:g}" if settings.eta else "")
-
