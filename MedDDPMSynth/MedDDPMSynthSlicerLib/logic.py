@@ -107,6 +107,11 @@ class SceneLogic(MoveMixin):
     def _catalogue_entry(model: str) -> dict:
         return models.info(model) if not Path(model).expanduser().is_file() else {}
 
+    def _preset(self, preset: str, model: str, **choices) -> GenerationSettings:
+        """A named preset for ``model``, resolved with its T and its own preview (one catalogue read)."""
+        entry = self._catalogue_entry(model)
+        return GenerationSettings.preset(preset, entry.get("timesteps"), entry.get("preview"), model=model, **choices)
+
     def settings_for(self, model: str, preset: str = "Preview", **choices) -> GenerationSettings:
         """The generation settings of every front for ``model``: a named preset (``Preview``, ``Exact``: the
         engine's, resolved for the model's T) or ``Custom`` with the user's ``sampler`` and ``steps``;
@@ -119,8 +124,7 @@ class SceneLogic(MoveMixin):
         if preset != "Custom":
             if steps and preset != "Exact":
                 choices["steps"] = int(steps)
-            return GenerationSettings.preset(preset, self.model_timesteps(model), self.model_preview(model), model=model,
-                                             **choices)
+            return self._preset(preset, model, **choices)
         sampler = sampler or "dpm++"
         steps = None if sampler == "ddpm" or not steps else int(steps)
         return GenerationSettings(model=model, sampler=sampler, steps=steps,
@@ -225,8 +229,7 @@ class SceneLogic(MoveMixin):
                          reference_volume=None, mapping=None) -> GenerationJob:
         """Check the input, then start the engine in the background; poll the returned job."""
         if settings is None:  # the engine's per-device default: Preview on a CPU, Exact on a GPU
-            model = GenerationSettings.model
-            settings = GenerationSettings.preset(default_preset_label(), self.model_timesteps(model), self.model_preview(model))
+            settings = self._preset(default_preset_label(), GenerationSettings.model)
         family = self.set_family(segmentation_node, settings.model)
         export = self.label_map(segmentation_node, reference_volume, mapping, family)
         folder = new_folder(self.temp_dir)

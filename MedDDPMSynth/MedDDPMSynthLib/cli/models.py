@@ -13,7 +13,7 @@ from typing import Sequence
 from MedDDPMSynthLib.cli.numbers import number_list
 from MedDDPMSynthLib.store import models
 from MedDDPMSynthLib.errors import InputError
-from MedDDPMSynthLib.model.presets import parse_sampler_spec, preset_settings, sampler_spec
+from MedDDPMSynthLib.model.presets import ANY_T, parse_sampler_spec, preset_settings, sampler_spec
 
 EPILOG = """examples:
   medddpm-synth models list
@@ -169,7 +169,7 @@ def _info(args) -> None:
         elif isinstance(value, list):
             value = _triple(value, ",")
         elif key == "preview" and value is None:
-            value = f"(none recommended: the built-in {sampler_spec(preset_settings('preview', 10**9))})"
+            value = f"(none recommended: the built-in {sampler_spec(preset_settings('preview', ANY_T))})"
         print(f"{key + ':':<{width}}{'-' if value is None else value}")
 
 

@@ -31,6 +31,8 @@ from MedDDPMSynthLib.model.sampling import SAMPLERS, SamplerSettings
 PRESET_NAMES = ("preview", "exact")
 #: the metadata keys by which a model file recommends its preview (:func:`preview_metadata`)
 PREVIEW_KEYS = ("preview_sampler", "preview_steps", "preview_spacing", "preview_precision", "preview_eta")
+#: the T a sampler spec is read against when no model is at hand (its steps are checked against the model's T later)
+ANY_T = 10**9
 #: preview defaults (a model may recommend its own in its metadata)
 PREVIEW_SAMPLER, PREVIEW_STEPS, PREVIEW_SPACING, PREVIEW_PRECISION = "dpm++3m", 10, "quadratic", "bf16"
 
@@ -153,7 +155,7 @@ def parse_sampler_spec(text: str) -> SamplerSettings:
         raise InputError(f"sampler '{text}': STEPS must be a whole number and ETA a number") from None
     if settings.eta and settings.name != "ddim":
         raise InputError(f"sampler '{text}': ETA applies to ddim only; drop it or use ddim")
-    settings.check(settings.steps or 10**9)  # names, spacing, precision and eta; the steps against T later
+    settings.check(settings.steps or ANY_T)  # names, spacing, precision and eta; the steps against T later
     return settings
 
 
@@ -173,7 +175,7 @@ def recommended_preview(metadata: Mapping[str, object] | None) -> str | None:
     meta = metadata or {}
     if not meta.get("preview_sampler"):
         return None
-    return sampler_spec(preset_settings("preview", 10**9, meta))
+    return sampler_spec(preset_settings("preview", ANY_T, meta))
 
 
 def sampler_spec(settings: SamplerSettings) -> str:

@@ -167,7 +167,6 @@ def fine_texture(image: np.ndarray, tissue: np.ndarray, erode: int = 2) -> float
     return float(ndimage.laplace(np.asarray(image, dtype=np.float64))[inner].std()) if inner.any() else float("nan")
 
 
-
 # ------------------------------------------------------------------------------------------ folders
 
 
